@@ -1,0 +1,329 @@
+//! The relay's configuration: `sluice.toml`.
+//!
+//! Every key has a default, so an empty file (or none at all) runs a relay that listens on
+//! 127.0.0.1:2525 and relays only for localhost. Unknown keys are errors: a typo in a
+//! postmaster's configuration must not silently fall back to a default.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be used; the message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The relay's own name: the greeting, Received headers, Message-IDs and EHLO to next hops.
+    pub hostname: String,
+    /// Where SMTP clients connect.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    pub tls: TlsConfig,
+    pub limits: Limits,
+    pub spool: SpoolConfig,
+    pub delivery: DeliveryConfig,
+    pub policies: PoliciesConfig,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    /// The name policies see (`session.connection().listener`); defaults to the address.
+    pub name: Option<String>,
+}
+
+impl ListenerConfig {
+    /// The name policies and logs use for this listener.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.addr.to_string())
+    }
+}
+
+/// The certificate offered with STARTTLS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Without `cert` and `key`, a self-signed certificate is made at start-up.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+/// Limits on everything a client controls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted, in bytes (advertised as SIZE).
+    pub max_message_size: usize,
+    /// Recipients per transaction (RFC 5321 4.5.3.1.8 asks for at least 100).
+    pub max_recipients: usize,
+    /// Time allowed between commands, and for each read in DATA (RFC 5321 4.5.3.2: at least 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Pause before the greeting; a client that talks before it is refused.
+    #[serde(with = "humantime_serde")]
+    pub greeting_delay: Duration,
+    /// Open SMTP connections in all.
+    pub max_connections: usize,
+    /// Open SMTP connections from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Longest command line, CRLF included.
+    pub command_line_length: usize,
+    /// Longest line of message text, CRLF excluded (RFC 5321 4.5.3.1.6: 998).
+    pub text_line_length: usize,
+    /// Bad commands in one session before the relay hangs up.
+    pub max_errors: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            command_timeout: Duration::from_secs(300),
+            greeting_delay: Duration::ZERO,
+            max_connections: 500,
+            max_connections_per_ip: 50,
+            command_line_length: 2048,
+            text_line_length: 998,
+            max_errors: 20,
+        }
+    }
+}
+
+/// Where accepted messages wait for delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("var/spool"),
+        }
+    }
+}
+
+/// How the queue runner reaches the next hop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Send everything to this host ("HOST:PORT"). Without it, messages wait in the queue
+    /// (delivery by MX is not built yet).
+    pub smarthost: Option<String>,
+    /// Back-off between attempts ("1m", "5m", ...); the last interval repeats.
+    #[serde(deserialize_with = "durations")]
+    pub retry_intervals: Vec<Duration>,
+    /// How long a message may wait before it is given up.
+    #[serde(with = "humantime_serde")]
+    pub max_queue_lifetime: Duration,
+    /// Time to connect to the next hop and for each reply.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Messages delivered at once.
+    pub concurrency: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            smarthost: None,
+            retry_intervals: [60, 300, 900, 1800, 3600]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            max_queue_lifetime: Duration::from_secs(5 * 24 * 3600),
+            timeout: Duration::from_secs(60),
+            concurrency: 20,
+        }
+    }
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .map(|t| humantime::parse_duration(t).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// Where the policy chain comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Holds `policies.toml` and the `.wasm` modules it names.
+    pub dir: PathBuf,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("policies.d"),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            listeners: vec![ListenerConfig {
+                addr: SocketAddr::from(([127, 0, 0, 1], 2525)),
+                name: None,
+            }],
+            tls: TlsConfig::default(),
+            limits: Limits::default(),
+            spool: SpoolConfig::default(),
+            delivery: DeliveryConfig::default(),
+            policies: PoliciesConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file. A missing `sluice.toml` in the working directory
+    /// (no `--config` given) means the embedded defaults.
+    pub fn load(path: Option<&Path>) -> Result<(Config, PathBuf), ConfigError> {
+        let (path, must_exist) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("sluice.toml"), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let config = Self::parse(&text, &path)?;
+        Ok((config, path))
+    }
+
+    /// Parses configuration text; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message: message.to_string(),
+        };
+        if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
+            return Err(invalid("hostname", "must be a domain name"));
+        }
+        if self.listeners.is_empty() {
+            return Err(invalid("listener", "at least one [[listener]] is needed"));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid("tls", "set both `cert` and `key`, or neither"));
+        }
+        let l = &self.limits;
+        if l.max_recipients == 0 {
+            return Err(invalid("limits.max_recipients", "must be at least 1"));
+        }
+        if l.max_message_size < 1024 {
+            return Err(invalid(
+                "limits.max_message_size",
+                "must be at least 1024 bytes",
+            ));
+        }
+        if l.command_line_length < 512 {
+            // RFC 5321 4.5.3.1.4: a server must take command lines of 512 octets.
+            return Err(invalid(
+                "limits.command_line_length",
+                "must be at least 512",
+            ));
+        }
+        if l.text_line_length < 998 {
+            return Err(invalid(
+                "limits.text_line_length",
+                "must be at least 998 (RFC 5321)",
+            ));
+        }
+        if l.max_connections == 0 || l.max_connections_per_ip == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if self.delivery.retry_intervals.is_empty() {
+            return Err(invalid(
+                "delivery.retry_intervals",
+                "must list at least one interval",
+            ));
+        }
+        if self.delivery.concurrency == 0 {
+            return Err(invalid("delivery.concurrency", "must be at least 1"));
+        }
+        if let Some(host) = &self.delivery.smarthost {
+            crate::delivery::NextHop::parse(host).map_err(|e| invalid("delivery.smarthost", &e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.listeners[0].addr.port(), 2525);
+        assert_eq!(c.limits.max_recipients, 100);
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let text = r#"
+hostname = "relay.example.edu"
+[[listener]]
+addr = "127.0.0.1:2525"
+[spool]
+dir = "var/spool"
+[delivery]
+smarthost = "127.0.0.1:2600"
+retry_intervals = ["1s", "5m"]
+[policies]
+dir = "policies.d"
+"#;
+        let c = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.hostname, "relay.example.edu");
+        assert_eq!(c.delivery.retry_intervals[1], Duration::from_secs(300));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let e = Config::parse("[limits]\nmax_recipients = 0\n", Path::new("s.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.toml: key `limits.max_recipients`: must be at least 1"
+        );
+        let e = Config::parse("[limits]\nmax_recipient = 5\n", Path::new("s.toml")).unwrap_err();
+        assert!(e.to_string().contains("max_recipient"), "{e}");
+    }
+}

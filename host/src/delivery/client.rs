@@ -1,0 +1,255 @@
+//! The outbound SMTP leg: one connection to a next hop, with opportunistic STARTTLS,
+//! carrying transactions; idle connections are kept for the next message.
+//!
+//! Built on mail-send's `SmtpClient` for the wire work (replies, dot-stuffing, TLS);
+//! its `connect()` refuses servers without STARTTLS, so the greeting, EHLO and the
+//! opportunistic upgrade are done here.
+
+use super::NextHop;
+use mail_send::SmtpClient;
+use smtp_proto::{EXT_PIPELINING, EXT_START_TLS, Response};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// How long an idle connection is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept per next hop.
+const MAX_IDLE: usize = 16;
+
+/// An open, greeted connection to a next hop.
+pub struct Connection {
+    stream: Stream,
+    /// "TLSv1.3" etc., or "none".
+    pub tls: String,
+    pipelining: bool,
+    idle_since: Instant,
+}
+
+enum Stream {
+    Plain(SmtpClient<TcpStream>),
+    Tls(SmtpClient<TlsStream<TcpStream>>),
+}
+
+/// What the next hop said about one recipient.
+#[derive(Debug, Clone)]
+pub enum RecipientResult {
+    Sent(String),
+    Deferred(String),
+    Failed(String),
+}
+
+/// A failure of the connection itself: every recipient is deferred.
+#[derive(Debug)]
+pub struct ConnectionError(pub String);
+
+fn reply_text(r: &Response<String>) -> String {
+    let [a, b, c] = r.esc;
+    if a == 0 {
+        format!("{} {}", r.code, r.message)
+    } else {
+        format!("{} {a}.{b}.{c} {}", r.code, r.message)
+    }
+}
+
+fn error_text(e: mail_send::Error) -> String {
+    match e {
+        mail_send::Error::UnexpectedReply(r) => reply_text(&r),
+        other => other.to_string(),
+    }
+}
+
+impl Connection {
+    /// Connects, reads the greeting, says EHLO, and upgrades to TLS when the server offers
+    /// STARTTLS. Opportunistic TLS does not check the certificate (as Postfix's `may`):
+    /// encryption against passive listening, without authenticating the server.
+    pub async fn open(
+        hop: &NextHop,
+        helo: &str,
+        timeout: Duration,
+        tls: &TlsConnector,
+    ) -> Result<Connection, ConnectionError> {
+        let fail = |what: &str, e: String| ConnectionError(format!("{what} {hop}: {e}"));
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect((hop.host.as_str(), hop.port)))
+            .await
+            .map_err(|_| fail("timed out connecting to", String::new()))?
+            .map_err(|e| fail("cannot connect to", e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut client = SmtpClient {
+            stream: tcp,
+            timeout,
+        };
+        let greeting = tokio::time::timeout(timeout, client.read())
+            .await
+            .map_err(|_| fail("no greeting from", "timed out".into()))?
+            .map_err(|e| fail("bad greeting from", error_text(e)))?;
+        if greeting.code != 220 {
+            return Err(fail("refused by", reply_text(&greeting)));
+        }
+        let ehlo = client
+            .ehlo(helo)
+            .await
+            .map_err(|e| fail("EHLO refused by", error_text(e)))?;
+        if ehlo.has_capability(EXT_START_TLS) {
+            let mut tls_client = client
+                .start_tls(tls, &hop.host)
+                .await
+                .map_err(|e| fail("STARTTLS failed with", error_text(e)))?;
+            let ehlo = tls_client
+                .ehlo(helo)
+                .await
+                .map_err(|e| fail("EHLO after STARTTLS refused by", error_text(e)))?;
+            let conn = tls_client.tls_connection();
+            let version = conn
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("TLS")
+                .replace("TLSv1_", "TLSv1.");
+            return Ok(Connection {
+                stream: Stream::Tls(tls_client),
+                tls: version,
+                pipelining: ehlo.has_capability(EXT_PIPELINING),
+                idle_since: Instant::now(),
+            });
+        }
+        Ok(Connection {
+            stream: Stream::Plain(client),
+            tls: "none".into(),
+            pipelining: ehlo.has_capability(EXT_PIPELINING),
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Runs one transaction. `Err` means the connection failed (every recipient deferred,
+    /// the connection must be dropped); `Ok` gives one result per recipient, in order.
+    pub async fn send(
+        &mut self,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Result<Vec<RecipientResult>, ConnectionError> {
+        let pipelining = self.pipelining;
+        match &mut self.stream {
+            Stream::Plain(c) => transaction(c, pipelining, sender, recipients, message).await,
+            Stream::Tls(c) => transaction(c, pipelining, sender, recipients, message).await,
+        }
+    }
+}
+
+async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    pipelining: bool,
+    sender: &str,
+    recipients: &[String],
+    message: &[u8],
+) -> Result<Vec<RecipientResult>, ConnectionError> {
+    let io = |e: mail_send::Error| ConnectionError(error_text(e));
+    let mut commands = vec![format!("MAIL FROM:<{sender}>\r\n")];
+    commands.extend(recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
+    let replies = if pipelining {
+        client.cmds(&commands).await.map_err(io)?
+    } else {
+        let mut replies = Vec::with_capacity(commands.len());
+        for command in &commands {
+            let reply = client.cmd(command).await.map_err(io)?;
+            let refused_mail = replies.is_empty() && reply.code >= 400;
+            replies.push(reply);
+            if refused_mail {
+                break;
+            }
+        }
+        replies
+    };
+    let mail = &replies[0];
+    if mail.code >= 300 {
+        // Without a sender there is no transaction: every recipient gets the MAIL reply.
+        let outcome = classify(mail);
+        let _ = client.cmd("RSET\r\n").await;
+        return Ok(recipients.iter().map(|_| outcome.clone()).collect());
+    }
+    let mut results: Vec<Option<RecipientResult>> = recipients
+        .iter()
+        .zip(replies.iter().skip(1))
+        .map(|(_, r)| {
+            if r.code < 300 {
+                None
+            } else {
+                Some(classify(r))
+            }
+        })
+        .collect();
+    results.resize(
+        recipients.len(),
+        Some(RecipientResult::Deferred("no reply to RCPT".into())),
+    );
+    if results.iter().all(Option::is_some) {
+        let _ = client.cmd("RSET\r\n").await;
+        return Ok(results.into_iter().flatten().collect());
+    }
+    let go_ahead = client.cmd("DATA\r\n").await.map_err(io)?;
+    let final_reply = if go_ahead.code == 354 {
+        // mail-send appends CRLF.CRLF itself; the spooled message already ends its last line.
+        let body = message.strip_suffix(b"\r\n").unwrap_or(message);
+        tokio::time::timeout(client.timeout * 5, async {
+            client.write_message(body).await?;
+            client.read().await
+        })
+        .await
+        .map_err(|_| ConnectionError("timed out after sending the message".into()))?
+        .map_err(io)?
+    } else {
+        go_ahead
+    };
+    let outcome = if final_reply.code < 300 {
+        RecipientResult::Sent(reply_text(&final_reply))
+    } else {
+        classify(&final_reply)
+    };
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| outcome.clone()))
+        .collect())
+}
+
+fn classify(reply: &Response<String>) -> RecipientResult {
+    if reply.code >= 500 {
+        RecipientResult::Failed(reply_text(reply))
+    } else {
+        RecipientResult::Deferred(reply_text(reply))
+    }
+}
+
+/// Idle connections per next hop, for reuse by the next message.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<NextHop, Vec<Connection>>>,
+}
+
+impl Pool {
+    /// An idle connection to `hop` that is still fresh, if any.
+    pub fn take(&self, hop: &NextHop) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(hop)?;
+        while let Some(conn) = list.pop() {
+            if conn.idle_since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection for reuse.
+    pub fn put(&self, hop: &NextHop, mut conn: Connection) {
+        conn.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(hop.clone()).or_default();
+        list.retain(|c| c.idle_since.elapsed() < IDLE_TIMEOUT);
+        if list.len() < MAX_IDLE {
+            list.push(conn);
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Sluice: an SMTP relay whose every decision is made by sandboxed WebAssembly policy modules.
+//!
+//! The flow of one message, and where each part lives:
+//!
+//! ```text
+//! smtp::listener ─► smtp::session (one task per connection)
+//!     connect/EHLO/MAIL/RCPT/DATA ─► policy::chain (WebAssembly modules, in order)
+//!     end of DATA ─► headers added ─► queue::spool (fsync) ─► 250
+//! queue::runner ─► delivery (next hop, opportunistic STARTTLS) ─► sent · deferred · bounced
+//! ```
+//!
+//! - [`config`]: `sluice.toml`.
+//! - [`smtp`]: the SMTP server: sessions, one file per stage, strict DATA reading.
+//! - [`policy`]: the wasmtime runtime, the chain, the host functions modules import.
+//! - [`queue`]: the spool on disk and the scheduler of delivery attempts.
+//! - [`delivery`]: the outbound SMTP client and the per-attempt log.
+//! - [`tls`]: certificates for STARTTLS.
+//! - [`server`]: wiring it all together for `sluice serve`.
+
+pub mod config;
+pub mod delivery;
+pub mod policy;
+pub mod queue;
+pub mod server;
+pub mod smtp;
+pub mod tls;

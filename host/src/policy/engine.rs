@@ -1,0 +1,142 @@
+//! The one wasmtime engine of the relay: compiling policy components and linking them
+//! against what the host lends a module.
+//!
+//! Limits live here: epoch interruption for time (a thread ticks the epoch), a store
+//! limiter for memory, and the pooling allocator so that a session's instances come
+//! from pre-reserved slots instead of fresh mappings.
+
+use super::host::HostState;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// The contract this relay speaks (see wit/policy.wit).
+pub const CONTRACT_PACKAGE: &str = "sluice:policy";
+/// The contract version this relay was built against.
+pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 1, 0);
+/// How often the epoch advances; a hook's time limit is counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "policy",
+    with: {
+        "sluice:policy/message.body": super::host::MessageBody,
+    },
+});
+
+/// The compiled-code engine and the linker with the host's imports, shared by every chain.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl PolicyEngine {
+    /// Builds the engine and starts the epoch ticker thread.
+    pub fn new() -> anyhow::Result<Self> {
+        let engine = match Engine::new(&engine_config(true)) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // The pooling allocator reserves address space up front; where that is refused
+                // (a small ulimit -v), on-demand allocation still works, only slower.
+                tracing::warn!(error = %e, "pooling allocator unavailable, allocating instances on demand");
+                Engine::new(&engine_config(false)).map_err(|e| anyhow::anyhow!("{e}"))?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles a component, checks that it is a policy for this contract version and
+    /// pre-links it, so that instantiating it for a session does no compiling or linking.
+    pub fn prepare(&self, bytes: &[u8]) -> Result<PolicyPre<HostState>, String> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| format!("not a WebAssembly component this relay can compile: {e}"))?;
+        check_contract(&self.engine, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("cannot be linked: {e:#}"))?;
+        PolicyPre::new(pre).map_err(|e| format!("does not export the policy hooks: {e:#}"))
+    }
+}
+
+fn engine_config(pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(4000)
+            .total_core_instances(16000)
+            .total_memories(4000)
+            .total_tables(8000)
+            .max_memory_size(256 << 20)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // 256 MiB reserved per memory slot (no guard region beyond it): bounds checks are
+        // explicit, and thousands of slots fit in the address space.
+        config.memory_reservation(256 << 20);
+        config.memory_guard_size(64 << 10);
+    }
+    config
+}
+
+/// Refuses a component built for another major version of the contract (for 0.x, another
+/// minor version), or one that does not export the hooks at all, with a message that says so.
+fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let hooks = ty
+        .exports(engine)
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
+        .map(|(name, _)| name.to_string())
+        .find(|name| name.starts_with(&format!("{CONTRACT_PACKAGE}/hooks")));
+    let (want_major, want_minor, _) = CONTRACT_VERSION;
+    let want = format!("{want_major}.{want_minor}.x");
+    let Some(name) = hooks else {
+        return Err(format!(
+            "does not export {CONTRACT_PACKAGE}/hooks (is it a Sluice policy module? this relay speaks {CONTRACT_PACKAGE}@{want})"
+        ));
+    };
+    let version = name.split_once('@').map(|(_, v)| v).unwrap_or("");
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().ok());
+    let (major, minor) = (parts.next().flatten(), parts.next().flatten());
+    let compatible = match (major, minor) {
+        (Some(0), Some(minor)) => want_major == 0 && minor == want_minor,
+        (Some(major), Some(_)) => major == want_major,
+        _ => false,
+    };
+    if compatible {
+        Ok(())
+    } else {
+        Err(format!(
+            "built for contract {CONTRACT_PACKAGE}@{version}, this relay speaks {CONTRACT_PACKAGE}@{want}"
+        ))
+    }
+}

@@ -1,0 +1,141 @@
+//! The queue: messages accepted and spooled, waiting for the queue runner to deliver them.
+//!
+//! - [`spool`]: the on-disk format and its crash-safe writes.
+//! - [`runner`]: the scheduler that hands due messages to delivery, with back-off.
+
+pub mod runner;
+pub mod spool;
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+pub use spool::Spool;
+
+/// A queued message's envelope and delivery state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The queue id, as in the log and the 250 reply.
+    pub id: String,
+    /// The envelope sender; empty for the null sender (bounces).
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// When the relay accepted it (Unix seconds).
+    pub received: u64,
+    /// The client's IP address.
+    pub client: String,
+    /// Size in bytes of the spooled message.
+    pub size: usize,
+    /// Held for a postmaster (a policy quarantined it): not delivered until released.
+    #[serde(default)]
+    pub hold: bool,
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the next attempt is due (Unix seconds); 0 means now.
+    #[serde(default)]
+    pub next_attempt: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// One recipient and where its delivery stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    pub status: RecipientStatus,
+}
+
+/// Where one recipient's delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientStatus {
+    /// Not delivered yet.
+    Pending,
+    /// Accepted by the next hop.
+    Sent,
+    /// Refused permanently or given up.
+    Failed,
+}
+
+/// Unix time in seconds.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A new queue id: the time in microseconds and a per-process counter, in upper-case hex,
+/// so ids sort by arrival and never repeat on one node.
+pub fn new_queue_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFF;
+    format!("{micros:013X}{n:03X}")
+}
+
+/// The handle sessions and the CLI use to put messages in the queue.
+#[derive(Clone)]
+pub struct Queue {
+    spool: Arc<Spool>,
+    runner: mpsc::UnboundedSender<String>,
+}
+
+impl Queue {
+    /// A queue over `spool` whose new messages go to the runner on `runner`.
+    pub fn new(spool: Arc<Spool>, runner: mpsc::UnboundedSender<String>) -> Self {
+        Self { spool, runner }
+    }
+
+    /// Spools a message durably (fsync'd before this returns) and tells the runner.
+    pub async fn enqueue(&self, envelope: Envelope, message: Vec<u8>) -> std::io::Result<()> {
+        let spool = self.spool.clone();
+        let id = envelope.id.clone();
+        let hold = envelope.hold;
+        tokio::task::spawn_blocking(move || spool.store(&envelope, &message))
+            .await
+            .map_err(std::io::Error::other)??;
+        if !hold {
+            // The runner only stops with the process; a send error then does not matter.
+            let _ = self.runner.send(id);
+        }
+        Ok(())
+    }
+}
+
+/// When the next attempt is due after `attempts` failed ones: the schedule's entries in
+/// turn, the last one repeating.
+pub fn retry_delay(schedule: &[Duration], attempts: u32) -> Duration {
+    let index = (attempts.max(1) as usize - 1).min(schedule.len().saturating_sub(1));
+    schedule
+        .get(index)
+        .copied()
+        .unwrap_or(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_ids_are_unique_and_sorted() {
+        let ids: Vec<_> = (0..1000).map(|_| new_queue_id()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len());
+    }
+
+    #[test]
+    fn back_off_follows_the_schedule_then_repeats_the_last() {
+        let s = [Duration::from_secs(60), Duration::from_secs(300)];
+        assert_eq!(retry_delay(&s, 1), s[0]);
+        assert_eq!(retry_delay(&s, 2), s[1]);
+        assert_eq!(retry_delay(&s, 9), s[1]);
+    }
+}

@@ -1,0 +1,170 @@
+//! The spool: accepted messages on local disk until they are delivered or given up.
+//!
+//! # Format
+//! ```text
+//! SPOOL/tmp/ID          a message being written; whatever is here at start-up is incomplete
+//!                       (the client never saw 250 for it) and is removed
+//! SPOOL/queue/ID        a queued message: the line `SLUICE-SPOOL 1`, the envelope as one line
+//!                       of JSON, then the message bytes exactly as they will be relayed
+//! SPOOL/queue/ID.state  the envelope as updated after delivery attempts (one JSON document);
+//!                       when present it replaces the envelope inside `ID`
+//! ```
+//!
+//! # Order of writes
+//! Accepting: write `tmp/ID`, fsync it, rename it to `queue/ID`, fsync `queue/`; only
+//! then does the client get 250. A crash before the rename leaves a file in `tmp/`
+//! (removed at start-up); after it, the message is queued.
+//!
+//! Updating: write `tmp/ID.state`, fsync, rename over `queue/ID.state`. A crash leaves
+//! the previous state, so at worst an attempt is repeated (delivery is at-least-once).
+//!
+//! Finishing: remove `queue/ID.state`, then `queue/ID`. A `.state` without its message
+//! (a crash between the two) is removed at start-up.
+
+use super::Envelope;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &str = "SLUICE-SPOOL 1";
+
+/// The spool directory.
+#[derive(Debug)]
+pub struct Spool {
+    tmp: PathBuf,
+    queue: PathBuf,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `dir` and removes what a crash left half-written.
+    pub fn open(dir: &Path) -> io::Result<Spool> {
+        let spool = Spool {
+            tmp: dir.join("tmp"),
+            queue: dir.join("queue"),
+        };
+        for d in [&spool.tmp, &spool.queue] {
+            fs::create_dir_all(d).map_err(|e| with_path(e, d))?;
+        }
+        for entry in fs::read_dir(&spool.tmp)? {
+            let path = entry?.path();
+            tracing::info!(path = %path.display(), "spool: removing a file left half-written by a crash");
+            fs::remove_file(&path).map_err(|e| with_path(e, &path))?;
+        }
+        Ok(spool)
+    }
+
+    /// Writes a new message durably; when this returns Ok the message survives a crash.
+    pub fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
+        let tmp = self.tmp.join(&envelope.id);
+        let mut file = File::create(&tmp).map_err(|e| with_path(e, &tmp))?;
+        let mut head = format!("{MAGIC}\n").into_bytes();
+        serde_json::to_writer(&mut head, envelope)?;
+        head.push(b'\n');
+        file.write_all(&head)?;
+        file.write_all(message)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, self.queue.join(&envelope.id))?;
+        sync_dir(&self.queue)
+    }
+
+    /// The ids of every queued message.
+    pub fn list(&self) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.queue)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            match name.strip_suffix(".state") {
+                Some(id) if !self.queue.join(id).exists() => {
+                    // The message was finished but its state outlived it (crash in between).
+                    let _ = fs::remove_file(self.queue.join(&name));
+                }
+                Some(_) => {}
+                None => ids.push(name),
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The current envelope of a queued message.
+    pub fn envelope(&self, id: &str) -> io::Result<Envelope> {
+        let state = self.queue.join(format!("{id}.state"));
+        match fs::read(&state) {
+            Ok(bytes) => {
+                return serde_json::from_slice(&bytes).map_err(|e| with_path(e.into(), &state));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(with_path(e, &state)),
+        }
+        let (envelope, _) = self.read_message_file(id, false)?;
+        Ok(envelope)
+    }
+
+    /// The current envelope and the message bytes.
+    pub fn load(&self, id: &str) -> io::Result<(Envelope, Vec<u8>)> {
+        let (original, message) = self.read_message_file(id, true)?;
+        let state = self.queue.join(format!("{id}.state"));
+        let envelope = match fs::read(&state) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| with_path(e.into(), &state))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => original,
+            Err(e) => return Err(with_path(e, &state)),
+        };
+        Ok((envelope, message))
+    }
+
+    fn read_message_file(&self, id: &str, with_body: bool) -> io::Result<(Envelope, Vec<u8>)> {
+        let path = self.queue.join(id);
+        let mut reader = BufReader::new(File::open(&path).map_err(|e| with_path(e, &path))?);
+        let mut magic = String::new();
+        reader.read_line(&mut magic)?;
+        if magic.trim_end() != MAGIC {
+            return Err(with_path(
+                io::Error::new(io::ErrorKind::InvalidData, "not a Sluice spool file"),
+                &path,
+            ));
+        }
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line)?;
+        let envelope = serde_json::from_slice(&line).map_err(|e| with_path(e.into(), &path))?;
+        let mut message = Vec::new();
+        if with_body {
+            reader.read_to_end(&mut message)?;
+        }
+        Ok((envelope, message))
+    }
+
+    /// Records a delivery attempt's outcome durably.
+    pub fn update(&self, envelope: &Envelope) -> io::Result<()> {
+        let name = format!("{}.state", envelope.id);
+        let tmp = self.tmp.join(&name);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| with_path(e, &tmp))?;
+        file.write_all(&serde_json::to_vec(envelope)?)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, self.queue.join(&name))?;
+        sync_dir(&self.queue)
+    }
+
+    /// Removes a message that is done with (delivered, bounced or deleted).
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.queue.join(format!("{id}.state"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        fs::remove_file(self.queue.join(id))?;
+        sync_dir(&self.queue)
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}

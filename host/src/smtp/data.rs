@@ -1,0 +1,298 @@
+//! DATA (RFC 5321 4.1.1.4) and BDAT (RFC 3030), and what happens to a complete message:
+//! the data hook, the relay's own header fields, the spool, and only then 250.
+
+use super::Reply;
+use super::data_reader::{DataProblem, DataReader};
+use super::headers::{self, format_field};
+use super::session::{Next, Session, State};
+use crate::policy::{Rewrite, Verdict};
+use crate::queue::{self, Envelope, Recipient, RecipientStatus};
+use bytes::Bytes;
+
+impl Session {
+    fn reader_limits(&self) -> (usize, usize) {
+        let l = &self.ctx.config.limits;
+        (l.max_message_size, l.text_line_length)
+    }
+
+    /// Why the transaction cannot take a message now, if it cannot.
+    fn not_ready_for_message(&self) -> Option<Reply> {
+        match &self.tx {
+            None => Some(Reply::new(503, "5.5.1", "Need MAIL command first")),
+            Some(tx) if tx.recipients.is_empty() => {
+                Some(Reply::new(554, "5.5.1", "No valid recipients"))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// DATA: from here the input is message text up to CRLF.CRLF.
+    pub(super) fn data(&mut self) -> Option<Next> {
+        if let Some(reply) = self.not_ready_for_message() {
+            return self.error(reply);
+        }
+        if self.tx.as_ref().is_some_and(|tx| tx.bdat.is_some()) {
+            return self.error(Reply::new(503, "5.5.1", "DATA cannot follow BDAT"));
+        }
+        let (size, line) = self.reader_limits();
+        self.state = State::Data(DataReader::for_data(size, line));
+        self.output
+            .extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+        None
+    }
+
+    /// BDAT: the next `size` bytes are a chunk of the message, read whatever happens.
+    pub(super) fn bdat(&mut self, size: usize, last: bool) -> Option<Next> {
+        let mut refusal = self.not_ready_for_message();
+        let (max_size, max_line) = self.reader_limits();
+        if let Some(tx) = self.tx.as_mut().filter(|_| refusal.is_none()) {
+            let reader = tx
+                .bdat
+                .get_or_insert_with(|| DataReader::for_bdat(max_size, max_line));
+            if reader.size().saturating_add(size) > max_size {
+                refusal = Some(Reply::new(552, "5.3.4", "Message size exceeds the limit"));
+            }
+        }
+        if refusal.is_some() {
+            // The rest of this message is refused too (RFC 3030 2: a failed chunk ends it).
+            if let Some(tx) = self.tx.as_mut() {
+                tx.bdat = None;
+            }
+        }
+        self.state = State::Bdat {
+            remaining: size,
+            last,
+            refusal,
+        };
+        if size == 0 {
+            let (_, next) = self.bdat_chunk(&[]);
+            return next;
+        }
+        None
+    }
+
+    /// Takes bytes of the current BDAT chunk; `(used, Some(next))` when the chunk is complete.
+    pub(super) fn bdat_chunk(&mut self, input: &[u8]) -> (usize, Option<Next>) {
+        let State::Bdat {
+            remaining,
+            last,
+            refusal,
+        } = &mut self.state
+        else {
+            return (0, None);
+        };
+        let used = input.len().min(*remaining);
+        *remaining -= used;
+        let (done, last, refusal) = (*remaining == 0, *last, refusal.take());
+        if refusal.is_none()
+            && let Some(reader) = self.tx.as_mut().and_then(|tx| tx.bdat.as_mut())
+        {
+            reader.feed(&input[..used]);
+        }
+        if !done {
+            if let State::Bdat { refusal: slot, .. } = &mut self.state {
+                *slot = refusal;
+            }
+            return (used, None);
+        }
+        self.state = State::Command;
+        if let Some(reply) = refusal {
+            return (used, self.error(reply));
+        }
+        if !last {
+            self.reply(Reply::new(250, "2.0.0", "Chunk accepted"));
+            return (used, None);
+        }
+        match self.tx.as_mut().and_then(|tx| tx.bdat.take()) {
+            Some(reader) => (used, Some(Next::Message(reader))),
+            None => (
+                used,
+                self.error(Reply::new(503, "5.5.1", "No message in progress")),
+            ),
+        }
+    }
+
+    /// The message is complete: refuse it, or run the data hook, spool it and answer 250.
+    pub(super) async fn finish_message(&mut self, reader: DataReader) -> Option<Next> {
+        let reply = self.accept_message(reader).await;
+        // The transaction ends with the reply to the message, whatever it is.
+        self.reset_transaction();
+        if reply.code >= 500 {
+            return self.error(reply);
+        }
+        self.reply(reply);
+        None
+    }
+
+    async fn accept_message(&mut self, reader: DataReader) -> Reply {
+        let peer = self.peer;
+        if let Some(problem) = reader.problem() {
+            let reply = match problem {
+                DataProblem::TooBig => Reply::new(
+                    552,
+                    "5.3.4",
+                    format!(
+                        "Message size exceeds the limit of {} bytes",
+                        self.ctx.config.limits.max_message_size
+                    ),
+                ),
+                DataProblem::LineTooLong => Reply::new(
+                    500,
+                    "5.5.2",
+                    format!(
+                        "Message line longer than {} characters",
+                        self.ctx.config.limits.text_line_length
+                    ),
+                ),
+                DataProblem::BareCr | DataProblem::BareLf => Reply::new(
+                    554,
+                    "5.5.2",
+                    "Message refused: bare CR or LF is not allowed (RFC 5321 2.3.8)",
+                ),
+            };
+            tracing::warn!(session = self.id, %peer, ?problem, reply = %reply, "message refused");
+            return reply;
+        }
+        let mut body = reader.into_body();
+        if !body.is_empty() && !body.ends_with(b"\r\n") {
+            // A BDAT message may end mid-line; it is relayed with DATA, which needs whole lines.
+            body.extend_from_slice(b"\r\n");
+        }
+        let body = Bytes::from(body);
+        let fields = headers::fields(&body);
+        let named: Vec<(String, String)> = fields
+            .iter()
+            .map(|f| (f.name.clone(), f.value.clone()))
+            .collect();
+        let decision = self.policy.on_data(&named, &body);
+        self.apply_rewrites(decision.rewrites, None);
+        let Some(tx) = self.tx.take() else {
+            return Reply::new(503, "5.5.1", "No transaction");
+        };
+        match decision.verdict {
+            Verdict::Reject => {
+                let reply = decision
+                    .reply
+                    .unwrap_or_else(|| Reply::new(550, "5.7.1", "Message refused"));
+                tracing::info!(session = self.id, %peer, from = %tx.sender, decided_by = ?decision.decided_by, reply = %reply, "message refused by policy");
+                return reply;
+            }
+            Verdict::Tempfail => {
+                let reply = decision.reply.unwrap_or_else(|| {
+                    Reply::new(451, "4.7.1", "Message not accepted now, try again later")
+                });
+                tracing::info!(session = self.id, %peer, from = %tx.sender, decided_by = ?decision.decided_by, reply = %reply, "message deferred by policy");
+                return reply;
+            }
+            _ => {}
+        }
+        let id = queue::new_queue_id();
+        if decision.verdict == Verdict::Discard {
+            tracing::info!(session = self.id, %peer, queue_id = %id, from = %tx.sender, nrcpt = tx.recipients.len(), decided_by = ?decision.decided_by, "message discarded by policy");
+            return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
+        }
+        let hold = decision.verdict == Verdict::Quarantine;
+        let message = self.build_message(&id, &tx.recipients, &tx.header_edits, &body, &fields);
+        let envelope = Envelope {
+            id: id.clone(),
+            sender: tx.sender.clone(),
+            recipients: tx
+                .recipients
+                .iter()
+                .map(|address| Recipient {
+                    address: address.clone(),
+                    status: RecipientStatus::Pending,
+                })
+                .collect(),
+            received: queue::now(),
+            client: peer.ip().to_string(),
+            size: message.len(),
+            hold,
+            attempts: 0,
+            next_attempt: 0,
+            last_error: None,
+        };
+        let size = message.len();
+        if let Err(e) = self.ctx.queue.enqueue(envelope, message).await {
+            tracing::error!(session = self.id, %peer, queue_id = %id, error = %e, "cannot write the message to the spool");
+            return Reply::new(
+                451,
+                "4.3.0",
+                "Local error in processing: cannot queue the message",
+            );
+        }
+        tracing::info!(
+            target: "sluice::queue",
+            "{id}: client=[{}], helo={}, from=<{}>, nrcpt={}, size={size}, tls={}{}",
+            peer.ip(),
+            self.helo.as_deref().unwrap_or(""),
+            tx.sender,
+            tx.recipients.len(),
+            self.facts.tls.as_ref().map(|(v, _)| v.as_str()).unwrap_or("none"),
+            if hold { ", status=quarantined" } else { "" },
+        );
+        Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+    }
+
+    /// The message as it will be spooled: the Received field, the policies' header edits,
+    /// Date and Message-ID when the client left them out, then the client's message.
+    fn build_message(
+        &self,
+        id: &str,
+        recipients: &[String],
+        edits: &[Rewrite],
+        body: &[u8],
+        fields: &[headers::Field],
+    ) -> Vec<u8> {
+        let hostname = &self.ctx.config.hostname;
+        let now = chrono::Utc::now().to_rfc2822();
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let protocol = match (self.esmtp, self.facts.tls.is_some()) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "ESMTPS",
+        };
+        let tls = self
+            .facts
+            .tls
+            .as_ref()
+            .map(|(version, cipher)| format!(" (using {version} with cipher {cipher})"))
+            .unwrap_or_default();
+        // Naming the recipient only when there is one, so a Bcc list is not disclosed.
+        let for_clause = match recipients {
+            [one] => format!("\r\n\tfor <{one}>"),
+            _ => String::new(),
+        };
+        let mut top = format!(
+            "Received: from {helo} ([{ip}]){tls}\r\n\tby {hostname} (Sluice) with {protocol} id {id}{for_clause};\r\n\t{now}\r\n",
+            ip = self.peer.ip(),
+        );
+        let mut remove = Vec::new();
+        let mut added = Vec::new();
+        for edit in edits {
+            match edit {
+                Rewrite::AddHeader(name, value) | Rewrite::ReplaceHeader(name, value) => {
+                    if matches!(edit, Rewrite::ReplaceHeader(..)) {
+                        remove.push(name.clone());
+                    }
+                    added.push(name.as_str());
+                    top.push_str(&format_field(name, value));
+                }
+                Rewrite::RemoveHeader(name) => remove.push(name.clone()),
+                _ => {}
+            }
+        }
+        let has = |name: &str| {
+            added.iter().any(|a| a.eq_ignore_ascii_case(name))
+                || (fields.iter().any(|f| f.name.eq_ignore_ascii_case(name))
+                    && !remove.iter().any(|r| r.eq_ignore_ascii_case(name)))
+        };
+        if !has("Date") {
+            top.push_str(&format_field("Date", &now));
+        }
+        if !has("Message-ID") {
+            top.push_str(&format_field("Message-ID", &format!("<{id}@{hostname}>")));
+        }
+        headers::assemble(body, fields, &remove, &top)
+    }
+}

@@ -1,0 +1,260 @@
+//! Reading the message text of DATA (and BDAT chunks) strictly.
+//!
+//! Written here rather than taken from smtp-proto because its `DataReceiver` ends the
+//! message on `CRLF . CR CR LF` and lets bare LF through: both are SMTP-smuggling holes
+//! (a downstream server that reads line ends differently would see a second message).
+//! This reader ends DATA only at `CRLF . CRLF`, removes the dot of dot-stuffed lines, and
+//! flags any CR or LF that is not part of a CRLF pair, so the message can be refused.
+
+use memchr::memchr2;
+
+/// Why a message read this way must be refused (the first problem seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataProblem {
+    /// More bytes than the size limit.
+    TooBig,
+    /// A line longer than the text line limit.
+    LineTooLong,
+    /// A CR not followed by LF.
+    BareCr,
+    /// An LF not preceded by CR.
+    BareLf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineState {
+    /// At the start of a line (after CRLF, or at the start of the message).
+    LineStart,
+    /// Inside a line.
+    Middle,
+    /// Just after a CR.
+    Cr,
+    /// A dot at the start of a line (DATA only).
+    Dot,
+    /// A dot then CR at the start of a line (DATA only): LF next ends the message.
+    DotCr,
+}
+
+/// Accumulates one message from DATA (with the end-of-data marker and dot-unstuffing) or
+/// from BDAT chunks (binary, no marker), checking line ends, line lengths and size.
+pub struct DataReader {
+    state: LineState,
+    /// DATA removes dot-stuffing and ends at CRLF.CRLF; BDAT does neither.
+    dot_stuffed: bool,
+    line_len: usize,
+    max_line: usize,
+    max_size: usize,
+    size: usize,
+    body: Vec<u8>,
+    problem: Option<DataProblem>,
+}
+
+impl DataReader {
+    /// A reader for DATA.
+    pub fn for_data(max_size: usize, max_line: usize) -> Self {
+        Self::new(true, max_size, max_line)
+    }
+
+    /// A reader for a message sent in BDAT chunks.
+    pub fn for_bdat(max_size: usize, max_line: usize) -> Self {
+        Self::new(false, max_size, max_line)
+    }
+
+    fn new(dot_stuffed: bool, max_size: usize, max_line: usize) -> Self {
+        Self {
+            state: LineState::LineStart,
+            dot_stuffed,
+            line_len: 0,
+            max_line,
+            max_size,
+            size: 0,
+            body: Vec::new(),
+            problem: None,
+        }
+    }
+
+    /// The first problem seen, if any.
+    pub fn problem(&self) -> Option<DataProblem> {
+        self.problem
+    }
+
+    /// Bytes of message text seen so far (also past the size limit).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The message text. Meaningful only when there is no problem.
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
+    }
+
+    /// Is the text so far a whole number of lines (BDAT messages must end with CRLF to be relayed by DATA)?
+    pub fn ends_at_line_start(&self) -> bool {
+        self.state == LineState::LineStart
+    }
+
+    fn flag(&mut self, problem: DataProblem) {
+        if self.problem.is_none() {
+            self.problem = Some(problem);
+            // Nothing more is kept of a message that will be refused.
+            self.body = Vec::new();
+        }
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        self.size += bytes.len();
+        if self.size > self.max_size {
+            self.flag(DataProblem::TooBig);
+        }
+        if self.problem.is_none() {
+            self.body.extend_from_slice(bytes);
+        }
+    }
+
+    fn text(&mut self, bytes: &[u8]) {
+        self.line_len += bytes.len();
+        if self.line_len > self.max_line {
+            self.flag(DataProblem::LineTooLong);
+        }
+        self.emit(bytes);
+    }
+
+    /// Takes bytes from `input`. With DATA, returns `Some(n)` when the end-of-data marker was
+    /// found after `n` bytes of `input` (the rest belongs to the next command); `None` means
+    /// all of `input` was taken and more is needed.
+    pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                LineState::Middle | LineState::LineStart if b != b'\r' && b != b'\n' => {
+                    if self.state == LineState::LineStart && b == b'.' && self.dot_stuffed {
+                        self.state = LineState::Dot;
+                        i += 1;
+                        continue;
+                    }
+                    // Fast path: copy up to the next CR or LF in one go.
+                    let rest = &input[i..];
+                    let n = memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                    self.text(&rest[..n]);
+                    self.state = LineState::Middle;
+                    i += n;
+                }
+                LineState::Middle | LineState::LineStart | LineState::Dot if b == b'\r' => {
+                    self.state = if self.state == LineState::Dot {
+                        LineState::DotCr
+                    } else {
+                        LineState::Cr
+                    };
+                    i += 1;
+                }
+                LineState::Middle | LineState::LineStart | LineState::Dot if b == b'\n' => {
+                    // A bare LF is never a line end: the message will be refused.
+                    self.flag(DataProblem::BareLf);
+                    self.text(b"\n");
+                    self.state = LineState::Middle;
+                    i += 1;
+                }
+                LineState::Dot => {
+                    // A dot-stuffed line: the leading dot is dropped, the rest is text.
+                    self.state = LineState::Middle;
+                }
+                LineState::Cr | LineState::DotCr if b == b'\n' => {
+                    i += 1;
+                    if self.state == LineState::DotCr {
+                        return Some(i);
+                    }
+                    self.emit(b"\r\n");
+                    self.line_len = 0;
+                    self.state = LineState::LineStart;
+                }
+                LineState::Cr | LineState::DotCr => {
+                    // A bare CR; the byte after it is looked at again as text.
+                    self.flag(DataProblem::BareCr);
+                    self.text(b"\r");
+                    self.state = LineState::Middle;
+                }
+                LineState::Middle | LineState::LineStart => unreachable!("CR and LF handled above"),
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(input: &[u8]) -> (Option<usize>, Option<DataProblem>, Vec<u8>) {
+        let mut r = DataReader::for_data(1 << 20, 998);
+        let end = r.feed(input);
+        (end, r.problem(), r.into_body())
+    }
+
+    #[test]
+    fn ends_only_at_crlf_dot_crlf() {
+        let (end, problem, body) = read(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n");
+        assert_eq!(end, Some(24));
+        assert_eq!(problem, None);
+        assert_eq!(body, b"Subject: x\r\n\r\nhello\r\n");
+    }
+
+    #[test]
+    fn unstuffs_dots() {
+        let (_, _, body) = read(b"..leading\r\n.\r\n");
+        assert_eq!(body, b".leading\r\n");
+        let (_, _, body) = read(b"a\r\n...\r\n.\r\n");
+        assert_eq!(body, b"a\r\n..\r\n");
+    }
+
+    #[test]
+    fn smuggling_variants_do_not_end_the_message_and_are_flagged() {
+        for attempt in [
+            &b"a\n.\nMAIL FROM:<x>\r\n"[..],
+            b"a\r\n.\nMAIL FROM:<x>\r\n",
+            b"a\n.\r\nMAIL FROM:<x>\r\n",
+            b"a\r.\r\nMAIL FROM:<x>\r\n",
+            b"a\r\n.\r\r\nMAIL FROM:<x>\r\n",
+        ] {
+            let mut r = DataReader::for_data(1 << 20, 998);
+            assert_eq!(r.feed(attempt), None, "{attempt:?} ended the message");
+            assert!(r.problem().is_some(), "{attempt:?} was not flagged");
+            assert_eq!(r.feed(b"\r\n.\r\n"), Some(5));
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_gives_the_same_result() {
+        let input = b"A: b\r\n\r\n..x\r\nline\r\n.\r\n";
+        let mut r = DataReader::for_data(1 << 20, 998);
+        let mut end = None;
+        for (i, b) in input.iter().enumerate() {
+            if r.feed(std::slice::from_ref(b)).is_some() {
+                end = Some(i + 1);
+            }
+        }
+        assert_eq!(end, Some(input.len()));
+        assert_eq!(r.into_body(), b"A: b\r\n\r\n.x\r\nline\r\n");
+    }
+
+    #[test]
+    fn limits_size_and_line_length() {
+        let mut r = DataReader::for_data(10, 998);
+        r.feed(b"0123456789abc\r\n");
+        assert_eq!(r.problem(), Some(DataProblem::TooBig));
+        let mut r = DataReader::for_data(1 << 20, 998);
+        r.feed(&[b'x'; 999]);
+        assert_eq!(r.problem(), Some(DataProblem::LineTooLong));
+    }
+
+    #[test]
+    fn bdat_keeps_dots_and_checks_line_ends() {
+        let mut r = DataReader::for_bdat(1 << 20, 998);
+        assert_eq!(r.feed(b"a\r\n.\r\n"), None);
+        assert!(r.ends_at_line_start());
+        assert_eq!(r.into_body(), b"a\r\n.\r\n");
+        let mut r = DataReader::for_bdat(1 << 20, 998);
+        r.feed(b"a\nb");
+        assert_eq!(r.problem(), Some(DataProblem::BareLf));
+    }
+}

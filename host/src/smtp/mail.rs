@@ -1,0 +1,88 @@
+//! MAIL FROM (RFC 5321 4.1.1.2), with SIZE (RFC 1870), BODY (RFC 6152) and SMTPUTF8 (RFC 6531).
+
+use super::Reply;
+use super::session::{Next, Session, Transaction, param};
+use crate::policy::Verdict;
+use smtp_proto::{
+    MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_SMTPUTF8,
+    MailFrom,
+};
+use std::borrow::Cow;
+
+impl Session {
+    /// Starts a transaction: checks sequence and size, then asks the mail-from hook.
+    pub(super) fn mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Option<Next> {
+        if self.helo.is_none() {
+            return self.error(Reply::new(503, "5.5.1", "Send EHLO or HELO first"));
+        }
+        if self.tx.is_some() {
+            return self.error(Reply::new(503, "5.5.1", "Nested MAIL command"));
+        }
+        let max = self.ctx.config.limits.max_message_size;
+        if from.size > max {
+            self.reply(Reply::new(
+                552,
+                "5.3.4",
+                format!("Message size exceeds the limit of {max} bytes"),
+            ));
+            return None;
+        }
+        let sender = from.address.to_string();
+        let params = mail_params(&from);
+        let hook_sender = sender.clone();
+        self.update_facts(|f| f.sender = Some(hook_sender));
+        let decision = self.policy.on_mail_from(&sender, &params);
+        match decision.verdict {
+            Verdict::Reject | Verdict::Tempfail => {
+                self.update_facts(|f| f.sender = None);
+                let reply = decision.reply.unwrap_or_else(|| {
+                    if decision.verdict == Verdict::Reject {
+                        Reply::new(550, "5.7.1", "Sender refused")
+                    } else {
+                        Reply::new(451, "4.7.1", "Sender not accepted now, try again later")
+                    }
+                });
+                tracing::info!(session = self.id, peer = %self.peer, from = %sender, reply = %reply, "MAIL refused");
+                self.reply(reply);
+                return None;
+            }
+            _ => {}
+        }
+        self.tx = Some(Transaction {
+            sender,
+            recipients: Vec::new(),
+            header_edits: self.session_edits.clone(),
+            bdat: None,
+        });
+        self.apply_rewrites(decision.rewrites, None);
+        self.reply(Reply::new(250, "2.1.0", "Ok"));
+        None
+    }
+}
+
+/// The MAIL parameters smtp-proto understood, as name/value pairs for the hooks.
+fn mail_params(from: &MailFrom<Cow<'_, str>>) -> Vec<(String, Option<String>)> {
+    let mut params = Vec::new();
+    if from.size > 0 {
+        params.push(param("SIZE", Some(from.size.to_string().into())));
+    }
+    for (flag, body) in [
+        (MAIL_BODY_7BIT, "7BIT"),
+        (MAIL_BODY_8BITMIME, "8BITMIME"),
+        (MAIL_BODY_BINARYMIME, "BINARYMIME"),
+    ] {
+        if from.flags & flag != 0 {
+            params.push(param("BODY", Some(body.into())));
+        }
+    }
+    if from.flags & MAIL_SMTPUTF8 != 0 {
+        params.push(param("SMTPUTF8", None));
+    }
+    if from.flags & MAIL_REQUIRETLS != 0 {
+        params.push(param("REQUIRETLS", None));
+    }
+    if let Some(envid) = &from.env_id {
+        params.push(param("ENVID", Some(envid.clone())));
+    }
+    params
+}

@@ -1,0 +1,42 @@
+//! The SMTP server: one task per connection, one file per stage, as RFC 5321 orders them.
+//!
+//! - [`listener`]: accepting connections within the connection limits.
+//! - [`session`]: the per-connection state machine, reading pipelined commands and
+//!   batching the replies; the stages are in [`ehlo`], [`mail`], [`rcpt`], [`data`] and
+//!   [`starttls`].
+//! - [`data_reader`]: strict reading of the message text (no SMTP smuggling).
+//! - [`headers`]: the header section: fields for the data hook, edits, trace fields.
+//! - [`reply`]: SMTP replies.
+//!
+//! The session enforces protocol and limits only; whether to relay, and every content
+//! rule, is the policy chain's.
+
+pub mod data;
+pub mod data_reader;
+pub mod ehlo;
+pub mod headers;
+pub mod listener;
+pub mod mail;
+pub mod rcpt;
+pub mod reply;
+pub mod session;
+pub mod starttls;
+pub mod stream;
+
+pub use reply::Reply;
+
+use crate::config::Config;
+use crate::policy::Chain;
+use crate::queue::Queue;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
+
+/// What every session shares: the configuration, the TLS certificate, the policy chain
+/// (swapped whole on reload; a session keeps the one it started with) and the queue.
+pub struct ServerContext {
+    pub config: Arc<Config>,
+    pub tls: TlsAcceptor,
+    pub chain: ArcSwap<Chain>,
+    pub queue: Queue,
+}

@@ -1,0 +1,68 @@
+//! RCPT TO (RFC 5321 4.1.1.3): a recipient is accepted only when a policy accepts it.
+
+use super::Reply;
+use super::session::{Next, Session};
+use crate::policy::Verdict;
+use smtp_proto::RcptTo;
+use std::borrow::Cow;
+
+impl Session {
+    /// Adds a recipient if the rcpt hook accepts it; with no decision, relaying is denied.
+    pub(super) fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Option<Next> {
+        let Some(tx) = &self.tx else {
+            return self.error(Reply::new(503, "5.5.1", "Need MAIL command first"));
+        };
+        if to.address.is_empty() {
+            return self.error(Reply::new(501, "5.1.3", "Bad recipient address syntax"));
+        }
+        if tx.recipients.len() >= self.ctx.config.limits.max_recipients {
+            self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
+            return None;
+        }
+        let mut recipient = to.address.to_string();
+        let params: Vec<(String, Option<String>)> = to
+            .orcpt
+            .as_ref()
+            .map(|o| vec![("ORCPT".to_string(), Some(o.to_string()))])
+            .unwrap_or_default();
+        let decision = self.policy.on_rcpt(&recipient, &params);
+        let refusal = match decision.verdict {
+            Verdict::Accept => None,
+            Verdict::Reject | Verdict::Tempfail => Some(decision.reply.unwrap_or_else(|| {
+                if decision.verdict == Verdict::Reject {
+                    Reply::new(554, "5.7.1", format!("<{recipient}>: Recipient refused"))
+                } else {
+                    Reply::new(
+                        450,
+                        "4.7.1",
+                        format!("<{recipient}>: Recipient not accepted now, try again later"),
+                    )
+                }
+            })),
+            // Never an open relay: no module accepted this recipient.
+            _ => Some(Reply::new(
+                554,
+                "5.7.1",
+                format!("<{recipient}>: Relay access denied"),
+            )),
+        };
+        if let Some(reply) = refusal {
+            tracing::info!(session = self.id, peer = %self.peer, to = %recipient, reply = %reply, decided_by = ?decision.decided_by, "RCPT refused");
+            if reply.code >= 500 {
+                return self.error(reply);
+            }
+            self.reply(reply);
+            return None;
+        }
+        self.apply_rewrites(decision.rewrites, Some(&mut recipient));
+        if let Some(tx) = self.tx.as_mut() {
+            if !tx.recipients.contains(&recipient) {
+                tx.recipients.push(recipient);
+            }
+            let recipients = tx.recipients.clone();
+            self.update_facts(|f| f.recipients = recipients);
+        }
+        self.reply(Reply::new(250, "2.1.5", "Ok"));
+        None
+    }
+}

@@ -1,0 +1,534 @@
+//! One SMTP session: the state machine over one connection.
+//!
+//! Input is read into a buffer and consumed command by command, so pipelined commands
+//! fall out naturally; replies are collected and written when the buffer holds no more
+//! complete commands (one write per pipelined batch). Each stage's handler is in its
+//! own file (`ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`).
+
+use super::data_reader::DataReader;
+use super::stream::Stream;
+use super::{Reply, ServerContext};
+use crate::policy::{Rewrite, SessionChain, SessionFacts, Verdict};
+use smtp_proto::{Error as ParseError, Request};
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What the read loop does after the buffered input has been handled.
+pub(super) enum Next {
+    /// Read more input.
+    Read,
+    /// The client asked for TLS: flush, drop unread input, handshake.
+    StartTls,
+    /// A message is complete: spool it (asynchronous) and answer.
+    Message(DataReader),
+    /// Flush and hang up.
+    Close,
+}
+
+/// Where the session is in the protocol.
+pub(super) enum State {
+    /// Reading command lines.
+    Command,
+    /// Skipping the rest of an over-long command line.
+    SkipLine,
+    /// Reading DATA text up to CRLF.CRLF.
+    Data(DataReader),
+    /// Reading `remaining` bytes of a BDAT chunk.
+    Bdat {
+        remaining: usize,
+        last: bool,
+        /// Why the chunk is refused, if it is; its bytes are read and dropped.
+        refusal: Option<Reply>,
+    },
+}
+
+/// The mail transaction in progress (from MAIL to the end of DATA, or RSET).
+pub(super) struct Transaction {
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// Header edits asked for by policies, applied when the message is spooled.
+    pub header_edits: Vec<Rewrite>,
+    /// The message so far, when it comes in BDAT chunks.
+    pub bdat: Option<DataReader>,
+}
+
+/// One SMTP session.
+pub struct Session {
+    pub(super) ctx: Arc<ServerContext>,
+    pub(super) stream: Stream,
+    pub(super) peer: SocketAddr,
+    /// A number for this session in the logs.
+    pub(super) id: u64,
+    pub(super) facts: Arc<SessionFacts>,
+    pub(super) policy: SessionChain,
+    input: Vec<u8>,
+    pub(super) output: Vec<u8>,
+    pub(super) state: State,
+    pub(super) helo: Option<String>,
+    pub(super) esmtp: bool,
+    pub(super) tx: Option<Transaction>,
+    /// Header edits from the connect and helo hooks: they apply to every message.
+    pub(super) session_edits: Vec<Rewrite>,
+    errors: usize,
+}
+
+impl Session {
+    /// A session for a new connection, on the policy chain current at this moment.
+    pub fn new(
+        ctx: Arc<ServerContext>,
+        tcp: TcpStream,
+        listener: Arc<str>,
+    ) -> std::io::Result<Self> {
+        static SESSIONS: AtomicU64 = AtomicU64::new(1);
+        let peer = tcp.peer_addr()?;
+        let local = tcp.local_addr()?;
+        let _ = tcp.set_nodelay(true);
+        let facts = Arc::new(SessionFacts {
+            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            local,
+            listener: listener.to_string(),
+            helo: None,
+            tls: None,
+            authenticated_user: None,
+            sender: None,
+            recipients: Vec::new(),
+        });
+        let policy = ctx.chain.load_full().start_session(facts.clone());
+        Ok(Session {
+            ctx,
+            stream: Stream::Plain(tcp),
+            peer: facts.peer,
+            id: SESSIONS.fetch_add(1, Ordering::Relaxed),
+            facts,
+            policy,
+            input: Vec::with_capacity(4096),
+            output: Vec::with_capacity(1024),
+            state: State::Command,
+            helo: None,
+            esmtp: false,
+            tx: None,
+            session_edits: Vec::new(),
+            errors: 0,
+        })
+    }
+
+    /// Runs the session to its end. Never panics on client input; every way out is logged.
+    pub async fn run(mut self) {
+        let peer = self.peer;
+        tracing::debug!(session = self.id, %peer, "connect");
+        match self.open().await {
+            Ok(()) => {}
+            Err(reason) => {
+                tracing::info!(session = self.id, %peer, "disconnect: {reason}");
+                return;
+            }
+        }
+        let reason = self.serve().await;
+        let _ = self.flush().await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.stream.shutdown()).await;
+        tracing::info!(session = self.id, %peer, "disconnect: {reason}");
+    }
+
+    /// Pre-greeting checks, the connect hook and the greeting.
+    async fn open(&mut self) -> Result<(), String> {
+        let delay = self.ctx.config.limits.greeting_delay;
+        if let Stream::Plain(tcp) = &self.stream {
+            let talked = if delay.is_zero() {
+                let mut probe = [0u8; 1];
+                matches!(tcp.try_read(&mut probe), Ok(n) if n > 0)
+            } else {
+                matches!(
+                    tokio::time::timeout(delay, tcp.readable()).await,
+                    Ok(Ok(()))
+                )
+            };
+            if talked {
+                self.reply(Reply::new(
+                    554,
+                    "5.5.0",
+                    "SMTP protocol violation: talked before the greeting",
+                ));
+                let _ = self.flush().await;
+                return Err("talked before the greeting".into());
+            }
+        }
+        let decision = self.policy.on_connect();
+        self.keep_session_edits(decision.rewrites);
+        match decision.verdict {
+            Verdict::Reject | Verdict::Tempfail => {
+                let reply = decision.reply.unwrap_or_else(|| {
+                    if decision.verdict == Verdict::Reject {
+                        Reply::new(554, "5.7.1", "Access denied")
+                    } else {
+                        Reply::new(421, "4.7.0", "Try again later")
+                    }
+                });
+                let text = reply.to_string();
+                self.output.extend_from_slice(text.as_bytes());
+                self.output.extend_from_slice(b"\r\n");
+                let _ = self.flush().await;
+                Err(format!(
+                    "refused at connect by {:?}: {text}",
+                    decision.decided_by
+                ))
+            }
+            _ => {
+                let greeting = format!("220 {} ESMTP Sluice\r\n", self.ctx.config.hostname);
+                self.output.extend_from_slice(greeting.as_bytes());
+                self.flush().await.map_err(|e| format!("write error: {e}"))
+            }
+        }
+    }
+
+    /// The command loop; returns why the session ended.
+    async fn serve(&mut self) -> String {
+        let timeout = self.ctx.config.limits.command_timeout;
+        let mut read_buf = vec![0u8; 8192];
+        loop {
+            match self.process_input() {
+                Next::Read => {}
+                Next::Close => return "closed".into(),
+                Next::Message(reader) => {
+                    if let Some(Next::Close) = self.finish_message(reader).await {
+                        return "too many errors".into();
+                    }
+                    continue;
+                }
+                Next::StartTls => {
+                    if let Err(e) = self.flush().await {
+                        return format!("write error: {e}");
+                    }
+                    // Anything the client sent after STARTTLS in the clear is dropped, so it
+                    // cannot be injected into the encrypted session (CVE-2011-0411).
+                    self.input.clear();
+                    if let Err(e) = self.start_tls().await {
+                        return format!("TLS handshake failed: {e}");
+                    }
+                    continue;
+                }
+            }
+            if let Err(e) = self.flush().await {
+                return format!("write error: {e}");
+            }
+            let read = tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await;
+            match read {
+                Err(_) => {
+                    self.reply(Reply::new(
+                        421,
+                        "4.4.2",
+                        format!("{} Error: timeout exceeded", self.ctx.config.hostname),
+                    ));
+                    return "timeout".into();
+                }
+                Ok(Err(e)) => return format!("read error: {e}"),
+                Ok(Ok(0)) => return "client closed the connection".into(),
+                Ok(Ok(n)) => self.input.extend_from_slice(&read_buf[..n]),
+            }
+        }
+    }
+
+    /// Consumes as much buffered input as can be handled now.
+    fn process_input(&mut self) -> Next {
+        let input = std::mem::take(&mut self.input);
+        let mut at = 0;
+        let next = loop {
+            let rest = &input[at..];
+            if rest.is_empty() {
+                break Next::Read;
+            }
+            match &mut self.state {
+                State::Data(reader) => match reader.feed(rest) {
+                    Some(used) => {
+                        at += used;
+                        let State::Data(reader) =
+                            std::mem::replace(&mut self.state, State::Command)
+                        else {
+                            unreachable!()
+                        };
+                        break Next::Message(reader);
+                    }
+                    None => at = input.len(),
+                },
+                State::Bdat { .. } => {
+                    let (used, next) = self.bdat_chunk(rest);
+                    at += used;
+                    if let Some(next) = next {
+                        break next;
+                    }
+                }
+                State::SkipLine => match memchr::memchr(b'\n', rest) {
+                    Some(pos) => {
+                        at += pos + 1;
+                        self.state = State::Command;
+                    }
+                    None => at = input.len(),
+                },
+                State::Command => {
+                    let max = self.ctx.config.limits.command_line_length;
+                    let Some(pos) = memchr::memchr(b'\n', rest) else {
+                        if rest.len() > max {
+                            at = input.len();
+                            self.state = State::SkipLine;
+                            if let Some(next) =
+                                self.error(Reply::new(500, "5.5.2", "Line too long"))
+                            {
+                                break next;
+                            }
+                        }
+                        break Next::Read;
+                    };
+                    let line = &rest[..=pos];
+                    at += pos + 1;
+                    let next = if line.len() > max {
+                        self.error(Reply::new(500, "5.5.2", "Line too long"))
+                    } else {
+                        self.command(line)
+                    };
+                    match next {
+                        Some(Next::Read) | None => {}
+                        Some(next) => break next,
+                    }
+                }
+            }
+        };
+        self.input = input;
+        self.input.drain(..at.min(self.input.len()));
+        next
+    }
+
+    /// Handles one command line; `Some` when the read loop must act.
+    fn command(&mut self, line: &[u8]) -> Option<Next> {
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request,
+            Err(e) => return self.error(parse_error_reply(e)),
+        };
+        match request {
+            Request::Ehlo { host } => self.ehlo(&host, true),
+            Request::Helo { host } => self.ehlo(&host, false),
+            Request::Lhlo { .. } => {
+                self.error(Reply::new(500, "5.5.1", "LHLO is for LMTP; this is SMTP"))
+            }
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to),
+            Request::Data => self.data(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last),
+            Request::StartTls => self.starttls(),
+            Request::Rset => {
+                self.reset_transaction();
+                self.reply(Reply::new(250, "2.0.0", "Ok"));
+                None
+            }
+            Request::Noop { .. } => {
+                self.reply(Reply::new(250, "2.0.0", "Ok"));
+                None
+            }
+            Request::Help { .. } => {
+                self.reply(Reply::new(
+                    214,
+                    "2.0.0",
+                    "Sluice relays mail for this organisation's systems; see RFC 5321",
+                ));
+                None
+            }
+            Request::Vrfy { .. } => {
+                // Never disclose whether an address exists (RFC 5321 3.5.3 allows 252).
+                self.reply(Reply::new(
+                    252,
+                    "2.5.0",
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                ));
+                None
+            }
+            Request::Expn { .. } => self.error(Reply::new(502, "5.5.1", "EXPN is not supported")),
+            Request::Quit => {
+                self.reply(Reply::new(221, "2.0.0", "Bye"));
+                Some(Next::Close)
+            }
+            Request::Auth { .. } => {
+                self.error(Reply::new(502, "5.5.1", "AUTH is not offered here"))
+            }
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                self.error(Reply::new(502, "5.5.1", "Command not implemented"))
+            }
+        }
+    }
+
+    /// Queues a reply for the next write.
+    pub(super) fn reply(&mut self, reply: Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    /// Queues an error reply and counts it; too many errors end the session.
+    pub(super) fn error(&mut self, reply: Reply) -> Option<Next> {
+        tracing::debug!(session = self.id, peer = %self.peer, reply = %reply, "error reply");
+        self.reply(reply);
+        self.errors += 1;
+        if self.errors >= self.ctx.config.limits.max_errors {
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                "Too many errors, closing the connection",
+            ));
+            return Some(Next::Close);
+        }
+        None
+    }
+
+    /// Writes the queued replies.
+    pub(super) async fn flush(&mut self) -> std::io::Result<()> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.ctx.config.limits.command_timeout;
+        let write = async {
+            self.stream.write_all(&self.output).await?;
+            self.stream.flush().await
+        };
+        let result = tokio::time::timeout(timeout, write)
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write timed out",
+                ))
+            });
+        self.output.clear();
+        result
+    }
+
+    /// Ends the mail transaction (RSET, a new EHLO, STARTTLS, or the end of DATA).
+    pub(super) fn reset_transaction(&mut self) {
+        if self.tx.take().is_some() {
+            self.update_facts(|f| {
+                f.sender = None;
+                f.recipients.clear();
+            });
+        }
+    }
+
+    /// Changes the facts the policy modules see.
+    pub(super) fn update_facts(&mut self, change: impl FnOnce(&mut SessionFacts)) {
+        let mut facts = (*self.facts).clone();
+        change(&mut facts);
+        self.facts = Arc::new(facts);
+        self.policy.set_facts(&self.facts);
+    }
+
+    /// Keeps header edits from the connect and helo hooks for every message of the session.
+    pub(super) fn keep_session_edits(&mut self, rewrites: Vec<Rewrite>) {
+        for rewrite in rewrites {
+            match rewrite {
+                Rewrite::AddHeader(..) | Rewrite::RemoveHeader(_) | Rewrite::ReplaceHeader(..) => {
+                    if valid_header_edit(&rewrite) {
+                        self.session_edits.push(rewrite);
+                    }
+                }
+                other => {
+                    tracing::warn!(session = self.id, rewrite = ?other, "envelope rewrite before MAIL ignored")
+                }
+            }
+        }
+    }
+
+    /// Applies rewrites from a hook inside a transaction. `recipient` is the address being
+    /// decided at the rcpt hook (the one `replace-recipient` changes).
+    pub(super) fn apply_rewrites(
+        &mut self,
+        rewrites: Vec<Rewrite>,
+        mut recipient: Option<&mut String>,
+    ) {
+        let max_recipients = self.ctx.config.limits.max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            return self.keep_session_edits(rewrites);
+        };
+        for rewrite in rewrites {
+            match rewrite {
+                Rewrite::SetSender(sender) if sender.is_empty() || valid_address(&sender) => {
+                    tx.sender = sender
+                }
+                Rewrite::ReplaceRecipient(new) if valid_address(&new) && recipient.is_some() => {
+                    if let Some(r) = recipient.as_deref_mut() {
+                        *r = new;
+                    }
+                }
+                Rewrite::AddRecipient(new) if valid_address(&new) => {
+                    if !tx.recipients.contains(&new) && tx.recipients.len() < max_recipients {
+                        tx.recipients.push(new);
+                    }
+                }
+                edit @ (Rewrite::AddHeader(..)
+                | Rewrite::RemoveHeader(_)
+                | Rewrite::ReplaceHeader(..))
+                    if valid_header_edit(&edit) =>
+                {
+                    tx.header_edits.push(edit)
+                }
+                other => {
+                    tracing::warn!(session = self.id, rewrite = ?other, "invalid rewrite from a policy ignored")
+                }
+            }
+        }
+        let (sender, recipients) = (tx.sender.clone(), tx.recipients.clone());
+        self.update_facts(|f| {
+            f.sender = Some(sender);
+            f.recipients = recipients;
+        });
+    }
+}
+
+/// An envelope address a policy may set: something@something, nothing that could break
+/// the SMTP dialogue.
+fn valid_address(address: &str) -> bool {
+    address.len() <= 320
+        && address.contains('@')
+        && !address
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+}
+
+fn valid_header_edit(edit: &Rewrite) -> bool {
+    use super::headers::{valid_name, valid_value};
+    match edit {
+        Rewrite::AddHeader(name, value) | Rewrite::ReplaceHeader(name, value) => {
+            valid_name(name) && valid_value(value)
+        }
+        Rewrite::RemoveHeader(name) => valid_name(name),
+        _ => false,
+    }
+}
+
+/// The reply to a command smtp-proto could not parse.
+fn parse_error_reply(e: ParseError) -> Reply {
+    match e {
+        ParseError::UnknownCommand => Reply::new(500, "5.5.1", "Unknown command"),
+        ParseError::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
+        ParseError::InvalidRecipientAddress => {
+            Reply::new(501, "5.1.3", "Bad recipient address syntax")
+        }
+        ParseError::SyntaxError { syntax } => Reply::new(501, "5.5.4", format!("Syntax: {syntax}")),
+        ParseError::InvalidParameter { param } => {
+            Reply::new(501, "5.5.4", format!("Invalid parameter: {param}"))
+        }
+        ParseError::UnsupportedParameter { param } => {
+            let param: String = param.chars().filter(|c| !c.is_control()).take(64).collect();
+            Reply::new(555, "5.5.4", format!("Unsupported parameter: {param}"))
+        }
+        ParseError::ResponseTooLong => Reply::new(500, "5.5.2", "Line too long"),
+        ParseError::NeedsMoreData { .. } | ParseError::InvalidResponse { .. } => {
+            Reply::new(500, "5.5.2", "Syntax error")
+        }
+    }
+}
+
+/// ESMTP parameters as the hooks receive them.
+pub(super) fn param(name: &str, value: Option<Cow<'_, str>>) -> (String, Option<String>) {
+    (name.to_string(), value.map(|v| v.into_owned()))
+}
