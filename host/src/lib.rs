@@ -9,13 +9,13 @@
 //! queue::runner ─► delivery (next hop, opportunistic STARTTLS) ─► sent · deferred · bounced
 //! ```
 //!
-//! - [`config`]: `sluice.toml`.
-//! - [`smtp`]: the SMTP server: sessions, one file per stage, strict DATA reading.
-//! - [`policy`]: the wasmtime runtime, the chain, the host functions modules import.
-//! - [`queue`]: the spool on disk and the scheduler of delivery attempts.
-//! - [`delivery`]: the outbound SMTP client and the per-attempt log.
-//! - [`tls`]: certificates for STARTTLS.
-//! - [`server`]: wiring it all together for `sluice serve`.
+//! - [`config`] — `sluice.toml`.
+//! - [`smtp`] — the SMTP server: sessions, one file per stage, strict DATA reading.
+//! - [`policy`] — the wasmtime runtime, the chain, the host functions modules import.
+//! - [`queue`] — the spool on disk and the scheduler of delivery attempts.
+//! - [`delivery`] — the outbound SMTP client and the per-attempt log.
+//! - [`tls`] — certificates for STARTTLS.
+//! - [`server`] — wiring it all together for `sluice serve`.
 
 pub mod config;
 pub mod delivery;

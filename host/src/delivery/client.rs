@@ -32,7 +32,7 @@ pub struct Connection {
 
 enum Stream {
     Plain(SmtpClient<TcpStream>),
-    Tls(SmtpClient<TlsStream<TcpStream>>),
+    Tls(Box<SmtpClient<TlsStream<TcpStream>>>),
 }
 
 /// What the next hop said about one recipient.
@@ -110,7 +110,7 @@ impl Connection {
                 .unwrap_or("TLS")
                 .replace("TLSv1_", "TLSv1.");
             return Ok(Connection {
-                stream: Stream::Tls(tls_client),
+                stream: Stream::Tls(Box::new(tls_client)),
                 tls: version,
                 pipelining: ehlo.has_capability(EXT_PIPELINING),
                 idle_since: Instant::now(),
@@ -135,7 +135,9 @@ impl Connection {
         let pipelining = self.pipelining;
         match &mut self.stream {
             Stream::Plain(c) => transaction(c, pipelining, sender, recipients, message).await,
-            Stream::Tls(c) => transaction(c, pipelining, sender, recipients, message).await,
+            Stream::Tls(c) => {
+                transaction(c.as_mut(), pipelining, sender, recipients, message).await
+            }
         }
     }
 }

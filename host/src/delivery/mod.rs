@@ -1,6 +1,6 @@
 //! Delivery: taking a queued message to its next hop and recording what happened.
 //!
-//! - [`client`]: the outbound SMTP connection (opportunistic STARTTLS) and its reuse.
+//! - [`client`] — the outbound SMTP connection (opportunistic STARTTLS) and its reuse.
 //!
 //! Every attempt logs one line per recipient, in the form postmasters grep for:
 //! `QUEUEID: to=<rcpt>, relay=HOST:PORT, delay=1.2, tls=TLSv1.3, status=sent (250 2.0.0 Ok)`.

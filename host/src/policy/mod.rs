@@ -1,10 +1,10 @@
 //! The policy runtime: WebAssembly components that decide at every SMTP stage.
 //!
-//! - [`engine`]: the wasmtime engine, limits, compiling and linking a component.
-//! - [`host`]: what a module may import (session facts, its config, logging, the body).
-//! - [`manifest`]: `policies.toml`, the chain's description.
-//! - [`chain`]: the loaded chain and one session's instances of it; how decisions combine.
-//! - [`builtin`]: the modules embedded in the relay (`builtin:NAME`).
+//! - [`engine`] — the wasmtime engine, limits, compiling and linking a component.
+//! - [`host`] — what a module may import (session facts, its config, logging, the body).
+//! - [`manifest`] — `policies.toml`, the chain's description.
+//! - [`chain`] — the loaded chain and one session's instances of it; how decisions combine.
+//! - [`builtin`] — the modules embedded in the relay (`builtin:NAME`).
 
 pub mod builtin;
 pub mod chain;

@@ -1,7 +1,7 @@
 //! The queue: messages accepted and spooled, waiting for the queue runner to deliver them.
 //!
-//! - [`spool`]: the on-disk format and its crash-safe writes.
-//! - [`runner`]: the scheduler that hands due messages to delivery, with back-off.
+//! - [`spool`] — the on-disk format and its crash-safe writes.
+//! - [`runner`] — the scheduler that hands due messages to delivery, with back-off.
 
 pub mod runner;
 pub mod spool;

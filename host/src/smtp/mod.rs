@@ -1,12 +1,12 @@
 //! The SMTP server: one task per connection, one file per stage, as RFC 5321 orders them.
 //!
-//! - [`listener`]: accepting connections within the connection limits.
-//! - [`session`]: the per-connection state machine, reading pipelined commands and
+//! - [`listener`] — accepting connections within the connection limits.
+//! - [`session`] — the per-connection state machine, reading pipelined commands and
 //!   batching the replies; the stages are in [`ehlo`], [`mail`], [`rcpt`], [`data`] and
 //!   [`starttls`].
 //! - [`data_reader`]: strict reading of the message text (no SMTP smuggling).
-//! - [`headers`]: the header section: fields for the data hook, edits, trace fields.
-//! - [`reply`]: SMTP replies.
+//! - [`headers`] — the header section: fields for the data hook, edits, trace fields.
+//! - [`reply`] — SMTP replies.
 //!
 //! The session enforces protocol and limits only; whether to relay, and every content
 //! rule, is the policy chain's.
