@@ -168,3 +168,62 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 fn with_path(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Recipient, RecipientStatus};
+
+    fn envelope(id: &str) -> Envelope {
+        Envelope {
+            id: id.into(),
+            sender: "app@example.edu".into(),
+            recipients: vec![Recipient {
+                address: "a@example.org".into(),
+                status: RecipientStatus::Pending,
+            }],
+            received: 1,
+            client: "127.0.0.1".into(),
+            size: 5,
+            hold: false,
+            attempts: 0,
+            next_attempt: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn stores_updates_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.store(&envelope("A1"), b"hello\r\n").unwrap();
+        assert_eq!(spool.list().unwrap(), ["A1"]);
+        let (mut env, body) = spool.load("A1").unwrap();
+        assert_eq!(body, b"hello\r\n");
+        env.attempts = 3;
+        env.recipients[0].status = RecipientStatus::Sent;
+        spool.update(&env).unwrap();
+        let (env, body) = spool.load("A1").unwrap();
+        assert_eq!((env.attempts, body.as_slice()), (3, &b"hello\r\n"[..]));
+        assert_eq!(
+            spool.envelope("A1").unwrap().recipients[0].status,
+            RecipientStatus::Sent
+        );
+        spool.remove("A1").unwrap();
+        assert!(spool.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn recovery_drops_half_written_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.store(&envelope("B1"), b"x\r\n").unwrap();
+        // A crash while writing a new message, and one between removing a state and its message.
+        fs::write(dir.path().join("tmp/B2"), b"SLUICE-SPOOL 1\n{").unwrap();
+        fs::write(dir.path().join("queue/B3.state"), b"{}").unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.list().unwrap(), ["B1"]);
+        assert!(!dir.path().join("tmp/B2").exists());
+        assert!(!dir.path().join("queue/B3.state").exists());
+    }
+}
