@@ -315,8 +315,8 @@ impl SessionChain {
                 }
                 continue;
             }
-            if verdict == Verdict::Continue {
-                tracing::debug!(module = name, hook = hook.as_str(), elapsed_us = elapsed.as_micros() as u64, rewrites = ?module_rewrites, "continue");
+            if matches!(verdict, Verdict::Continue | Verdict::Accept) {
+                tracing::debug!(module = name, hook = hook.as_str(), ?verdict, elapsed_us = elapsed.as_micros() as u64, rewrites = ?module_rewrites, "policy decision");
             } else {
                 tracing::info!(module = name, hook = hook.as_str(), ?verdict, reply = ?reply.as_ref().map(|r| r.to_string()), rewrites = ?module_rewrites, elapsed_us = elapsed.as_micros() as u64, "policy decision");
             }
