@@ -1,1 +1,11 @@
-fn main() {}
+//! End-to-end tests: the real `sluice` binary, spoken to by real SMTP clients (a raw
+//! client, mail-send, swaks and Python's smtplib), delivering to a real SMTP sink.
+
+mod support;
+
+mod clients;
+mod config;
+mod durability;
+mod protocol;
+mod relaying;
+mod smuggling;

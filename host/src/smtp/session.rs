@@ -136,26 +136,14 @@ impl Session {
 
     /// Pre-greeting checks, the connect hook and the greeting.
     async fn open(&mut self) -> Result<(), String> {
-        let delay = self.ctx.config.limits.greeting_delay;
-        if let Stream::Plain(tcp) = &self.stream {
-            let talked = if delay.is_zero() {
-                let mut probe = [0u8; 1];
-                matches!(tcp.try_read(&mut probe), Ok(n) if n > 0)
-            } else {
-                matches!(
-                    tokio::time::timeout(delay, tcp.readable()).await,
-                    Ok(Ok(()))
-                )
-            };
-            if talked {
-                self.reply(Reply::new(
-                    554,
-                    "5.5.0",
-                    "SMTP protocol violation: talked before the greeting",
-                ));
-                let _ = self.flush().await;
-                return Err("talked before the greeting".into());
-            }
+        if self.talked_before_greeting().await {
+            self.reply(Reply::new(
+                554,
+                "5.5.0",
+                "SMTP protocol violation: talked before the greeting",
+            ));
+            let _ = self.flush().await;
+            return Err("talked before the greeting".into());
         }
         let decision = self.policy.on_connect();
         self.keep_session_edits(decision.rewrites);
@@ -181,6 +169,28 @@ impl Session {
                 let greeting = format!("220 {} ESMTP Sluice\r\n", self.ctx.config.hostname);
                 self.output.extend_from_slice(greeting.as_bytes());
                 self.flush().await.map_err(|e| format!("write error: {e}"))
+            }
+        }
+    }
+
+    /// Did the client send anything before the greeting (within `greeting_delay`, or
+    /// already when the session starts)? Spam software often does; real clients wait.
+    async fn talked_before_greeting(&mut self) -> bool {
+        let Stream::Plain(tcp) = &self.stream else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + self.ctx.config.limits.greeting_delay;
+        let mut probe = [0u8; 1];
+        loop {
+            match tcp.try_read(&mut probe) {
+                Ok(n) => return n > 0,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return false,
+            }
+            // `readable` may wake without data; `try_read` above tells.
+            match tokio::time::timeout_at(deadline, tcp.readable()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return false,
             }
         }
     }

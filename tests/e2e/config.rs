@@ -1,0 +1,62 @@
+//! A configuration mistake stops the relay with the file, the key and what is wrong.
+
+use std::process::Command;
+
+fn check(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run sluice");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_value_names_the_file_and_the_key() {
+    let (ok, stderr) = check("[limits]\nmax_recipients = 0\n");
+    assert!(!ok);
+    assert!(
+        stderr.contains("sluice.toml: key `limits.max_recipients`: must be at least 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unknown_key_is_an_error() {
+    let (ok, stderr) = check("[delivery]\nsmarthost = \"127.0.0.1:25\"\nsmart_host = \"x\"\n");
+    assert!(!ok);
+    assert!(stderr.contains("smart_host"), "{stderr}");
+}
+
+#[test]
+fn a_bad_smarthost_is_an_error() {
+    let (ok, stderr) = check("[delivery]\nsmarthost = \"relay.example.edu:smtp\"\n");
+    assert!(!ok);
+    assert!(stderr.contains("delivery.smarthost"), "{stderr}");
+}
+
+#[test]
+fn a_missing_builtin_module_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policies.toml"),
+        "[[policy]]\nname = \"x\"\nmodule = \"builtin:no-such-module\"\n",
+    )
+    .unwrap();
+    let (ok, stderr) = check(&format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\n[policies]\ndir = \"{}\"\n[spool]\ndir = \"{}\"\n",
+        dir.path().display(),
+        dir.path().join("spool").display()
+    ));
+    assert!(!ok);
+    assert!(
+        stderr.contains("there is no builtin:no-such-module"),
+        "{stderr}"
+    );
+}

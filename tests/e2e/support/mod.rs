@@ -1,0 +1,44 @@
+//! The parts the end-to-end tests are made of: the real `sluice` binary ([`Relay`]), a
+//! real SMTP server that receives what it relays ([`Sink`]), and a raw SMTP client
+//! ([`Conn`]) for the protocol details that a mail library would hide.
+
+pub mod conn;
+pub mod relay;
+pub mod sink;
+
+pub use conn::Conn;
+pub use relay::Relay;
+pub use sink::Sink;
+
+use std::time::Duration;
+
+/// How long a test waits for something that should happen at once (generous, for slow CI).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The names of the header fields at the top of `data` that are not in `original`:
+/// the fields the relay added.
+pub fn added_fields(data: &[u8], original: &[u8]) -> Vec<String> {
+    assert!(
+        data.ends_with(original),
+        "the relayed message does not end with the message sent:\n{}",
+        String::from_utf8_lossy(data)
+    );
+    let prefix = String::from_utf8_lossy(&data[..data.len() - original.len()]).into_owned();
+    assert!(
+        prefix.is_empty() || prefix.ends_with("\r\n"),
+        "added fields end mid-line: {prefix:?}"
+    );
+    prefix
+        .split("\r\n")
+        .filter(|line| !line.is_empty() && !line.starts_with([' ', '\t']))
+        .map(|line| line.split(':').next().unwrap_or_default().to_string())
+        .collect()
+}

@@ -1,0 +1,158 @@
+//! The real `sluice` binary, started on a free port with a configuration of the test's own.
+
+use super::{PATIENCE, free_port};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// A running relay in its own directory (configuration, spool, policies, log).
+pub struct Relay {
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// How to start a relay.
+#[derive(Default, Clone)]
+pub struct RelayOptions {
+    /// The next hop (`[delivery] smarthost`).
+    pub smarthost: Option<SocketAddr>,
+    /// More TOML for the configuration file, added at the end (`[limits]` etc.).
+    pub extra: String,
+    /// Contents of `policies.d/policies.toml`; none means the default chain.
+    pub policies: Option<String>,
+}
+
+impl Relay {
+    /// A relay with the default chain, delivering to `sink`.
+    pub async fn start(smarthost: SocketAddr) -> Relay {
+        Relay::start_with(RelayOptions {
+            smarthost: Some(smarthost),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A relay started with these options.
+    pub async fn start_with(options: RelayOptions) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        std::fs::create_dir_all(dir.path().join("policies.d")).unwrap();
+        if let Some(policies) = &options.policies {
+            std::fs::write(dir.path().join("policies.d/policies.toml"), policies).unwrap();
+        }
+        let smarthost = options
+            .smarthost
+            .map(|s| format!("smarthost = \"{s}\"\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "hostname = \"relay.test\"\n\
+             [[listener]]\naddr = \"{addr}\"\n\
+             [spool]\ndir = \"{spool}\"\n\
+             [policies]\ndir = \"{policies}\"\n\
+             [delivery]\n{smarthost}retry_intervals = [\"1s\"]\n\
+             {extra}\n",
+            spool = dir.path().join("spool").display(),
+            policies = dir.path().join("policies.d").display(),
+            extra = options.extra,
+        );
+        std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
+        let mut relay = Relay {
+            addr,
+            dir,
+            child: None,
+        };
+        relay.spawn().await;
+        relay
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sluice.toml")
+    }
+
+    /// Starts the binary and waits until it accepts connections.
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("relay.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env("SLUICE_LOG", "info,sluice=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sluice");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sluice exited ({status}) before listening:\n{}", self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sluice did not listen in time:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: the process dies at once, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the relay and starts it again on the same spool and port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Everything the relay has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics after [`PATIENCE`].
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log never said {needle:?}:\n{log}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Messages waiting in the spool.
+    pub fn queued(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("spool/queue"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| !e.file_name().to_string_lossy().ends_with(".state"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
