@@ -150,7 +150,15 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     message: &[u8],
 ) -> Result<Vec<RecipientResult>, ConnectionError> {
     let io = |e: mail_send::Error| ConnectionError(error_text(e));
-    let mut commands = vec![format!("MAIL FROM:<{sender}>\r\n")];
+    // The relay takes 8-bit and UTF-8 mail (8BITMIME, SMTPUTF8), so it must say so onward.
+    let mut params = String::new();
+    if message.iter().any(|b| *b >= 0x80) {
+        params.push_str(" BODY=8BITMIME");
+    }
+    if !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()) {
+        params.push_str(" SMTPUTF8");
+    }
+    let mut commands = vec![format!("MAIL FROM:<{sender}>{params}\r\n")];
     commands.extend(recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
     let replies = if pipelining {
         client.cmds(&commands).await.map_err(io)?

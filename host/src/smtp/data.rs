@@ -97,6 +97,9 @@ impl Session {
         }
         self.state = State::Command;
         if let Some(reply) = refusal {
+            // A refused chunk fails the whole transaction (RFC 3030 2): later chunks must not
+            // start a new message without a new MAIL.
+            self.reset_transaction();
             return (used, self.error(reply));
         }
         if !last {
@@ -246,7 +249,14 @@ impl Session {
     ) -> Vec<u8> {
         let hostname = &self.ctx.config.hostname;
         let now = chrono::Utc::now().to_rfc2822();
-        let helo = self.helo.as_deref().unwrap_or("unknown");
+        // The HELO name is the client's text: keep only what is safe in a header field.
+        let helo: String = self
+            .helo
+            .as_deref()
+            .unwrap_or("unknown")
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect();
         let protocol = match (self.esmtp, self.facts.tls.is_some()) {
             (false, _) => "SMTP",
             (true, false) => "ESMTP",
