@@ -36,15 +36,33 @@ impl Address {
         })
     }
 
-    /// Is the domain `domain` or a subdomain of it (case-insensitive)?
+    /// The domain in its ASCII form (IDNA: `bücher.example` is `xn--bcher-kva.example`);
+    /// `None` when it is not a valid internationalised domain name.
+    pub fn domain_ascii(&self) -> Option<String> {
+        ascii_domain(&self.domain)
+    }
+
+    /// Is the domain `domain` or a subdomain of it? Compared in ASCII form (IDNA), so
+    /// case and the Unicode or punycode spelling of either side do not matter.
     pub fn in_domain(&self, domain: &str) -> bool {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        self.domain == domain
-            || self
-                .domain
+        let (Some(mine), Some(domain)) = (
+            self.domain_ascii(),
+            ascii_domain(domain.trim_end_matches('.')),
+        ) else {
+            return false;
+        };
+        mine == domain
+            || mine
                 .strip_suffix(&domain)
                 .is_some_and(|rest| rest.ends_with('.'))
     }
+}
+
+fn ascii_domain(domain: &str) -> Option<String> {
+    if domain.is_ascii() {
+        return Some(domain.to_ascii_lowercase());
+    }
+    idna::domain_to_ascii(domain).ok()
 }
 
 #[cfg(test)]
@@ -72,6 +90,18 @@ mod tests {
             !Address::parse("u@evilwisc.edu")
                 .unwrap()
                 .in_domain("wisc.edu")
+        );
+    }
+
+    #[test]
+    fn compares_internationalised_domains_in_ascii_form() {
+        let a = Address::parse("u@Bücher.Example").unwrap();
+        assert_eq!(a.domain_ascii().as_deref(), Some("xn--bcher-kva.example"));
+        assert!(a.in_domain("xn--bcher-kva.example"));
+        assert!(
+            Address::parse("u@lib.xn--bcher-kva.example")
+                .unwrap()
+                .in_domain("bücher.example")
         );
     }
 }

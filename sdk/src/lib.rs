@@ -29,9 +29,15 @@
 extern crate self as sluice_sdk;
 
 mod address;
+mod imports;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mime;
 mod networks;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 pub use address::Address;
+pub use imports::{ConfigValue, Level};
 pub use networks::{Networks, NetworksError};
 
 /// The bindings wit-bindgen generates for the contract (`wit/policy.wit`). Not for direct use.
@@ -46,10 +52,12 @@ pub mod __bindings {
         export_macro_name: "__export_policy_world",
         default_bindings_module: "::sluice_sdk::__bindings",
         runtime_path: "::sluice_sdk::__bindings::wit_bindgen::rt",
+        additional_derives: [PartialEq],
     });
 }
 
-use __bindings::sluice::policy::{config, log, message, session, types};
+use __bindings::sluice::policy::{message, types};
+pub use message::{Parsed, Part};
 pub use types::ConnectionInfo;
 pub use types::{Header, Reply, Rewrite, TlsInfo, Verdict};
 
@@ -115,9 +123,37 @@ impl Decision {
         }))
     }
 
-    /// Replaces the envelope sender.
+    /// Replaces every header field of this name with one field of this value.
+    pub fn replace_header(self, name: &str, value: &str) -> Self {
+        self.with(Rewrite::ReplaceHeader(Header {
+            name: name.into(),
+            value: value.into(),
+        }))
+    }
+
+    /// Removes every header field of this name.
+    pub fn remove_header(self, name: &str) -> Self {
+        self.with(Rewrite::RemoveHeader(name.into()))
+    }
+
+    /// Replaces the envelope sender ("" is the null sender).
     pub fn set_sender(self, sender: &str) -> Self {
         self.with(Rewrite::SetSender(sender.into()))
+    }
+
+    /// Replaces the recipient being decided on (rcpt hook).
+    pub fn replace_recipient(self, recipient: &str) -> Self {
+        self.with(Rewrite::ReplaceRecipient(recipient.into()))
+    }
+
+    /// Adds a recipient to the transaction.
+    pub fn add_recipient(self, recipient: &str) -> Self {
+        self.with(Rewrite::AddRecipient(recipient.into()))
+    }
+
+    /// The reply code, when the decision carries a reply.
+    pub fn code(&self) -> Option<u16> {
+        self.reply.as_ref().map(|r| r.code)
     }
 
     fn into_raw(self) -> types::Decision {
@@ -138,15 +174,19 @@ fn reply(code: u16, enhanced: &str, text: impl Into<String>) -> Reply {
 }
 
 /// What the relay lends a module during a hook: facts about the session, the module's
-/// configuration (`[policy.config]` in `policies.toml`), and logging.
+/// configuration (`[policy.config]` in `policies.toml`), the clock, counters and logging.
 pub struct Context {
     _private: (),
 }
 
 impl Context {
+    pub(crate) fn new() -> Self {
+        Context { _private: () }
+    }
+
     /// The client's IP address.
     pub fn peer_ip(&self) -> std::net::IpAddr {
-        session::connection()
+        imports::connection()
             .peer_ip
             .parse()
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
@@ -154,102 +194,182 @@ impl Context {
 
     /// The TCP connection: addresses, ports and the listener's name.
     pub fn connection(&self) -> ConnectionInfo {
-        session::connection()
+        imports::connection()
     }
 
     /// The HELO/EHLO name, once given.
     pub fn helo(&self) -> Option<String> {
-        session::helo()
+        imports::helo()
     }
 
     /// The TLS session, once negotiated.
     pub fn tls(&self) -> Option<TlsInfo> {
-        session::tls()
+        imports::tls()
     }
 
     /// The authenticated user, if the client authenticated.
     pub fn authenticated_user(&self) -> Option<String> {
-        session::authenticated_user()
+        imports::authenticated_user()
     }
 
     /// The envelope sender of the current transaction ("" is the null sender).
     pub fn sender(&self) -> Option<String> {
-        session::sender()
+        imports::sender()
     }
 
     /// The recipients accepted so far in the current transaction.
     pub fn recipients(&self) -> Vec<String> {
-        session::recipients()
+        imports::recipients()
+    }
+
+    /// A setting as it is, whatever its type.
+    pub fn config(&self, key: &str) -> Option<ConfigValue> {
+        imports::config(key)
+    }
+
+    /// Every key of the module's configuration.
+    pub fn config_keys(&self) -> Vec<String> {
+        imports::config_keys()
     }
 
     /// A text setting.
     pub fn config_str(&self, key: &str) -> Option<String> {
-        match config::get(key)? {
-            config::Value::Text(s) => Some(s),
+        match self.config(key)? {
+            ConfigValue::Text(s) => Some(s),
             _ => None,
         }
     }
 
     /// A list setting; a single text value counts as a list of one. `None` when unset.
     pub fn config_list(&self, key: &str) -> Option<Vec<String>> {
-        match config::get(key)? {
-            config::Value::TextList(l) => Some(l),
-            config::Value::Text(s) => Some(vec![s]),
+        match self.config(key)? {
+            ConfigValue::TextList(l) => Some(l),
+            ConfigValue::Text(s) => Some(vec![s]),
             _ => None,
         }
     }
 
     /// A boolean setting.
     pub fn config_bool(&self, key: &str) -> Option<bool> {
-        match config::get(key)? {
-            config::Value::Boolean(b) => Some(b),
+        match self.config(key)? {
+            ConfigValue::Boolean(b) => Some(b),
             _ => None,
         }
     }
 
     /// An integer setting.
     pub fn config_int(&self, key: &str) -> Option<i64> {
-        match config::get(key)? {
-            config::Value::Integer(i) => Some(i),
+        match self.config(key)? {
+            ConfigValue::Integer(i) => Some(i),
             _ => None,
         }
     }
 
-    /// Logs at debug level, tagged with the module and the client.
+    /// Milliseconds since the Unix epoch, by the relay's clock.
+    pub fn now_ms(&self) -> u64 {
+        imports::now_ms()
+    }
+
+    /// Counts one event for `key` (this module's own counter, shared by every session of
+    /// the relay node) and returns the count over the last `window_secs`, this one included.
+    pub fn incr(&self, key: &str, window_secs: u32) -> u64 {
+        imports::count(key, window_secs, true)
+    }
+
+    /// The count of `key` over the last `window_secs`, without counting.
+    pub fn peek(&self, key: &str, window_secs: u32) -> u64 {
+        imports::count(key, window_secs, false)
+    }
+
+    /// Logs at debug level, tagged with the module, the client and the queue id.
     pub fn log_debug(&self, message: &str) {
-        log::log(log::Level::Debug, message);
+        imports::log(Level::Debug, message, &[]);
     }
 
     /// Logs at info level.
     pub fn log_info(&self, message: &str) {
-        log::log(log::Level::Info, message);
+        imports::log(Level::Info, message, &[]);
     }
 
     /// Logs at warn level.
     pub fn log_warn(&self, message: &str) {
-        log::log(log::Level::Warn, message);
+        imports::log(Level::Warn, message, &[]);
     }
 
     /// Logs at error level.
     pub fn log_error(&self, message: &str) {
-        log::log(log::Level::Error, message);
+        imports::log(Level::Error, message, &[]);
     }
+
+    /// Logs a line with named fields (`key=value` in the relay's log), for lines a
+    /// postmaster alerts on: `cx.event(Level::Warn, "over the limit", &[("ip", ip)])`.
+    pub fn event(&self, level: Level, message: &str, fields: &[(&str, &str)]) {
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        imports::log(level, message, &fields);
+    }
+}
+
+/// The value of the first header field named `name` (case-insensitive).
+pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// The values of every header field named `name` (case-insensitive), in order.
+pub fn headers_named<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
 }
 
 /// The message at the data hook, read on demand.
 pub struct Body<'a> {
-    raw: &'a message::Body,
+    source: BodySource<'a>,
 }
 
-impl Body<'_> {
+enum BodySource<'a> {
+    /// The relay's handle.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    Relay(&'a message::Body),
+    /// A message given to a test session, parsed when asked.
+    #[cfg(not(target_arch = "wasm32"))]
+    Test(&'a [u8], std::cell::OnceCell<(Parsed, String)>),
+}
+
+impl<'a> Body<'a> {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn for_test(raw: &'a [u8]) -> Self {
+        Body {
+            source: BodySource::Test(raw, std::cell::OnceCell::new()),
+        }
+    }
+
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.raw.size()
+        match &self.source {
+            BodySource::Relay(raw) => raw.size(),
+            #[cfg(not(target_arch = "wasm32"))]
+            BodySource::Test(raw, _) => raw.len() as u64,
+        }
     }
 
     /// Up to `len` bytes from `offset`.
     pub fn read(&self, offset: u64, len: u32) -> Vec<u8> {
-        self.raw.read(offset, len)
+        match &self.source {
+            BodySource::Relay(raw) => raw.read(offset, len),
+            #[cfg(not(target_arch = "wasm32"))]
+            BodySource::Test(raw, _) => {
+                let start = (offset as usize).min(raw.len());
+                let end = start.saturating_add(len as usize).min(raw.len());
+                raw[start..end].to_vec()
+            }
+        }
     }
 
     /// The whole message (for small messages; prefer `read` for large ones).
@@ -261,6 +381,28 @@ impl Body<'_> {
                 return out;
             }
             out.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The parsed view: subject, addresses, MIME parts (parsed once by the relay).
+    pub fn parsed(&self) -> Parsed {
+        match &self.source {
+            BodySource::Relay(raw) => raw.parsed(),
+            #[cfg(not(target_arch = "wasm32"))]
+            BodySource::Test(raw, view) => view.get_or_init(|| mime::parse(raw)).0.clone(),
+        }
+    }
+
+    /// The message's text (first text/plain part, or the HTML part as text), decoded,
+    /// cut to at most `max_bytes`.
+    pub fn text(&self, max_bytes: u32) -> String {
+        match &self.source {
+            BodySource::Relay(raw) => raw.text(max_bytes),
+            #[cfg(not(target_arch = "wasm32"))]
+            BodySource::Test(raw, view) => {
+                let text = &view.get_or_init(|| mime::parse(raw)).1;
+                mime::cut_text(text, max_bytes as usize).to_string()
+            }
         }
     }
 }
@@ -317,14 +459,16 @@ pub fn __with_instance<P: Policy>(
     cell.with(|slot| {
         let mut slot = slot.borrow_mut();
         let policy = slot.get_or_insert_with(P::default);
-        f(policy, &Context { _private: () }).into_raw()
+        f(policy, &Context::new()).into_raw()
     })
 }
 
 /// Wraps the raw body handle for [`Policy::on_data`].
 #[doc(hidden)]
 pub fn __body(raw: &message::Body) -> Body<'_> {
-    Body { raw }
+    Body {
+        source: BodySource::Relay(raw),
+    }
 }
 
 /// Exports a [`Policy`] as the module's hooks: `export_policy!(MyPolicy);`
@@ -388,7 +532,8 @@ macro_rules! export_policy {
         #[cfg(target_arch = "wasm32")]
         $crate::__bindings::__export_policy_world!(__SluiceExport with_types_in $crate::__bindings);
 
-        /// The policy as the relay would make it for a session (for native unit tests).
+        /// Natively nothing is exported; this keeps the policy reachable, so a native build
+        /// (for unit tests) has no dead-code warnings.
         #[cfg(not(target_arch = "wasm32"))]
         #[doc(hidden)]
         pub fn __sluice_policy() -> impl $crate::Policy {

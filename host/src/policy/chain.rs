@@ -7,13 +7,16 @@
 
 use super::builtin;
 use super::engine::{EPOCH_TICK, Policy, PolicyEngine, PolicyPre, sluice::policy::types};
-use super::host::{ConfigValue, HostState, MessageBody, SessionFacts};
+use super::host::{ConfigValue, HostState, SessionFacts};
 use super::manifest::{self, Mode, ModuleSource, OnError, PolicySpec};
+use super::message::{MessageBody, MessageData};
 use crate::smtp::Reply;
-use bytes::Bytes;
+use serde::Serialize;
 use std::collections::BTreeMap;
+use std::fmt::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
@@ -29,7 +32,7 @@ pub enum Hook {
 }
 
 impl Hook {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Hook::Connect => "connect",
             Hook::Helo => "helo",
@@ -73,9 +76,157 @@ pub struct ChainDecision {
     pub decided_by: Option<Arc<str>>,
 }
 
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Continue => "continue",
+            Verdict::Accept => "accept",
+            Verdict::Reject => "reject",
+            Verdict::Tempfail => "tempfail",
+            Verdict::Discard => "discard",
+            Verdict::Quarantine => "quarantine",
+        }
+    }
+}
+
+/// What one module's call at one hook came to: a line of a message's policy trace.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub hook: Hook,
+    /// What the hook was about: the HELO name, the sender or the recipient.
+    pub subject: Option<String>,
+    pub module: Arc<str>,
+    /// The verdict, or the failure when the module failed.
+    pub outcome: Result<Verdict, String>,
+    pub reply: Option<Reply>,
+    pub rewrites: Vec<Rewrite>,
+    pub elapsed: Duration,
+    /// A dry-run module's decision: logged, not applied.
+    pub dry_run: bool,
+}
+
+impl fmt::Display for Decided {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dry = if self.dry_run { "(dry-run)" } else { "" };
+        match &self.outcome {
+            Ok(verdict) => write!(f, "{}{dry}={}", self.module, verdict.as_str())?,
+            Err(failure) => write!(f, "{}{dry}=failed ({failure})", self.module)?,
+        }
+        if let Some(reply) = &self.reply {
+            write!(f, " \"{reply}\"")?;
+        }
+        if !self.rewrites.is_empty() {
+            write!(f, " rewrites={:?}", self.rewrites)?;
+        }
+        write!(f, " {}us", self.elapsed.as_micros())
+    }
+}
+
+/// Formats a trace as one log line: `hook [subject]: module=verdict 12us, ...; next hook ...`.
+pub fn format_trace(trace: &[Decided]) -> String {
+    let mut line = String::new();
+    let mut last: Option<(Hook, Option<&str>)> = None;
+    for d in trace {
+        let key = (d.hook, d.subject.as_deref());
+        if last == Some(key) {
+            line.push_str(", ");
+        } else {
+            if last.is_some() {
+                line.push_str("; ");
+            }
+            line.push_str(d.hook.as_str());
+            if let Some(subject) = &d.subject {
+                let _ = write!(line, " <{subject}>");
+            }
+            line.push_str(": ");
+            last = Some(key);
+        }
+        let _ = write!(line, "{d}");
+    }
+    line
+}
+
+/// A module's counts since its chain was loaded, for `sluice status` and metrics.
+#[derive(Debug, Default)]
+pub struct ModuleStats {
+    calls: AtomicU64,
+    verdicts: [AtomicU64; 6],
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    micros: AtomicU64,
+}
+
+/// A snapshot of [`ModuleStats`].
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub calls: u64,
+    pub r#continue: u64,
+    pub accept: u64,
+    pub reject: u64,
+    pub tempfail: u64,
+    pub discard: u64,
+    pub quarantine: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub micros: u64,
+}
+
+impl ModuleStats {
+    fn record(&self, outcome: Result<Verdict, &Failure>, elapsed: Duration) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        let counter = match outcome {
+            Ok(verdict) => &self.verdicts[verdict as usize],
+            Err(Failure::Timeout(_)) => &self.timeouts,
+            Err(_) => &self.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let v = &self.verdicts;
+        StatsSnapshot {
+            calls: get(&self.calls),
+            r#continue: get(&v[Verdict::Continue as usize]),
+            accept: get(&v[Verdict::Accept as usize]),
+            reject: get(&v[Verdict::Reject as usize]),
+            tempfail: get(&v[Verdict::Tempfail as usize]),
+            discard: get(&v[Verdict::Discard as usize]),
+            quarantine: get(&v[Verdict::Quarantine as usize]),
+            errors: get(&self.errors),
+            timeouts: get(&self.timeouts),
+            micros: get(&self.micros),
+        }
+    }
+}
+
+/// Why a module's call failed.
+#[derive(Debug)]
+enum Failure {
+    /// Ran past its time limit (epoch interruption).
+    Timeout(Duration),
+    /// Trapped, ran out of memory, or answered something invalid.
+    Broken(String),
+    /// Failed at an earlier hook of this session, so it is not entered again.
+    FailedEarlier,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Timeout(limit) => write!(f, "ran past its time limit of {limit:?}"),
+            Failure::Broken(reason) => f.write_str(reason),
+            Failure::FailedEarlier => f.write_str("failed earlier in this session"),
+        }
+    }
+}
+
 /// One module, compiled and pre-linked, ready to instantiate per session.
 struct LoadedModule {
     name: Arc<str>,
+    source: String,
     mode: Mode,
     on_error: OnError,
     /// The epoch deadline for one hook call, in ticks.
@@ -84,6 +235,16 @@ struct LoadedModule {
     max_memory: usize,
     config: Arc<BTreeMap<String, ConfigValue>>,
     pre: PolicyPre<HostState>,
+    stats: ModuleStats,
+}
+
+/// A module of the running chain as `sluice status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleStatus {
+    pub name: String,
+    pub source: String,
+    pub mode: &'static str,
+    pub stats: StatsSnapshot,
 }
 
 /// The policy chain as loaded: immutable, shared by the sessions that use it.
@@ -123,6 +284,7 @@ impl Chain {
                     .prepare(&bytes)
                     .map_err(|e| format!("policy `{}`: {e}", spec.name))?;
                 Ok(LoadedModule {
+                    source: spec.source.to_string(),
                     name: spec.name.into(),
                     mode: spec.mode,
                     on_error: spec.on_error,
@@ -135,6 +297,7 @@ impl Chain {
                     max_memory: spec.max_memory,
                     config: Arc::new(spec.config),
                     pre,
+                    stats: ModuleStats::default(),
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -149,6 +312,22 @@ impl Chain {
         self.modules.iter().map(|m| &*m.name).collect()
     }
 
+    /// Every module with its counts since the chain was loaded.
+    pub fn status(&self) -> Vec<ModuleStatus> {
+        self.modules
+            .iter()
+            .map(|m| ModuleStatus {
+                name: m.name.to_string(),
+                source: m.source.clone(),
+                mode: match m.mode {
+                    Mode::Enforce => "enforce",
+                    Mode::DryRun => "dry-run",
+                },
+                stats: m.stats.snapshot(),
+            })
+            .collect()
+    }
+
     /// Instantiates every module for a new SMTP session.
     pub fn start_session(self: &Arc<Self>, facts: Arc<SessionFacts>) -> SessionChain {
         let instances = self
@@ -161,8 +340,10 @@ impl Chain {
                     facts: facts.clone(),
                     limits: StoreLimitsBuilder::new()
                         .memory_size(module.max_memory)
+                        .table_elements(MAX_TABLE_ELEMENTS)
                         .trap_on_grow_failure(true)
                         .build(),
+                    counters: self.engine.counters().clone(),
                     table: ResourceTable::new(),
                     wasi: wasmtime_wasi::WasiCtx::builder().build(),
                 };
@@ -181,9 +362,17 @@ impl Chain {
         SessionChain {
             chain: self.clone(),
             instances,
+            facts,
+            trace: Vec::new(),
         }
     }
 }
+
+/// Elements of a module's tables at most: far more than any policy needs, far less than
+/// what would let a module exhaust the host's memory through tables.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Entries of a session's policy trace kept at most.
+const MAX_TRACE: usize = 2000;
 
 /// A module instance for one session.
 struct Instance {
@@ -196,6 +385,9 @@ struct Instance {
 pub struct SessionChain {
     chain: Arc<Chain>,
     instances: Vec<Option<Instance>>,
+    facts: Arc<SessionFacts>,
+    /// What each module decided, since the session began or the last transaction ended.
+    trace: Vec<Decided>,
 }
 
 type HookCall<'a> =
@@ -204,21 +396,33 @@ type HookCall<'a> =
 impl SessionChain {
     /// Replaces the facts every module sees from now on.
     pub fn set_facts(&mut self, facts: &Arc<SessionFacts>) {
+        self.facts = facts.clone();
         for instance in self.instances.iter_mut().flatten() {
             instance.store.data_mut().facts = facts.clone();
         }
     }
 
+    /// The trace of the transaction that just ended (with the connect and helo decisions
+    /// before it); the transaction's part is then forgotten, the session's part kept.
+    pub fn take_transaction_trace(&mut self) -> Vec<Decided> {
+        let trace = self.trace.clone();
+        self.trace
+            .retain(|d| matches!(d.hook, Hook::Connect | Hook::Helo));
+        trace
+    }
+
     /// The client connected.
     pub fn on_connect(&mut self) -> ChainDecision {
-        self.run(Hook::Connect, &mut |p, s| {
+        self.run(Hook::Connect, None, &mut |p, s| {
             p.sluice_policy_hooks().call_on_connect(s)
         })
     }
 
     /// HELO or EHLO.
     pub fn on_helo(&mut self, name: &str) -> ChainDecision {
-        self.run(Hook::Helo, &mut |p, s| {
+        // A new EHLO starts the session's story again.
+        self.trace.clear();
+        self.run(Hook::Helo, Some(name), &mut |p, s| {
             p.sluice_policy_hooks().call_on_helo(s, name)
         })
     }
@@ -229,7 +433,7 @@ impl SessionChain {
         sender: &str,
         params: &[(String, Option<String>)],
     ) -> ChainDecision {
-        self.run(Hook::MailFrom, &mut |p, s| {
+        self.run(Hook::MailFrom, Some(sender), &mut |p, s| {
             p.sluice_policy_hooks().call_on_mail_from(s, sender, params)
         })
     }
@@ -240,13 +444,17 @@ impl SessionChain {
         recipient: &str,
         params: &[(String, Option<String>)],
     ) -> ChainDecision {
-        self.run(Hook::Rcpt, &mut |p, s| {
+        self.run(Hook::Rcpt, Some(recipient), &mut |p, s| {
             p.sluice_policy_hooks().call_on_rcpt(s, recipient, params)
         })
     }
 
     /// The end of DATA: the header fields and the message as received.
-    pub fn on_data(&mut self, headers: &[(String, String)], message: &Bytes) -> ChainDecision {
+    pub fn on_data(
+        &mut self,
+        headers: &[(String, String)],
+        message: &Arc<MessageData>,
+    ) -> ChainDecision {
         let headers: Vec<types::Header> = headers
             .iter()
             .map(|(name, value)| types::Header {
@@ -254,7 +462,7 @@ impl SessionChain {
                 value: value.clone(),
             })
             .collect();
-        self.run(Hook::Data, &mut |p, s| {
+        self.run(Hook::Data, None, &mut |p, s| {
             let body: Resource<MessageBody> =
                 s.data_mut().table.push(MessageBody(message.clone()))?;
             let rep = body.rep();
@@ -270,57 +478,61 @@ impl SessionChain {
         })
     }
 
-    fn run(&mut self, hook: Hook, call: &mut HookCall<'_>) -> ChainDecision {
+    fn run(&mut self, hook: Hook, subject: Option<&str>, call: &mut HookCall<'_>) -> ChainDecision {
         let mut rewrites = Vec::new();
+        let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
         for (module, slot) in self.chain.modules.iter().zip(self.instances.iter_mut()) {
             let started = Instant::now();
             let outcome = match slot {
                 Some(instance) => {
                     instance.store.set_epoch_deadline(module.deadline_ticks);
                     call(&instance.bindings, &mut instance.store)
-                        .map_err(|e| failure_reason(&e, module.timeout))
-                        .and_then(check_decision)
+                        .map_err(|e| failure(&e, module.timeout))
+                        .and_then(|d| check_decision(d).map_err(Failure::Broken))
                 }
-                None => Err("failed earlier in this session".to_string()),
+                None => Err(Failure::FailedEarlier),
             };
             let elapsed = started.elapsed();
+            module
+                .stats
+                .record(outcome.as_ref().map(|(v, _, _)| *v), elapsed);
             let name = &*module.name;
             let (verdict, reply, module_rewrites) = match outcome {
                 Ok(decision) => decision,
-                Err(reason) => {
+                Err(failure) => {
                     // A module that failed once is not entered again in this session: after a
                     // trap its instance may be in any state.
                     *slot = None;
-                    tracing::warn!(module = name, hook = hook.as_str(), on_error = ?module.on_error, "policy module failed: {reason}");
-                    match module.on_error {
-                        OnError::Continue => continue,
-                        OnError::Tempfail => {
-                            return ChainDecision {
-                                verdict: Verdict::Tempfail,
-                                reply: Some(Reply::new(
-                                    451,
-                                    "4.3.0",
-                                    "Temporary policy failure, try again later",
-                                )),
-                                rewrites,
-                                decided_by: Some(module.name.clone()),
-                            };
-                        }
+                    tracing::warn!(module = name, hook = hook.as_str(), queue_id, on_error = ?module.on_error, "policy module failed: {failure}");
+                    let tempfail = module.on_error == OnError::Tempfail;
+                    let reply = tempfail.then(|| {
+                        Reply::new(451, "4.3.0", "Temporary policy failure, try again later")
+                    });
+                    note(
+                        &mut self.trace,
+                        Decided {
+                            hook,
+                            subject: subject.map(str::to_string),
+                            module: module.name.clone(),
+                            outcome: Err(failure.to_string()),
+                            reply: reply.clone(),
+                            rewrites: Vec::new(),
+                            elapsed,
+                            dry_run: false,
+                        },
+                    );
+                    if !tempfail {
+                        continue;
                     }
+                    return ChainDecision {
+                        verdict: Verdict::Tempfail,
+                        reply,
+                        rewrites,
+                        decided_by: Some(module.name.clone()),
+                    };
                 }
             };
-            if module.mode == Mode::DryRun {
-                if verdict != Verdict::Continue || !module_rewrites.is_empty() {
-                    tracing::info!(module = name, hook = hook.as_str(), ?verdict, reply = ?reply.as_ref().map(Reply::to_string), rewrites = ?module_rewrites, "dry-run: would have decided");
-                }
-                continue;
-            }
-            if matches!(verdict, Verdict::Continue | Verdict::Accept) {
-                tracing::debug!(module = name, hook = hook.as_str(), ?verdict, elapsed_us = elapsed.as_micros() as u64, rewrites = ?module_rewrites, "policy decision");
-            } else {
-                tracing::info!(module = name, hook = hook.as_str(), ?verdict, reply = ?reply.as_ref().map(|r| r.to_string()), rewrites = ?module_rewrites, elapsed_us = elapsed.as_micros() as u64, "policy decision");
-            }
-            rewrites.extend(module_rewrites);
+            let dry_run = module.mode == Mode::DryRun;
             let verdict = match verdict {
                 Verdict::Discard | Verdict::Quarantine if hook != Hook::Data => {
                     tracing::warn!(
@@ -332,6 +544,34 @@ impl SessionChain {
                 }
                 v => v,
             };
+            let decided = Decided {
+                hook,
+                subject: subject.map(str::to_string),
+                module: module.name.clone(),
+                outcome: Ok(verdict),
+                reply: reply.clone(),
+                rewrites: module_rewrites.clone(),
+                elapsed,
+                dry_run,
+            };
+            if dry_run {
+                if verdict != Verdict::Continue || !module_rewrites.is_empty() {
+                    tracing::info!(
+                        queue_id,
+                        "dry-run: would have decided: {} {decided}",
+                        hook.as_str()
+                    );
+                }
+                note(&mut self.trace, decided);
+                continue;
+            }
+            if matches!(verdict, Verdict::Continue | Verdict::Accept) {
+                tracing::debug!(queue_id, "policy decision: {} {decided}", hook.as_str());
+            } else {
+                tracing::info!(queue_id, "policy decision: {} {decided}", hook.as_str());
+            }
+            note(&mut self.trace, decided);
+            rewrites.extend(module_rewrites);
             if verdict != Verdict::Continue {
                 return ChainDecision {
                     verdict,
@@ -350,11 +590,18 @@ impl SessionChain {
     }
 }
 
-fn failure_reason(error: &wasmtime::Error, timeout: Duration) -> String {
+/// Adds a line to a session's trace, within its bound.
+fn note(trace: &mut Vec<Decided>, decided: Decided) {
+    if trace.len() < MAX_TRACE {
+        trace.push(decided);
+    }
+}
+
+fn failure(error: &wasmtime::Error, timeout: Duration) -> Failure {
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("ran past its time limit of {timeout:?}"),
-        Some(trap) => format!("trapped: {trap}"),
-        None => format!("{error:#}"),
+        Some(Trap::Interrupt) => Failure::Timeout(timeout),
+        Some(trap) => Failure::Broken(format!("trapped: {trap}")),
+        None => Failure::Broken(format!("{error:#}")),
     }
 }
 

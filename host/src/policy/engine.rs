@@ -5,6 +5,7 @@
 //! limiter for memory, and the pooling allocator so that a session's instances come
 //! from pre-reserved slots instead of fresh mappings.
 
+use super::counters::Counters;
 use super::host::HostState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "policy",
     with: {
-        "sluice:policy/message.body": super::host::MessageBody,
+        "sluice:policy/message.body": super::message::MessageBody,
     },
 });
 
@@ -31,6 +32,8 @@ wasmtime::component::bindgen!({
 pub struct PolicyEngine {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    /// The node's counters: kept across reloads, as chains come and go.
+    counters: Arc<Counters>,
 }
 
 impl PolicyEngine {
@@ -63,12 +66,18 @@ impl PolicyEngine {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            counters: Arc::default(),
         })
     }
 
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The counters every module's `counters` import counts in.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
     }
 
     /// Compiles a component, checks that it is a policy for this contract version and

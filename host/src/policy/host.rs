@@ -4,9 +4,12 @@
 //! limit and resource table, and a shared, read-only snapshot of the session's facts.
 //! WASI is linked with an empty context: no files, no sockets, no environment.
 
-use super::engine::sluice::policy::{config, log, message, session, types};
-use bytes::Bytes;
+use super::counters::{self, Counters};
+use super::engine::sluice::policy::{clock, config, log, message, session, types};
+use super::message::MessageBody;
+use sluice_sdk::mime::cut_text;
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use wasmtime::StoreLimits;
@@ -26,6 +29,8 @@ pub struct SessionFacts {
     pub authenticated_user: Option<String>,
     pub sender: Option<String>,
     pub recipients: Vec<String>,
+    /// The queue id of the transaction in progress (for the log; modules do not see it).
+    pub queue_id: Option<String>,
 }
 
 /// A value from a module's `[policy.config]` table.
@@ -37,14 +42,13 @@ pub enum ConfigValue {
     TextList(Vec<String>),
 }
 
-/// The message body handed to the data hook, read by the module on demand.
-pub struct MessageBody(pub Bytes);
-
 /// Largest single read a module may ask for, so one call cannot make the host copy a
 /// whole large message into the module's memory at once.
 const MAX_READ: u32 = 1 << 20;
 /// Longest log message a module may write; the rest is cut.
 const MAX_LOG: usize = 2048;
+/// Fields of one log event kept at most.
+const MAX_LOG_FIELDS: usize = 32;
 
 /// The data of one module instance's store.
 pub struct HostState {
@@ -52,6 +56,8 @@ pub struct HostState {
     pub config: Arc<BTreeMap<String, ConfigValue>>,
     pub facts: Arc<SessionFacts>,
     pub limits: StoreLimits,
+    /// The node's counters (`counters` in the contract).
+    pub counters: Arc<Counters>,
     pub table: ResourceTable,
     pub wasi: WasiCtx,
 }
@@ -122,21 +128,61 @@ impl config::Host for HostState {
 }
 
 impl log::Host for HostState {
-    fn log(&mut self, level: log::Level, mut message: String) {
-        if message.len() > MAX_LOG {
-            let cut = (0..=MAX_LOG).rev().find(|&i| message.is_char_boundary(i));
-            message.truncate(cut.unwrap_or(0));
-            message.push_str(" [cut]");
+    fn log(&mut self, level: log::Level, message: String) {
+        self.emit(level, message, Vec::new());
+    }
+
+    fn event(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+        self.emit(level, message, fields);
+    }
+}
+
+impl HostState {
+    /// Writes a module's log line, tagged with the module, the client and the queue id;
+    /// the module's text is cut to a bounded length and its control characters replaced,
+    /// so a module cannot forge or flood log lines.
+    fn emit(&self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+        let mut line = String::new();
+        for (key, value) in fields.iter().take(MAX_LOG_FIELDS) {
+            let _ = write!(line, "{key}={value} ");
         }
+        line.push_str(&message);
+        let mut line = cut_text(&line, MAX_LOG).to_string();
+        if line.len() < message.len() {
+            line.push_str(" [cut]");
+        }
+        let line: String = line
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         let module = &*self.module;
         let peer = self.facts.peer.ip();
+        let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
         match level {
-            log::Level::Trace => tracing::trace!(module, %peer, "{message}"),
-            log::Level::Debug => tracing::debug!(module, %peer, "{message}"),
-            log::Level::Info => tracing::info!(module, %peer, "{message}"),
-            log::Level::Warn => tracing::warn!(module, %peer, "{message}"),
-            log::Level::Error => tracing::error!(module, %peer, "{message}"),
+            log::Level::Trace => tracing::trace!(module, %peer, queue_id, "{line}"),
+            log::Level::Debug => tracing::debug!(module, %peer, queue_id, "{line}"),
+            log::Level::Info => tracing::info!(module, %peer, queue_id, "{line}"),
+            log::Level::Warn => tracing::warn!(module, %peer, queue_id, "{line}"),
+            log::Level::Error => tracing::error!(module, %peer, queue_id, "{line}"),
         }
+    }
+}
+
+impl clock::Host for HostState {
+    fn now(&mut self) -> u64 {
+        counters::now_ms()
+    }
+}
+
+impl super::engine::sluice::policy::counters::Host for HostState {
+    fn incr(&mut self, key: String, window_seconds: u32) -> u64 {
+        self.counters
+            .count(&self.module, &key, window_seconds, 1, counters::now_ms())
+    }
+
+    fn peek(&mut self, key: String, window_seconds: u32) -> u64 {
+        self.counters
+            .count(&self.module, &key, window_seconds, 0, counters::now_ms())
     }
 }
 
@@ -144,20 +190,55 @@ impl message::Host for HostState {}
 
 impl message::HostBody for HostState {
     fn size(&mut self, body: Resource<MessageBody>) -> u64 {
-        self.table.get(&body).map(|b| b.0.len() as u64).unwrap_or(0)
+        self.table
+            .get(&body)
+            .map(|b| b.0.raw.len() as u64)
+            .unwrap_or(0)
     }
 
     fn read(&mut self, body: Resource<MessageBody>, offset: u64, len: u32) -> Vec<u8> {
         let Ok(body) = self.table.get(&body) else {
             return Vec::new();
         };
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(body.0.len());
+        let raw = &body.0.raw;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(raw.len());
         let end = start
             .saturating_add(len.min(MAX_READ) as usize)
-            .min(body.0.len());
-        body.0[start..end].to_vec()
+            .min(raw.len());
+        raw[start..end].to_vec()
+    }
+
+    fn parsed(&mut self, body: Resource<MessageBody>) -> message::Parsed {
+        let unreadable = sluice_sdk::mime::empty();
+        let p = match self.table.get(&body) {
+            Ok(body) => &body.0.parsed().0,
+            Err(_) => &unreadable,
+        };
+        message::Parsed {
+            subject: p.subject.clone(),
+            from: p.from.clone(),
+            sender: p.sender.clone(),
+            to: p.to.clone(),
+            cc: p.cc.clone(),
+            reply_to: p.reply_to.clone(),
+            message_id: p.message_id.clone(),
+            parts: p
+                .parts
+                .iter()
+                .map(|part| message::Part {
+                    content_type: part.content_type.clone(),
+                    filename: part.filename.clone(),
+                    size: part.size,
+                })
+                .collect(),
+        }
+    }
+
+    fn text(&mut self, body: Resource<MessageBody>, max_bytes: u32) -> String {
+        let Ok(body) = self.table.get(&body) else {
+            return String::new();
+        };
+        cut_text(&body.0.parsed().1, max_bytes.min(MAX_READ) as usize).to_string()
     }
 
     fn drop(&mut self, body: Resource<MessageBody>) -> wasmtime::Result<()> {

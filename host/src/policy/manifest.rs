@@ -49,6 +49,15 @@ pub enum ModuleSource {
     File(PathBuf),
 }
 
+impl std::fmt::Display for ModuleSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModuleSource::Builtin(name) => write!(f, "builtin:{name}"),
+            ModuleSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// One entry of the chain.
 #[derive(Debug, Clone)]
 pub struct PolicySpec {

@@ -1,17 +1,24 @@
 //! The policy runtime: WebAssembly components that decide at every SMTP stage.
 //!
 //! - [`engine`] — the wasmtime engine, limits, compiling and linking a component.
-//! - [`host`] — what a module may import (session facts, its config, logging, the body).
+//! - [`host`] — what a module may import (session facts, its config, logging, the clock,
+//!   counters, the message).
+//! - [`counters`] — the node's counters with a time window, for rate limits.
+//! - [`message`] — the message at the data hook, raw and parsed.
 //! - [`manifest`] — `policies.toml`, the chain's description.
 //! - [`chain`] — the loaded chain and one session's instances of it; how decisions combine.
 //! - [`builtin`] — the modules embedded in the relay (`builtin:NAME`).
 
 pub mod builtin;
 pub mod chain;
+pub mod counters;
 pub mod engine;
 pub mod host;
 pub mod manifest;
+pub mod message;
 
-pub use chain::{Chain, ChainDecision, Hook, Rewrite, SessionChain, Verdict};
+pub use chain::{
+    Chain, ChainDecision, Decided, Hook, Rewrite, SessionChain, Verdict, format_trace,
+};
 pub use engine::PolicyEngine;
 pub use host::SessionFacts;

@@ -5,7 +5,8 @@ use super::Reply;
 use super::data_reader::{DataProblem, DataReader};
 use super::headers::{self, format_field};
 use super::session::{Next, Session, State};
-use crate::policy::{Rewrite, Verdict};
+use crate::policy::message::MessageData;
+use crate::policy::{Rewrite, Verdict, format_trace};
 use crate::queue::{self, Envelope, Recipient, RecipientStatus};
 use bytes::Bytes;
 
@@ -161,41 +162,48 @@ impl Session {
             // A BDAT message may end mid-line; it is relayed with DATA, which needs whole lines.
             body.extend_from_slice(b"\r\n");
         }
-        let body = Bytes::from(body);
-        let fields = headers::fields(&body);
+        let received = MessageData::new(Bytes::from(body));
+        let body = &received.raw;
+        let fields = headers::fields(body);
         let named: Vec<(String, String)> = fields
             .iter()
             .map(|f| (f.name.clone(), f.value.clone()))
             .collect();
-        let decision = self.policy.on_data(&named, &body);
+        let decision = self.policy.on_data(&named, &received);
         self.apply_rewrites(decision.rewrites, None);
         let Some(tx) = self.tx.take() else {
             return Reply::new(503, "5.5.1", "No transaction");
         };
+        let id = tx.id.clone();
+        // Why this message was taken or refused, from the log alone: every module's say.
+        tracing::info!(
+            target: "sluice::policy",
+            "{id}: policy: {}",
+            format_trace(&self.policy.take_transaction_trace())
+        );
         match decision.verdict {
             Verdict::Reject => {
                 let reply = decision
                     .reply
                     .unwrap_or_else(|| Reply::new(550, "5.7.1", "Message refused"));
-                tracing::info!(session = self.id, %peer, from = %tx.sender, decided_by = ?decision.decided_by, reply = %reply, "message refused by policy");
+                tracing::info!(session = self.id, %peer, queue_id = %id, from = %tx.sender, decided_by = ?decision.decided_by, reply = %reply, "message refused by policy");
                 return reply;
             }
             Verdict::Tempfail => {
                 let reply = decision.reply.unwrap_or_else(|| {
                     Reply::new(451, "4.7.1", "Message not accepted now, try again later")
                 });
-                tracing::info!(session = self.id, %peer, from = %tx.sender, decided_by = ?decision.decided_by, reply = %reply, "message deferred by policy");
+                tracing::info!(session = self.id, %peer, queue_id = %id, from = %tx.sender, decided_by = ?decision.decided_by, reply = %reply, "message deferred by policy");
                 return reply;
             }
             _ => {}
         }
-        let id = queue::new_queue_id();
         if decision.verdict == Verdict::Discard {
             tracing::info!(session = self.id, %peer, queue_id = %id, from = %tx.sender, nrcpt = tx.recipients.len(), decided_by = ?decision.decided_by, "message discarded by policy");
             return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
         }
         let hold = decision.verdict == Verdict::Quarantine;
-        let message = self.build_message(&id, &tx.recipients, &tx.header_edits, &body, &fields);
+        let message = self.build_message(&id, &tx.recipients, &tx.header_edits, body, &fields);
         let envelope = Envelope {
             id: id.clone(),
             sender: tx.sender.clone(),

@@ -1,45 +1,7 @@
 //! The message's header section: reading the fields for the data hook, applying the
 //! policies' header edits, and adding the relay's own trace and missing fields.
 
-use mail_parser::MessageParser;
-
-/// One header field of the received message, with where it sits in the raw text.
-#[derive(Debug, Clone)]
-pub struct Field {
-    pub name: String,
-    /// The value unfolded, without the leading space and the final CRLF.
-    pub value: String,
-    /// Byte range of the whole field (name to final CRLF) in the message.
-    range: std::ops::Range<usize>,
-}
-
-/// The header fields of `message`, in order.
-pub fn fields(message: &[u8]) -> Vec<Field> {
-    let Some(parsed) = MessageParser::new().parse_headers(message) else {
-        return Vec::new();
-    };
-    parsed
-        .headers()
-        .iter()
-        .filter_map(|h| {
-            let (field, start, end) = (
-                h.offset_field as usize,
-                h.offset_start as usize,
-                h.offset_end as usize,
-            );
-            let raw = message.get(start..end)?;
-            let value = String::from_utf8_lossy(raw)
-                .replace("\r\n", "")
-                .trim()
-                .to_string();
-            Some(Field {
-                name: h.name().to_string(),
-                value,
-                range: field..end,
-            })
-        })
-        .collect()
-}
+pub use sluice_sdk::mime::{Field, header_fields as fields};
 
 /// Is `name` a valid field name (RFC 5322 3.6.8: printable US-ASCII but colon)?
 pub fn valid_name(name: &str) -> bool {
@@ -79,14 +41,6 @@ mod tests {
     use super::*;
 
     const MSG: &[u8] = b"Subject: hi\r\nX-Long: a\r\n b\r\nFrom: a@b\r\n\r\nbody\r\n";
-
-    #[test]
-    fn reads_fields_unfolded() {
-        let f = fields(MSG);
-        let names: Vec<_> = f.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["Subject", "X-Long", "From"]);
-        assert_eq!(f[1].value, "a b");
-    }
 
     #[test]
     fn removes_whole_fields_and_prepends() {

@@ -3,6 +3,7 @@
 use super::Reply;
 use super::session::{Next, Session, Transaction, param};
 use crate::policy::Verdict;
+use crate::queue;
 use smtp_proto::{
     MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_SMTPUTF8,
     MailFrom,
@@ -29,12 +30,16 @@ impl Session {
         }
         let sender = from.address.to_string();
         let params = mail_params(&from);
-        let hook_sender = sender.clone();
-        self.update_facts(|f| f.sender = Some(hook_sender));
+        let id = queue::new_queue_id();
+        let (hook_sender, hook_id) = (sender.clone(), id.clone());
+        self.update_facts(|f| {
+            f.sender = Some(hook_sender);
+            f.queue_id = Some(hook_id);
+        });
         let decision = self.policy.on_mail_from(&sender, &params);
         match decision.verdict {
             Verdict::Reject | Verdict::Tempfail => {
-                self.update_facts(|f| f.sender = None);
+                self.reset_transaction();
                 let reply = decision.reply.unwrap_or_else(|| {
                     if decision.verdict == Verdict::Reject {
                         Reply::new(550, "5.7.1", "Sender refused")
@@ -42,13 +47,14 @@ impl Session {
                         Reply::new(451, "4.7.1", "Sender not accepted now, try again later")
                     }
                 });
-                tracing::info!(session = self.id, peer = %self.peer, from = %sender, reply = %reply, "MAIL refused");
+                tracing::info!(session = self.id, peer = %self.peer, queue_id = %id, from = %sender, reply = %reply, "MAIL refused");
                 self.reply(reply);
                 return None;
             }
             _ => {}
         }
         self.tx = Some(Transaction {
+            id,
             sender,
             recipients: Vec::new(),
             header_edits: self.session_edits.clone(),

@@ -47,7 +47,7 @@ impl Session {
             )),
         };
         if let Some(reply) = refusal {
-            tracing::info!(session = self.id, peer = %self.peer, to = %recipient, reply = %reply, decided_by = ?decision.decided_by, "RCPT refused");
+            tracing::info!(session = self.id, peer = %self.peer, queue_id = self.facts.queue_id.as_deref().unwrap_or("-"), to = %recipient, reply = %reply, decided_by = ?decision.decided_by, "RCPT refused");
             if reply.code >= 500 {
                 return self.error(reply);
             }

@@ -48,6 +48,8 @@ pub(super) enum State {
 
 /// The mail transaction in progress (from MAIL to the end of DATA, or RSET).
 pub(super) struct Transaction {
+    /// The queue id, given at MAIL so that every log line of the transaction carries it.
+    pub id: String,
     pub sender: String,
     pub recipients: Vec<String>,
     /// Header edits asked for by policies, applied when the message is spooled.
@@ -96,6 +98,7 @@ impl Session {
             authenticated_user: None,
             sender: None,
             recipients: Vec::new(),
+            queue_id: None,
         });
         let policy = ctx.chain.load_full().start_session(facts.clone());
         Ok(Session {
@@ -416,12 +419,14 @@ impl Session {
 
     /// Ends the mail transaction (RSET, a new EHLO, STARTTLS, or the end of DATA).
     pub(super) fn reset_transaction(&mut self) {
-        if self.tx.take().is_some() {
+        if self.tx.take().is_some() || self.facts.queue_id.is_some() {
             self.update_facts(|f| {
                 f.sender = None;
                 f.recipients.clear();
+                f.queue_id = None;
             });
         }
+        self.policy.take_transaction_trace();
     }
 
     /// Changes the facts the policy modules see.

@@ -43,3 +43,44 @@ impl Policy for RelayNetworks {
 }
 
 export_policy!(RelayNetworks);
+
+#[cfg(test)]
+mod tests {
+    use super::RelayNetworks;
+    use sluice_sdk::Verdict;
+    use sluice_sdk::testing::Session;
+
+    #[test]
+    fn relays_for_the_configured_networks_only() {
+        let inside = |ip: &str| {
+            Session::<RelayNetworks>::new()
+                .peer(ip)
+                .config("relay_from", ["10.0.0.0/8", "192.0.2.7"])
+                .rcpt("someone@example.org")
+        };
+        assert_eq!(inside("10.1.2.3").verdict, Verdict::Accept);
+        assert_eq!(inside("192.0.2.7").verdict, Verdict::Accept);
+        let outside = inside("192.0.2.8");
+        assert_eq!(
+            (outside.verdict, outside.code()),
+            (Verdict::Reject, Some(554))
+        );
+    }
+
+    #[test]
+    fn defaults_to_localhost_and_fails_closed_on_a_bad_entry() {
+        let mut local = Session::<RelayNetworks>::new().peer("::1");
+        assert_eq!(local.rcpt("a@example.org").verdict, Verdict::Accept);
+        let mut broken = Session::<RelayNetworks>::new().config("relay_from", ["10.0.0.0/33"]);
+        let decision = broken.rcpt("a@example.org");
+        assert_eq!(
+            (decision.verdict, decision.code()),
+            (Verdict::Tempfail, Some(451))
+        );
+        assert!(
+            broken.logs()[0].contains("relay_from"),
+            "{:?}",
+            broken.logs()
+        );
+    }
+}
