@@ -237,10 +237,12 @@ impl<P: Policy> Session<P> {
         decision
     }
 
-    /// RCPT TO; the recipient is added when the module accepts it.
+    /// RCPT TO; the recipient is added unless the module refuses it. (In the relay a
+    /// recipient also needs some module to accept it; here the module is tested alone, and
+    /// "no opinion" stands for the rest of the chain accepting.)
     pub fn rcpt(&mut self, recipient: &str) -> Decision {
         let decision = self.call(|p, cx| p.on_rcpt(cx, recipient, &[]));
-        if decision.verdict == Verdict::Accept {
+        if !refused(&decision) {
             self.env().recipients.push(recipient.into());
         }
         decision

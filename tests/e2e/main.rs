@@ -6,6 +6,8 @@ mod support;
 mod clients;
 mod config;
 mod durability;
+mod example_policy;
 mod protocol;
 mod relaying;
+mod sandbox;
 mod smuggling;

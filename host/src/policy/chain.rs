@@ -420,8 +420,8 @@ impl SessionChain {
 
     /// HELO or EHLO.
     pub fn on_helo(&mut self, name: &str) -> ChainDecision {
-        // A new EHLO starts the session's story again.
-        self.trace.clear();
+        // A new EHLO replaces what the last one decided.
+        self.trace.retain(|d| d.hook == Hook::Connect);
         self.run(Hook::Helo, Some(name), &mut |p, s| {
             p.sluice_policy_hooks().call_on_helo(s, name)
         })
@@ -479,6 +479,24 @@ impl SessionChain {
     }
 
     fn run(&mut self, hook: Hook, subject: Option<&str>, call: &mut HookCall<'_>) -> ChainDecision {
+        // A module may run for its whole time limit, and its WASI calls (a panic message on
+        // stderr) block on tokio inside wasmtime-wasi, which panics on an async worker: so on
+        // the relay's runtime the chain runs where blocking is allowed, never holding a worker
+        // that other sessions need.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.run_modules(hook, subject, call))
+            }
+            _ => self.run_modules(hook, subject, call),
+        }
+    }
+
+    fn run_modules(
+        &mut self,
+        hook: Hook,
+        subject: Option<&str>,
+        call: &mut HookCall<'_>,
+    ) -> ChainDecision {
         let mut rewrites = Vec::new();
         let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
         for (module, slot) in self.chain.modules.iter().zip(self.instances.iter_mut()) {
@@ -601,7 +619,8 @@ fn failure(error: &wasmtime::Error, timeout: Duration) -> Failure {
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::Timeout(timeout),
         Some(trap) => Failure::Broken(format!("trapped: {trap}")),
-        None => Failure::Broken(format!("{error:#}")),
+        // The root cause only: the rest is a multi-line wasm backtrace, not for a log line.
+        None => Failure::Broken(format!("failed: {}", error.root_cause())),
     }
 }
 

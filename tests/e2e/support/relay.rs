@@ -21,6 +21,8 @@ pub struct RelayOptions {
     pub extra: String,
     /// Contents of `policies.d/policies.toml`; none means the default chain.
     pub policies: Option<String>,
+    /// Module files copied into `policies.d/` before the start: `(file name, source)`.
+    pub modules: Vec<(String, PathBuf)>,
 }
 
 impl Relay {
@@ -40,6 +42,9 @@ impl Relay {
         std::fs::create_dir_all(dir.path().join("policies.d")).unwrap();
         if let Some(policies) = &options.policies {
             std::fs::write(dir.path().join("policies.d/policies.toml"), policies).unwrap();
+        }
+        for (name, source) in &options.modules {
+            std::fs::copy(source, dir.path().join("policies.d").join(name)).unwrap();
         }
         let smarthost = options
             .smarthost
