@@ -9,6 +9,7 @@
 //! queue::runner ─► delivery (next hop, opportunistic STARTTLS) ─► sent · deferred · bounced
 //! ```
 //!
+//! - [`cli`] — `sluice policy check/test` and `sluice session`: trying policies before they go live.
 //! - [`config`] — `sluice.toml`.
 //! - [`smtp`] — the SMTP server: sessions, one file per stage, strict DATA reading.
 //! - [`policy`] — the wasmtime runtime, the chain, the host functions modules import.
@@ -17,6 +18,7 @@
 //! - [`tls`] — certificates for STARTTLS.
 //! - [`server`] — wiring it all together for `sluice serve`.
 
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod policy;

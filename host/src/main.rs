@@ -1,8 +1,10 @@
 //! The `sluice` command.
 
 use clap::{Parser, Subcommand};
+use sluice::cli;
 use sluice::config::Config;
 use std::io::IsTerminal;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,33 +29,112 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Try policy modules before they go live.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// An SMTP session on this terminal as if from another client, through the configured
+    /// chain, showing each module's decision; nothing is delivered (as Exim's -bh).
+    Session {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The client's IP address.
+        #[arg(long)]
+        peer: IpAddr,
+        /// Act as if the client had negotiated TLS.
+        #[arg(long)]
+        tls: bool,
+        /// Act as if the client had authenticated as this user.
+        #[arg(long)]
+        auth: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load a module as the relay would; print what it is, or why it is refused.
+    Check { module: PathBuf },
+    /// Run the scenarios of a file through a module; fail when a decision is not the one
+    /// expected.
+    Test { module: PathBuf, scenarios: PathBuf },
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A test session shows every module's decision as it goes; the relay logs what matters.
+    let default_log = match cli.command {
+        Command::Session { .. } => "warn,sluice::policy=debug",
+        Command::Policy { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
-    let (config_path, serve) = match &cli.command {
-        Command::Serve { config } => (config.as_deref(), true),
-        Command::CheckConfig { config } => (config.as_deref(), false),
-    };
-    let (config, path) = match Config::load(config_path) {
-        Ok(loaded) => loaded,
+    match cli.command {
+        Command::Serve { config } => {
+            let Some(config) = load_config(config) else {
+                return ExitCode::from(2);
+            };
+            run(|| async {
+                match sluice::server::serve(config).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("sluice: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok((_, path)) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice: configuration error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Policy {
+            command: PolicyCommand::Check { module },
+        } => cli::policy::check(&module),
+        Command::Policy {
+            command: PolicyCommand::Test { module, scenarios },
+        } => cli::policy::test(&module, &scenarios),
+        Command::Session {
+            config,
+            peer,
+            tls,
+            auth,
+        } => {
+            let Some(config) = load_config(config) else {
+                return ExitCode::from(2);
+            };
+            let client = cli::session::Client { peer, tls, auth };
+            run(|| cli::session::run(config, client))
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Option<Config> {
+    match Config::load(path.as_deref()) {
+        Ok((config, _)) => Some(config),
         Err(e) => {
             eprintln!("sluice: configuration error: {e}");
-            return ExitCode::from(2);
+            None
         }
-    };
-    if !serve {
-        println!("{}: ok", path.display());
-        return ExitCode::SUCCESS;
     }
+}
+
+/// Runs `task` on a multi-threaded runtime (the policy chain runs where blocking is allowed,
+/// which needs one), and does not wait for leftover blocking reads (a terminal's stdin).
+fn run<F: Future<Output = ExitCode>>(task: impl FnOnce() -> F) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,11 +145,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sluice::server::serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sluice: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let code = runtime.block_on(task());
+    runtime.shutdown_background();
+    code
 }

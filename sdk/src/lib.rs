@@ -339,14 +339,14 @@ enum BodySource<'a> {
     Relay(&'a message::Body),
     /// A message given to a test session, parsed when asked.
     #[cfg(not(target_arch = "wasm32"))]
-    Test(&'a [u8], std::cell::OnceCell<(Parsed, String)>),
+    Test(&'a [u8], Box<std::cell::OnceCell<(Parsed, String)>>),
 }
 
 impl<'a> Body<'a> {
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn for_test(raw: &'a [u8]) -> Self {
         Body {
-            source: BodySource::Test(raw, std::cell::OnceCell::new()),
+            source: BodySource::Test(raw, Box::default()),
         }
     }
 

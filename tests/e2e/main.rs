@@ -11,3 +11,4 @@ mod protocol;
 mod relaying;
 mod sandbox;
 mod smuggling;
+mod tools;

@@ -8,7 +8,7 @@
 use super::counters::Counters;
 use super::host::HostState;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -83,15 +83,65 @@ impl PolicyEngine {
     /// Compiles a component, checks that it is a policy for this contract version and
     /// pre-links it, so that instantiating it for a session does no compiling or linking.
     pub fn prepare(&self, bytes: &[u8]) -> Result<PolicyPre<HostState>, String> {
+        self.inspect(bytes).map(|(pre, _)| pre)
+    }
+
+    /// As [`prepare`](Self::prepare), and tells what the module is (`sluice policy check`).
+    pub fn inspect(&self, bytes: &[u8]) -> Result<(PolicyPre<HostState>, ModuleInfo), String> {
+        let started = Instant::now();
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| format!("not a WebAssembly component this relay can compile: {e}"))?;
-        check_contract(&self.engine, &component)?;
+        let compile_time = started.elapsed();
+        let hooks_name = check_contract(&self.engine, &component)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| format!("cannot be linked: {e:#}"))?;
-        PolicyPre::new(pre).map_err(|e| format!("does not export the policy hooks: {e:#}"))
+        let pre =
+            PolicyPre::new(pre).map_err(|e| format!("does not export the policy hooks: {e:#}"))?;
+        let ty = component.component_type();
+        let hooks = ty
+            .exports(&self.engine)
+            .find(|(name, _)| *name == hooks_name)
+            .map(|(_, item)| match item.ty {
+                ComponentItem::ComponentInstance(instance) => instance
+                    .exports(&self.engine)
+                    .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
+                    .map(|(name, _)| name.to_string())
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .unwrap_or_default();
+        let info = ModuleInfo {
+            contract: hooks_name
+                .split_once('@')
+                .map(|(_, v)| format!("{CONTRACT_PACKAGE}@{v}"))
+                .unwrap_or_default(),
+            hooks,
+            imports: ty
+                .imports(&self.engine)
+                .map(|(name, _)| name.to_string())
+                .collect(),
+            size: bytes.len(),
+            compile_time,
+        };
+        Ok((pre, info))
     }
+}
+
+/// What a module is, as `sluice policy check` reports it.
+#[derive(Debug, Clone)]
+pub struct ModuleInfo {
+    /// The contract it was built for, such as `sluice:policy@0.1.0`.
+    pub contract: String,
+    /// The hook functions it exports.
+    pub hooks: Vec<String>,
+    /// The interfaces it imports (the relay's and WASI's, with nothing granted).
+    pub imports: Vec<String>,
+    /// Size of the component in bytes.
+    pub size: usize,
+    /// Time to compile it to machine code.
+    pub compile_time: Duration,
 }
 
 fn engine_config(pooling: bool) -> Config {
@@ -119,7 +169,7 @@ fn engine_config(pooling: bool) -> Config {
 
 /// Refuses a component built for another major version of the contract (for 0.x, another
 /// minor version), or one that does not export the hooks at all, with a message that says so.
-fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> {
+fn check_contract(engine: &Engine, component: &Component) -> Result<String, String> {
     let ty = component.component_type();
     let hooks = ty
         .exports(engine)
@@ -142,7 +192,7 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), String> 
         _ => false,
     };
     if compatible {
-        Ok(())
+        Ok(name)
     } else {
         Err(format!(
             "built for contract {CONTRACT_PACKAGE}@{version}, this relay speaks {CONTRACT_PACKAGE}@{want}"

@@ -165,19 +165,8 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<PolicySpec>, String> {
                     ModuleSource::File(dir.join(file))
                 }
             };
-            let config = raw
-                .config
-                .into_iter()
-                .map(|(key, value)| {
-                    let value = config_value(&value).ok_or_else(|| {
-                        format!(
-                            "policy `{}`: config key `{key}`: only strings, integers, booleans and lists of strings are allowed",
-                            raw.name
-                        )
-                    })?;
-                    Ok((key, value))
-                })
-                .collect::<Result<_, String>>()?;
+            let config = config_table(&raw.config)
+                .map_err(|e| format!("policy `{}`: {e}", raw.name))?;
             if raw.timeout.is_zero() || raw.max_memory < (1 << 16) {
                 return Err(format!(
                     "policy `{}`: timeout must be above zero and max_memory at least 65536",
@@ -193,6 +182,21 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<PolicySpec>, String> {
                 max_memory: raw.max_memory,
                 config,
             })
+        })
+        .collect()
+}
+
+/// A `[policy.config]` table as modules see it.
+pub fn config_table(table: &toml::Table) -> Result<BTreeMap<String, ConfigValue>, String> {
+    table
+        .iter()
+        .map(|(key, value)| {
+            let value = config_value(value).ok_or_else(|| {
+                format!(
+                    "config key `{key}`: only strings, integers, booleans and lists of strings are allowed"
+                )
+            })?;
+            Ok((key.clone(), value))
         })
         .collect()
 }

@@ -2,6 +2,7 @@
 
 use super::ServerContext;
 use super::session::Session;
+use super::stream::Stream;
 use crate::config::ListenerConfig;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -124,8 +125,9 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let _slot = slot;
-            match Session::new(ctx, stream, name) {
-                Ok(session) => session.run().await,
+            let _ = stream.set_nodelay(true);
+            match Session::facts_for(&stream, &name) {
+                Ok(facts) => Session::new(ctx, Stream::Plain(stream), facts).run().await,
                 Err(e) => tracing::warn!(%peer, error = %e, "cannot start session"),
             }
         });

@@ -80,30 +80,15 @@ pub struct Session {
 
 impl Session {
     /// A session for a new connection, on the policy chain current at this moment.
-    pub fn new(
-        ctx: Arc<ServerContext>,
-        tcp: TcpStream,
-        listener: Arc<str>,
-    ) -> std::io::Result<Self> {
+    /// `facts` says who the client is (peer, local address, listener, and TLS or an
+    /// authenticated user when the session starts with them).
+    pub fn new(ctx: Arc<ServerContext>, stream: Stream, facts: SessionFacts) -> Self {
         static SESSIONS: AtomicU64 = AtomicU64::new(1);
-        let peer = tcp.peer_addr()?;
-        let local = tcp.local_addr()?;
-        let _ = tcp.set_nodelay(true);
-        let facts = Arc::new(SessionFacts {
-            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
-            local,
-            listener: listener.to_string(),
-            helo: None,
-            tls: None,
-            authenticated_user: None,
-            sender: None,
-            recipients: Vec::new(),
-            queue_id: None,
-        });
+        let facts = Arc::new(facts);
         let policy = ctx.chain.load_full().start_session(facts.clone());
-        Ok(Session {
+        Session {
             ctx,
-            stream: Stream::Plain(tcp),
+            stream,
             peer: facts.peer,
             id: SESSIONS.fetch_add(1, Ordering::Relaxed),
             facts,
@@ -116,6 +101,22 @@ impl Session {
             tx: None,
             session_edits: Vec::new(),
             errors: 0,
+        }
+    }
+
+    /// The facts at the start of a TCP connection.
+    pub fn facts_for(tcp: &TcpStream, listener: &str) -> std::io::Result<SessionFacts> {
+        let peer = tcp.peer_addr()?;
+        Ok(SessionFacts {
+            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            local: tcp.local_addr()?,
+            listener: listener.to_string(),
+            helo: None,
+            tls: None,
+            authenticated_user: None,
+            sender: None,
+            recipients: Vec::new(),
+            queue_id: None,
         })
     }
 

@@ -7,8 +7,16 @@ use super::stream::Stream;
 impl Session {
     /// Agrees to TLS; the read loop then drops unread input and does the handshake.
     pub(super) fn starttls(&mut self) -> Option<Next> {
-        if !matches!(self.stream, Stream::Plain(_)) {
-            return self.error(Reply::new(503, "5.5.1", "TLS already active"));
+        match self.stream {
+            Stream::Plain(_) => {}
+            Stream::Local(_) => {
+                return self.error(Reply::new(
+                    454,
+                    "4.7.0",
+                    "No TLS in a test session (sluice session --tls acts as if it were)",
+                ));
+            }
+            _ => return self.error(Reply::new(503, "5.5.1", "TLS already active")),
         }
         self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
         Some(Next::StartTls)

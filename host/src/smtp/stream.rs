@@ -1,9 +1,10 @@
-//! The client connection, plain or upgraded to TLS by STARTTLS.
+//! The client connection, plain or upgraded to TLS by STARTTLS; or an in-process pipe,
+//! for `sluice session`.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -12,6 +13,8 @@ pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     Upgrading,
+    /// An in-process client (`sluice session` at a terminal): no TLS to speak of.
+    Local(DuplexStream),
 }
 
 impl Stream {
@@ -49,6 +52,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Local(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -63,6 +67,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Local(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -71,6 +76,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Local(s) => Pin::new(s).poll_flush(cx),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -79,6 +85,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Local(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }

@@ -1,0 +1,9 @@
+//! The postmaster's commands besides `serve`: trying policies before they go live.
+//!
+//! - [`policy`] — `sluice policy check` (is this module loadable, what is it) and
+//!   `sluice policy test` (run scenarios through a module, check what it decides).
+//! - [`session`] — `sluice session`: an SMTP session on the terminal, as if from a given
+//!   client, through the configured chain, delivering nothing (as Exim's `-bh`).
+
+pub mod policy;
+pub mod session;

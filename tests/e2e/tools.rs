@@ -1,0 +1,114 @@
+//! The postmaster's tools: `sluice policy check`, `sluice policy test` and `sluice session`,
+//! run as a postmaster runs them.
+
+use crate::support::modules::module;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .expect("run sluice")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn policy_check_says_what_a_module_is_or_why_it_is_refused() {
+    let phi = module("phi_guard.wasm");
+    let out = sluice(&["policy", "check", phi.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("contract: sluice:policy@0.1.0"), "{text}");
+    assert!(
+        text.contains("hooks:    on-connect, on-helo, on-mail-from, on-rcpt, on-data"),
+        "{text}"
+    );
+    assert!(text.contains("compiled in"), "{text}");
+
+    let old = module("sluice_test_old_contract.wasm");
+    let out = sluice(&["policy", "check", old.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("refused: built for contract sluice:policy@1.0.0"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn policy_test_runs_a_departments_scenarios() {
+    let phi = module("phi_guard.wasm");
+    let scenarios = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/phi-guard/scenarios.toml"
+    );
+    let out = sluice(&["policy", "test", phi.to_str().unwrap(), scenarios]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("3 passed, 0 failed"), "{text}");
+    assert!(text.contains("✓ data"), "{text}");
+
+    // A scenario whose expectation the module does not meet fails the run.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        "[[scenario]]\nname = \"x\"\nsender = \"a@example.edu\"\nrecipients = [\"b@example.org\"]\nmessage = \"Subject: [PHI]\\n\\nx\\n\"\n[scenario.expect]\ndata = \"continue\"\n",
+    )
+    .unwrap();
+    let out = sluice(&[
+        "policy",
+        "test",
+        phi.to_str().unwrap(),
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("(expected continue)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Runs `sluice session` with `input` typed at it (LF line ends, as at a terminal).
+fn session(peer: &str, input: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["session", "--peer", peer])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sluice session");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn session_plays_a_client_and_shows_each_decision() {
+    let transaction = "EHLO app.example.edu\nMAIL FROM:<app@example.edu>\nRCPT TO:<a@example.org>\nDATA\nSubject: hi\n\nhello\n.\nQUIT\n";
+    let (replies, log) = session("127.0.0.1", transaction);
+    assert!(replies.contains("250 2.0.0 Ok: queued as"), "{replies}");
+    assert!(log.contains("rcpt networks=accept"), "{log}");
+
+    let (replies, log) = session("192.0.2.9", transaction);
+    assert!(
+        replies.contains("554 5.7.1 <a@example.org>: Relay access denied"),
+        "{replies}"
+    );
+    assert!(log.contains("rcpt networks=reject"), "{log}");
+}
