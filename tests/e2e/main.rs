@@ -5,6 +5,7 @@ mod support;
 
 mod clients;
 mod config;
+mod contract;
 mod durability;
 mod example_policy;
 mod protocol;

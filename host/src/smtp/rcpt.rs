@@ -19,7 +19,7 @@ impl Session {
             self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
             return None;
         }
-        let mut recipient = to.address.to_string();
+        let recipient = to.address.to_string();
         let params: Vec<(String, Option<String>)> = to
             .orcpt
             .as_ref()
@@ -54,14 +54,7 @@ impl Session {
             self.reply(reply);
             return None;
         }
-        self.apply_rewrites(decision.rewrites, Some(&mut recipient));
-        if let Some(tx) = self.tx.as_mut() {
-            if !tx.recipients.contains(&recipient) {
-                tx.recipients.push(recipient);
-            }
-            let recipients = tx.recipients.clone();
-            self.update_facts(|f| f.recipients = recipients);
-        }
+        self.apply_rewrites(decision.rewrites, Some(recipient));
         self.reply(Reply::new(250, "2.1.5", "Ok"));
         None
     }

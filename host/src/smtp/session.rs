@@ -454,32 +454,25 @@ impl Session {
         }
     }
 
-    /// Applies rewrites from a hook inside a transaction. `recipient` is the address being
-    /// decided at the rcpt hook (the one `replace-recipient` changes).
-    pub(super) fn apply_rewrites(
-        &mut self,
-        rewrites: Vec<Rewrite>,
-        mut recipient: Option<&mut String>,
-    ) {
+    /// Applies rewrites from a hook inside a transaction. `accepted` is the recipient the
+    /// rcpt hook has just accepted: it joins the transaction (as `replace-recipient` left
+    /// it) before any recipient a module added.
+    pub(super) fn apply_rewrites(&mut self, rewrites: Vec<Rewrite>, accepted: Option<String>) {
         let max_recipients = self.ctx.config.limits.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
             return self.keep_session_edits(rewrites);
         };
+        let mut recipient = accepted;
+        let mut added = Vec::new();
         for rewrite in rewrites {
             match rewrite {
                 Rewrite::SetSender(sender) if sender.is_empty() || valid_address(&sender) => {
                     tx.sender = sender
                 }
                 Rewrite::ReplaceRecipient(new) if valid_address(&new) && recipient.is_some() => {
-                    if let Some(r) = recipient.as_deref_mut() {
-                        *r = new;
-                    }
+                    recipient = Some(new);
                 }
-                Rewrite::AddRecipient(new) if valid_address(&new) => {
-                    if !tx.recipients.contains(&new) && tx.recipients.len() < max_recipients {
-                        tx.recipients.push(new);
-                    }
-                }
+                Rewrite::AddRecipient(new) if valid_address(&new) => added.push(new),
                 edit @ (Rewrite::AddHeader(..)
                 | Rewrite::RemoveHeader(_)
                 | Rewrite::ReplaceHeader(..))
@@ -490,6 +483,11 @@ impl Session {
                 other => {
                     tracing::warn!(session = self.id, rewrite = ?other, "invalid rewrite from a policy ignored")
                 }
+            }
+        }
+        for new in recipient.into_iter().chain(added) {
+            if !tx.recipients.contains(&new) && tx.recipients.len() < max_recipients {
+                tx.recipients.push(new);
             }
         }
         let (sender, recipients) = (tx.sender.clone(), tx.recipients.clone());

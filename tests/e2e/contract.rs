@@ -1,0 +1,161 @@
+//! The contract end to end: a module (tests/policies/probe) that uses every import and
+//! every rewrite, through the real relay, and what arrives at the next hop.
+
+use crate::support::modules::module;
+use crate::support::relay::RelayOptions;
+use crate::support::{Conn, Relay, Sink};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+async fn relay_with_probe(sink: &Sink, mode: &str) -> Relay {
+    Relay::start_with(RelayOptions {
+        smarthost: Some(sink.addr),
+        extra: "[[listener]]\naddr = \"127.0.0.1:0\"\nname = \"spare\"\n".into(),
+        policies: Some(format!(
+            r#"
+[[policy]]
+name = "probe"
+module = "probe.wasm"
+mode = "{mode}"
+[policy.config]
+limit = 2
+
+[[policy]]
+name = "networks"
+module = "builtin:networks"
+"#
+        )),
+        modules: vec![("probe.wasm".into(), module("sluice_test_probe.wasm"))],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Sends one message; returns the reply to the end of DATA.
+async fn send(relay: &Relay, rcpts: &[&str], message: &str) -> (u16, String) {
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("app@example.edu", rcpts).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(message.replace('\n', "\r\n")).await;
+    conn.send(b".\r\n").await;
+    let reply = conn.reply().await;
+    (reply.code, reply.text())
+}
+
+#[tokio::test]
+async fn imports_and_rewrites_reach_the_message() {
+    let sink = Sink::start().await;
+    let relay = relay_with_probe(&sink, "enforce").await;
+    let message = "From: App <app@example.edu>\nSubject: report\nX-Remove: secret\nX-Replace: old\n\nHello world\n";
+    let (code, text) = send(
+        &relay,
+        &["rewrite-me@example.org", "add-me@example.org"],
+        message,
+    )
+    .await;
+    assert_eq!(code, 250, "{text}");
+    let received = sink.wait_for(1).await;
+    let got = &received[0];
+    assert_eq!(
+        got.recipients,
+        [
+            "rewritten@example.org",
+            "add-me@example.org",
+            "added@example.org"
+        ]
+    );
+    let text = String::from_utf8_lossy(&got.data);
+    let probe = text
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Probe: "))
+        .unwrap_or_else(|| panic!("no X-Probe field:\n{text}"));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let clock: u64 = probe
+        .rsplit("clock=")
+        .next()
+        .and_then(|c| c.parse().ok())
+        .expect("clock in X-Probe");
+    assert!(
+        now.abs_diff(clock) < 60,
+        "the module's clock is the relay's: {probe}"
+    );
+    let listener = relay.addr.to_string();
+    assert!(
+        probe.starts_with(&format!(
+            "tls=none; listener={listener}; from=app@example.edu; parts=1; text=Hello; subject=report;"
+        )),
+        "{probe}"
+    );
+    assert!(!text.contains("X-Remove"), "{text}");
+    assert!(
+        text.contains("X-Replace: new\r\n") && !text.contains("X-Replace: old"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn counters_are_shared_by_every_session() {
+    let sink = Sink::start().await;
+    let relay = relay_with_probe(&sink, "enforce").await;
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let mut conn = Conn::greeted(relay.addr).await;
+        conn.cmd("EHLO app.example.edu", 250).await;
+        conn.cmd("MAIL FROM:<app@example.edu>", 250).await;
+        conn.send("RCPT TO:<count-1@example.org>\r\n").await;
+        codes.push(conn.reply().await);
+    }
+    let codes: Vec<u16> = codes.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [250, 250, 451]);
+    relay
+        .wait_for_log("ip=127.0.0.1 count=3 over the limit")
+        .await;
+}
+
+#[tokio::test]
+async fn discard_drops_and_quarantine_holds() {
+    let sink = Sink::start().await;
+    let relay = relay_with_probe(&sink, "enforce").await;
+    let (code, _) = send(&relay, &["a@example.org"], "Subject: discard\n\nx\n").await;
+    assert_eq!(code, 250);
+    relay.wait_for_log("message discarded by policy").await;
+    let (code, text) = send(&relay, &["a@example.org"], "Subject: quarantine\n\nx\n").await;
+    assert_eq!(code, 250);
+    relay.wait_for_log("status=quarantined").await;
+    let (code, _) = send(&relay, &["a@example.org"], "Subject: fine\n\nx\n").await;
+    assert_eq!(code, 250);
+    let received = sink.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "only the third message is relayed"
+    );
+    assert!(String::from_utf8_lossy(&received[0].data).contains("Subject: fine"));
+    assert_eq!(relay.queued(), 1, "the quarantined message is held: {text}");
+}
+
+#[tokio::test]
+async fn a_dry_run_module_decides_in_the_log_only() {
+    let sink = Sink::start().await;
+    let relay = relay_with_probe(&sink, "dry-run").await;
+    let (code, _) = send(
+        &relay,
+        &["rewrite-me@example.org"],
+        "Subject: discard\n\nx\n",
+    )
+    .await;
+    assert_eq!(code, 250);
+    let received = sink.wait_for(1).await;
+    assert_eq!(
+        received[0].recipients,
+        ["rewrite-me@example.org"],
+        "no rewrite applied"
+    );
+    assert!(!String::from_utf8_lossy(&received[0].data).contains("X-Probe"));
+    relay
+        .wait_for_log("dry-run: would have decided: data probe(dry-run)=discard")
+        .await;
+}
