@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 async fn relay_with_probe(sink: &Sink, mode: &str) -> Relay {
     Relay::start_with(RelayOptions {
         smarthost: Some(sink.addr),
-        extra: "[[listener]]\naddr = \"127.0.0.1:0\"\nname = \"spare\"\n".into(),
         policies: Some(format!(
             r#"
 [[policy]]
