@@ -41,6 +41,7 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub delivery: DeliveryConfig,
     pub policies: PoliciesConfig,
+    pub admin: AdminConfig,
 }
 
 /// One listening socket.
@@ -173,16 +174,37 @@ fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D:
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoliciesConfig {
-    /// Holds `policies.toml` and the `.wasm` modules it names.
+    /// Holds `policies.toml` and the `.wasm` modules it names (created if missing).
     pub dir: PathBuf,
+    /// Reload by itself when `policies.toml` or a `.wasm` file there changes.
+    pub watch: bool,
+    /// How long the directory must be quiet before a change is loaded: a burst of writes
+    /// (a copy, an editor's save) is one reload, and a half-written file is never loaded.
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+    /// Compiled modules, kept so a restart does not compile unchanged modules again
+    /// (default: `cache` beside the spool directory).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for PoliciesConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("policies.d"),
+            watch: true,
+            settle: Duration::from_millis(50),
+            cache_dir: None,
         }
     }
+}
+
+/// The control socket `sluice status` and `sluice reload` talk to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// A Unix socket, for the relay's user only (default: `sluice.sock` beside the spool
+    /// directory).
+    pub socket: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -198,11 +220,38 @@ impl Default for Config {
             spool: SpoolConfig::default(),
             delivery: DeliveryConfig::default(),
             policies: PoliciesConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
 
 impl Config {
+    /// The relay's state directory: where the spool is (its parent), beside which the
+    /// compiled-module cache and the control socket go unless configured elsewhere.
+    fn state_dir(&self) -> PathBuf {
+        self.spool
+            .dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// Where compiled policy modules are kept.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.policies
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("cache"))
+    }
+
+    /// The control socket of `sluice status` and `sluice reload`.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.admin
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("sluice.sock"))
+    }
+
     /// Reads and checks a configuration file. A missing `sluice.toml` in the working directory
     /// (no `--config` given) means the embedded defaults.
     pub fn load(path: Option<&Path>) -> Result<(Config, PathBuf), ConfigError> {

@@ -9,6 +9,7 @@
 //! queue::runner ─► delivery (next hop, opportunistic STARTTLS) ─► sent · deferred · bounced
 //! ```
 //!
+//! - [`admin`] — the control socket for `sluice status` and `sluice reload`.
 //! - [`cli`] — `sluice policy check/test` and `sluice session`: trying policies before they go live.
 //! - [`config`] — `sluice.toml`.
 //! - [`smtp`] — the SMTP server: sessions, one file per stage, strict DATA reading.
@@ -18,6 +19,7 @@
 //! - [`tls`] — certificates for STARTTLS.
 //! - [`server`] — wiring it all together for `sluice serve`.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;

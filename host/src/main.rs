@@ -29,6 +29,16 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Show the running relay's policy chain: modules, hashes, counts, the last reload.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Ask the running relay to reload its policy chain now.
+    Reload {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Try policy modules before they go live.
     Policy {
         #[command(subcommand)]
@@ -65,7 +75,7 @@ fn main() -> ExitCode {
     // A test session shows every module's decision as it goes; the relay logs what matters.
     let default_log = match cli.command {
         Command::Session { .. } => "warn,sluice::policy=debug",
-        Command::Policy { .. } => "warn",
+        Command::Policy { .. } | Command::Status { .. } | Command::Reload { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -100,6 +110,14 @@ fn main() -> ExitCode {
                 eprintln!("sluice: configuration error: {e}");
                 ExitCode::from(2)
             }
+        },
+        Command::Status { config } => match load_config(config) {
+            Some(config) => cli::status::status(&config),
+            None => ExitCode::from(2),
+        },
+        Command::Reload { config } => match load_config(config) {
+            Some(config) => cli::status::reload(&config),
+            None => ExitCode::from(2),
         },
         Command::Policy {
             command: PolicyCommand::Check { module },

@@ -1,7 +1,9 @@
 //! `sluice serve`: starts the policy engine, the spool and its runner, and the listeners.
 
+use crate::admin;
 use crate::config::Config;
 use crate::delivery::Delivery;
+use crate::policy::reload::{self, Reloader};
 use crate::policy::{Chain, PolicyEngine};
 use crate::queue::{Queue, Spool, runner};
 use crate::smtp::{ServerContext, listener};
@@ -16,15 +18,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
 
-    let engine = PolicyEngine::new().context("starting the policy engine")?;
-    let policies_dir = config.policies.dir.clone();
+    let policies = &config.policies;
+    std::fs::create_dir_all(&policies.dir)
+        .with_context(|| format!("policies.dir {}", policies.dir.display()))?;
+    let cache_dir = config.cache_dir();
+    let engine = PolicyEngine::new()
+        .context("starting the policy engine")?
+        .with_cache_dir(&cache_dir)
+        .with_context(|| format!("policies.cache_dir {}", cache_dir.display()))?;
     let chain = {
         let engine = engine.clone();
-        let dir = policies_dir.clone();
+        let dir = policies.dir.clone();
         tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await?
     }
     .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
-    tracing::info!(dir = %policies_dir.display(), chain = ?chain.names(), "policy chain loaded");
+    tracing::info!(dir = %policies.dir.display(), chain = ?chain.names(), "policy chain loaded");
+    engine.retain_compiled(&chain.hashes());
+    let chain = Arc::new(ArcSwap::from_pointee(chain));
+    let reloader = Arc::new(Reloader::new(engine, policies.dir.clone(), chain.clone()));
+    let admin = admin::bind(&config.admin_socket())?;
 
     let spool = Arc::new(
         Spool::open(&config.spool.dir)
@@ -48,11 +60,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let ctx = Arc::new(ServerContext {
         config: config.clone(),
         tls,
-        chain: ArcSwap::from_pointee(chain),
+        chain,
         queue: Queue::new(spool, new_messages),
     });
 
-    tokio::spawn(reload_on_sighup(ctx.clone(), engine));
+    tokio::spawn(reload_on_sighup(reloader.clone()));
+    tokio::spawn(admin::serve(admin, reloader.clone()));
+    if config.policies.watch {
+        tokio::spawn(reload::watch(reloader, config.policies.settle));
+    }
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = listener::serve(ctx, listeners) => {}
@@ -63,25 +79,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP reloads the policy chain: built off the request path, swapped in whole. Sessions
-/// already open keep the chain they started with; a chain that fails to load changes nothing.
-async fn reload_on_sighup(ctx: Arc<ServerContext>, engine: PolicyEngine) {
+/// SIGHUP reloads the policy chain (see [`reload`]).
+async fn reload_on_sighup(reloader: Arc<Reloader>) {
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload by restart only");
+        tracing::warn!("cannot listen for SIGHUP; reload with sluice reload");
         return;
     };
     while hangup.recv().await.is_some() {
-        let dir = ctx.config.policies.dir.clone();
-        let engine = engine.clone();
-        match tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await {
-            Ok(Ok(chain)) => {
-                tracing::info!(chain = ?chain.names(), "SIGHUP: policy chain reloaded");
-                ctx.chain.store(Arc::new(chain));
-            }
-            Ok(Err(e)) => {
-                tracing::error!("SIGHUP: policy chain not reloaded, the running one stays: {e}")
-            }
-            Err(e) => tracing::error!("SIGHUP: reload task failed: {e}"),
-        }
+        let _ = reloader.reload("SIGHUP").await;
     }
 }

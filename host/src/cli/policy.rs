@@ -63,6 +63,7 @@ pub fn check(path: &Path) -> ExitCode {
             println!("  hooks:    {}", info.hooks.join(", "));
             println!("  imports:  {}", info.imports.join(", "));
             println!("  size:     {} bytes", info.size);
+            println!("  sha256:   {}", info.sha256);
             println!(
                 "  compiled in {:.1} ms",
                 info.compile_time.as_secs_f64() * 1000.0

@@ -52,7 +52,7 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     let ctx = Arc::new(ServerContext {
         tls: crate::tls::acceptor(&config.tls, &config.hostname)?,
         config: Arc::new(config),
-        chain: ArcSwap::from_pointee(chain),
+        chain: Arc::new(ArcSwap::from_pointee(chain)),
         queue: Queue::new(spool, new_messages),
     });
     let facts = SessionFacts {

@@ -11,13 +11,13 @@ use super::host::{ConfigValue, HostState, SessionFacts};
 use super::manifest::{self, Mode, ModuleSource, OnError, PolicySpec};
 use super::message::{MessageBody, MessageData};
 use crate::smtp::Reply;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
@@ -157,7 +157,7 @@ pub struct ModuleStats {
 }
 
 /// A snapshot of [`ModuleStats`].
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub calls: u64,
     pub r#continue: u64,
@@ -227,6 +227,8 @@ impl fmt::Display for Failure {
 struct LoadedModule {
     name: Arc<str>,
     source: String,
+    /// SHA-256 of the module's bytes.
+    sha256: String,
     mode: Mode,
     on_error: OnError,
     /// The epoch deadline for one hook call, in ticks.
@@ -239,11 +241,12 @@ struct LoadedModule {
 }
 
 /// A module of the running chain as `sluice status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModuleStatus {
     pub name: String,
     pub source: String,
-    pub mode: &'static str,
+    pub sha256: String,
+    pub mode: String,
     pub stats: StatsSnapshot,
 }
 
@@ -251,6 +254,8 @@ pub struct ModuleStatus {
 pub struct Chain {
     engine: PolicyEngine,
     modules: Vec<LoadedModule>,
+    /// When this chain was loaded.
+    loaded_at: SystemTime,
 }
 
 impl Chain {
@@ -280,11 +285,12 @@ impl Chain {
                     ModuleSource::File(path) => std::fs::read(path)
                         .map_err(|e| format!("policy `{}`: {}: {e}", spec.name, path.display()))?,
                 };
-                let pre = engine
-                    .prepare(&bytes)
+                let (pre, info) = engine
+                    .inspect(&bytes)
                     .map_err(|e| format!("policy `{}`: {e}", spec.name))?;
                 Ok(LoadedModule {
                     source: spec.source.to_string(),
+                    sha256: info.sha256,
                     name: spec.name.into(),
                     mode: spec.mode,
                     on_error: spec.on_error,
@@ -304,12 +310,23 @@ impl Chain {
         Ok(Chain {
             engine: engine.clone(),
             modules,
+            loaded_at: SystemTime::now(),
         })
     }
 
     /// The modules' names, in chain order.
     pub fn names(&self) -> Vec<&str> {
         self.modules.iter().map(|m| &*m.name).collect()
+    }
+
+    /// When the chain was loaded.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// The SHA-256 of every module in the chain.
+    pub fn hashes(&self) -> std::collections::HashSet<String> {
+        self.modules.iter().map(|m| m.sha256.clone()).collect()
     }
 
     /// Every module with its counts since the chain was loaded.
@@ -319,10 +336,12 @@ impl Chain {
             .map(|m| ModuleStatus {
                 name: m.name.to_string(),
                 source: m.source.clone(),
+                sha256: m.sha256.clone(),
                 mode: match m.mode {
                     Mode::Enforce => "enforce",
                     Mode::DryRun => "dry-run",
-                },
+                }
+                .into(),
                 stats: m.stats.snapshot(),
             })
             .collect()

@@ -7,7 +7,10 @@
 
 use super::counters::Counters;
 use super::host::HostState;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -34,6 +37,11 @@ pub struct PolicyEngine {
     linker: Arc<Linker<HostState>>,
     /// The node's counters: kept across reloads, as chains come and go.
     counters: Arc<Counters>,
+    /// Compiled components by the SHA-256 of their bytes, so that a reload recompiles only
+    /// the modules that changed.
+    compiled: Arc<Mutex<HashMap<String, Component>>>,
+    /// Where compiled components are kept across restarts; `None`: in memory only.
+    cache_dir: Option<PathBuf>,
 }
 
 impl PolicyEngine {
@@ -67,7 +75,78 @@ impl PolicyEngine {
             engine,
             linker: Arc::new(linker),
             counters: Arc::default(),
+            compiled: Arc::default(),
+            cache_dir: None,
         })
+    }
+
+    /// Keeps compiled modules in `dir` too, so a restart does not compile unchanged modules
+    /// again. The directory is created private to the relay: what is in it is loaded as
+    /// machine code.
+    pub fn with_cache_dir(mut self, dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        self.cache_dir = Some(dir.to_path_buf());
+        Ok(self)
+    }
+
+    /// Forgets compiled modules other than `keep` (the running chain's), in memory and on
+    /// disk, so the cache holds what is running and no more.
+    pub fn retain_compiled(&self, keep: &HashSet<String>) {
+        self.compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|hash, _| keep.contains(hash));
+        let Some(dir) = &self.cache_dir else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let hash = name.strip_suffix(CACHE_SUFFIX).unwrap_or(&name);
+            if !keep.contains(hash) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// The component for `bytes`: from memory, from the cache directory, or compiled (and
+    /// then kept in both). The flag says whether it came from a cache.
+    fn component(&self, bytes: &[u8], hash: &str) -> Result<(Component, bool), String> {
+        let memory = || self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(component) = memory().get(hash) {
+            return Ok((component.clone(), true));
+        }
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{hash}{CACHE_SUFFIX}")));
+        if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
+            // SAFETY: the cache directory is the relay's own (mode 0700) and holds only what
+            // `Component::serialize` wrote below, named by the hash of the module it came
+            // from; wasmtime refuses a file made by another version or configuration.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(component) => {
+                    memory().insert(hash.to_string(), component.clone());
+                    return Ok((component, true));
+                }
+                Err(e) => {
+                    tracing::info!(path = %path.display(), error = %e, "compiled-module cache entry not usable; compiling");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| format!("not a WebAssembly component this relay can compile: {e}"))?;
+        if let (Some(path), Ok(code)) = (cached, component.serialize()) {
+            // Written aside and renamed, so a crash never leaves half a file under the name.
+            let tmp = path.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, code).and_then(|()| std::fs::rename(&tmp, &path)) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep a compiled module");
+            }
+        }
+        memory().insert(hash.to_string(), component.clone());
+        Ok((component, false))
     }
 
     /// The wasmtime engine.
@@ -88,9 +167,9 @@ impl PolicyEngine {
 
     /// As [`prepare`](Self::prepare), and tells what the module is (`sluice policy check`).
     pub fn inspect(&self, bytes: &[u8]) -> Result<(PolicyPre<HostState>, ModuleInfo), String> {
+        let sha256 = content_hash(bytes);
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| format!("not a WebAssembly component this relay can compile: {e}"))?;
+        let (component, cached) = self.component(bytes, &sha256)?;
         let compile_time = started.elapsed();
         let hooks_name = check_contract(&self.engine, &component)?;
         let pre = self
@@ -124,6 +203,8 @@ impl PolicyEngine {
                 .collect(),
             size: bytes.len(),
             compile_time,
+            cached,
+            sha256,
         };
         Ok((pre, info))
     }
@@ -140,8 +221,24 @@ pub struct ModuleInfo {
     pub imports: Vec<String>,
     /// Size of the component in bytes.
     pub size: usize,
-    /// Time to compile it to machine code.
+    /// Time to compile it to machine code (or to take it from the cache).
     pub compile_time: Duration,
+    /// Whether it came compiled from the cache.
+    pub cached: bool,
+    /// SHA-256 of the module's bytes, in hex: its identity in status and the cache.
+    pub sha256: String,
+}
+
+/// The file name suffix of a compiled module in the cache directory.
+const CACHE_SUFFIX: &str = ".cwasm";
+
+/// SHA-256 of `bytes` in lower-case hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn engine_config(pooling: bool) -> Config {

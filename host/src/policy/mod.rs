@@ -8,6 +8,7 @@
 //! - [`manifest`] — `policies.toml`, the chain's description.
 //! - [`chain`] — the loaded chain and one session's instances of it; how decisions combine.
 //! - [`builtin`] — the modules embedded in the relay (`builtin:NAME`).
+//! - [`reload`] — hot reload: the watcher, SIGHUP and `sluice reload`, and the status.
 
 pub mod builtin;
 pub mod chain;
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod host;
 pub mod manifest;
 pub mod message;
+pub mod reload;
 
 pub use chain::{
     Chain, ChainDecision, Decided, Hook, Rewrite, SessionChain, Verdict, format_trace,

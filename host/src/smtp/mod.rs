@@ -37,6 +37,6 @@ use tokio_rustls::TlsAcceptor;
 pub struct ServerContext {
     pub config: Arc<Config>,
     pub tls: TlsAcceptor,
-    pub chain: ArcSwap<Chain>,
+    pub chain: Arc<ArcSwap<Chain>>,
     pub queue: Queue,
 }

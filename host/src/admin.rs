@@ -1,0 +1,81 @@
+//! The control socket: `sluice status` and `sluice reload` talk to the running relay here.
+//!
+//! A Unix socket (mode 0600: the relay's user only), one command per connection: a line
+//! `status` (answered with the status as JSON) or `reload` (answered `ok: …` or
+//! `error: …`).
+
+use crate::policy::reload::Reloader;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+
+/// Longest command line read from the socket.
+const MAX_COMMAND: u64 = 64;
+
+/// Binds the socket (replacing one a previous run left behind).
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("admin.socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers commands until the process ends.
+pub async fn serve(listener: UnixListener, reloader: Arc<Reloader>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let reloader = reloader.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read.take(MAX_COMMAND));
+            let read = reader.read_line(&mut line);
+            if tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let answer = match line.trim() {
+                "status" => serde_json::to_string(&reloader.status())
+                    .unwrap_or_else(|e| format!("error: {e}")),
+                "reload" => match reloader.reload("sluice reload").await {
+                    Ok(message) => format!("ok: {message}"),
+                    Err(e) => format!("error: {e}"),
+                },
+                other => format!("error: unknown command {other:?} (status, reload)"),
+            };
+            let _ = write.write_all(answer.as_bytes()).await;
+            let _ = write.write_all(b"\n").await;
+        });
+    }
+}
+
+/// Sends one command to the relay listening on `path` and returns its answer.
+pub fn request(path: &PathBuf, command: &str) -> std::io::Result<String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{}: {e} (is the relay running?)", path.display()),
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.write_all(format!("{command}\n").as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    Ok(answer.trim_end().to_string())
+}
