@@ -10,6 +10,7 @@ mod durability;
 mod example_policy;
 mod protocol;
 mod relaying;
+mod reload;
 mod sandbox;
 mod smuggling;
 mod tools;

@@ -100,9 +100,12 @@ impl Reloader {
         match loaded {
             Ok(chain) => {
                 let message = format!("chain {:?}", chain.names());
-                let in_use = chain.hashes();
+                // The compiled cache keeps the new chain's modules and the old one's, so
+                // that rolling back is as quick as going forward.
+                let mut keep = chain.hashes();
+                keep.extend(self.chain.load().hashes());
                 self.chain.store(Arc::new(chain));
-                self.engine.retain_compiled(&in_use);
+                self.engine.retain_compiled(&keep);
                 tracing::info!(trigger, millis, "policy chain reloaded: {message}");
                 history.reloads += 1;
                 history.last_reload = Some(event(&message));

@@ -75,6 +75,21 @@ impl Relay {
         self.dir.path().join("sluice.toml")
     }
 
+    /// The relay's policies directory (`policies.d` in its own directory).
+    pub fn policies_dir(&self) -> PathBuf {
+        self.dir.path().join("policies.d")
+    }
+
+    /// Runs `sluice ARGS --config <this relay's configuration>` (status, reload, ...).
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .expect("run sluice")
+    }
+
     /// Starts the binary and waits until it accepts connections.
     async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()

@@ -1,0 +1,223 @@
+//! Hot reload: a module replaced under a running relay changes what new sessions get,
+//! while sessions already open finish on the chain they started with; a broken module
+//! keeps the running chain and is reported; nothing is lost while modules are swapped
+//! under load.
+
+use crate::support::modules::module;
+use crate::support::relay::RelayOptions;
+use crate::support::{Conn, Relay, Sink};
+use std::time::Duration;
+
+/// networks, then `dept.wasm` (phi-guard to begin with).
+async fn relay_with_dept(sink: &Sink) -> Relay {
+    Relay::start_with(RelayOptions {
+        smarthost: Some(sink.addr),
+        policies: Some(
+            r#"
+[[policy]]
+name = "networks"
+module = "builtin:networks"
+
+[[policy]]
+name = "dept"
+module = "dept.wasm"
+[policy.config]
+internal_domains = ["example.edu"]
+markers = ["[PHI]"]
+"#
+            .into(),
+        ),
+        modules: vec![("dept.wasm".into(), module("phi_guard.wasm"))],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Replaces `dept.wasm` the way deployment tools do: written aside, then renamed over.
+fn deploy(relay: &Relay, module_file: &str) {
+    let dir = relay.policies_dir();
+    let tmp = dir.join(".dept.wasm.tmp");
+    std::fs::copy(module(module_file), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("dept.wasm")).unwrap();
+}
+
+/// Replaces `dept.wasm` in place, as `cp` over the file does.
+fn overwrite(relay: &Relay, bytes: &[u8]) {
+    std::fs::write(relay.policies_dir().join("dept.wasm"), bytes).unwrap();
+}
+
+/// Waits until the log says `needle` `count` times.
+async fn wait_for_count(relay: &Relay, needle: &str, count: usize) {
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while relay.log().matches(needle).count() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log said {needle:?} fewer than {count} times:\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A session up to the end of RCPT, to an outside address.
+async fn open_session(relay: &Relay) -> Conn {
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("ehr@med.example.edu", &["doctor@clinic.example.org"])
+        .await;
+    conn
+}
+
+/// Sends a [PHI]-marked message on an open session; returns the reply code.
+async fn send_phi(conn: &mut Conn) -> u16 {
+    conn.cmd("DATA", 354).await;
+    conn.send(b"Subject: [PHI] results\r\n\r\nPatient 123\r\n.\r\n")
+        .await;
+    conn.reply().await.code
+}
+
+#[tokio::test]
+async fn a_replaced_module_decides_for_new_sessions_and_open_ones_keep_the_old() {
+    let sink = Sink::start().await;
+    let relay = relay_with_dept(&sink).await;
+    let mut before = open_session(&relay).await;
+
+    // phi-guard (refuses PHI to outside addresses) → probe (does not).
+    deploy(&relay, "sluice_test_probe.wasm");
+    wait_for_count(&relay, "policy chain reloaded", 1).await;
+    let mut after = open_session(&relay).await;
+    assert_eq!(
+        send_phi(&mut after).await,
+        250,
+        "the new chain lets it through"
+    );
+    assert_eq!(
+        send_phi(&mut before).await,
+        550,
+        "the session opened before the reload finishes on the old chain"
+    );
+    before.cmd("QUIT", 221).await;
+
+    // And back, written in place.
+    overwrite(&relay, &std::fs::read(module("phi_guard.wasm")).unwrap());
+    wait_for_count(&relay, "policy chain reloaded", 2).await;
+    assert_eq!(send_phi(&mut open_session(&relay).await).await, 550);
+}
+
+#[tokio::test]
+async fn a_broken_module_or_manifest_keeps_the_running_chain_and_status_says_why() {
+    let sink = Sink::start().await;
+    let relay = relay_with_dept(&sink).await;
+
+    overwrite(&relay, b"\0asm not really");
+    wait_for_count(&relay, "policy chain not reloaded", 1).await;
+    assert_eq!(
+        send_phi(&mut open_session(&relay).await).await,
+        550,
+        "phi-guard still runs"
+    );
+    let status = relay.command(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("LAST RELOAD FAILED"), "{text}");
+    assert!(
+        text.contains("policy `dept`: not a WebAssembly component"),
+        "{text}"
+    );
+    assert!(text.contains("dept.wasm"), "{text}");
+
+    std::fs::write(
+        relay.policies_dir().join("policies.toml"),
+        "[[policy]]\nname = \"x\"\nmodule = \"builtin:nonesuch\"\n",
+    )
+    .unwrap();
+    wait_for_count(&relay, "policy chain not reloaded", 2).await;
+    let text = String::from_utf8_lossy(&relay.command(&["status"]).stdout).into_owned();
+    assert!(text.contains("there is no builtin:nonesuch"), "{text}");
+    assert_eq!(send_phi(&mut open_session(&relay).await).await, 550);
+
+    // Mended: the next reload succeeds and the failure is no longer shown.
+    std::fs::write(
+        relay.policies_dir().join("policies.toml"),
+        "[[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n",
+    )
+    .unwrap();
+    wait_for_count(&relay, "policy chain reloaded", 1).await;
+    let text = String::from_utf8_lossy(&relay.command(&["status"]).stdout).into_owned();
+    assert!(!text.contains("FAILED"), "{text}");
+    assert!(text.contains("networks"), "{text}");
+    assert_eq!(send_phi(&mut open_session(&relay).await).await, 250);
+}
+
+#[tokio::test]
+async fn sluice_reload_and_status_talk_to_the_running_relay() {
+    let sink = Sink::start().await;
+    let relay = relay_with_dept(&sink).await;
+    send_phi(&mut open_session(&relay).await).await;
+    let text = String::from_utf8_lossy(&relay.command(&["status"]).stdout).into_owned();
+    let hash =
+        &sluice::policy::engine::content_hash(&std::fs::read(module("phi_guard.wasm")).unwrap())
+            [..12];
+    let dept = text
+        .lines()
+        .find(|l| l.starts_with("dept "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        dept.contains("dept.wasm") && dept.contains(hash) && dept.contains("enforce"),
+        "{dept}"
+    );
+    // One message: one call at each hook, one reject (at data).
+    let counts: Vec<&str> = dept.split_whitespace().collect();
+    assert_eq!(&counts[4..8], ["5", "4", "0", "1"], "{dept}");
+
+    let reload = relay.command(&["reload"]);
+    assert!(reload.status.success());
+    assert!(
+        String::from_utf8_lossy(&reload.stdout).starts_with("ok: chain [\"networks\", \"dept\"]")
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_lost_while_modules_are_swapped_under_load() {
+    let sink = Sink::start().await;
+    let relay = relay_with_dept(&sink).await;
+    const CLIENTS: usize = 4;
+    const EACH: usize = 25;
+    let addr = relay.addr;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            tokio::spawn(async move {
+                let mut codes = Vec::new();
+                for i in 0..EACH {
+                    let mut conn = Conn::greeted(addr).await;
+                    conn.cmd("EHLO app.example.edu", 250).await;
+                    conn.cmd("MAIL FROM:<app@example.edu>", 250).await;
+                    conn.send(format!("RCPT TO:<c{c}-{i}@example.org>\r\n"))
+                        .await;
+                    codes.push(conn.reply().await.code);
+                    conn.cmd("DATA", 354).await;
+                    conn.send(b"Subject: daily\r\n\r\nreport\r\n.\r\n").await;
+                    codes.push(conn.reply().await.code);
+                    conn.cmd("QUIT", 221).await;
+                }
+                codes
+            })
+        })
+        .collect();
+    for (i, file) in ["sluice_test_probe.wasm", "phi_guard.wasm"]
+        .iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        deploy(&relay, file);
+        wait_for_count(&relay, "policy chain reloaded", i + 1).await;
+    }
+    for client in clients {
+        let codes = client.await.unwrap();
+        assert!(
+            codes.iter().all(|&c| c == 250),
+            "every transaction succeeded: {codes:?}"
+        );
+    }
+    assert_eq!(sink.wait_for(CLIENTS * EACH).await.len(), CLIENTS * EACH);
+}
