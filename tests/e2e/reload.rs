@@ -221,3 +221,52 @@ async fn nothing_is_lost_while_modules_are_swapped_under_load() {
     }
     assert_eq!(sink.wait_for(CLIENTS * EACH).await.len(), CLIENTS * EACH);
 }
+
+#[tokio::test]
+async fn a_file_written_in_pieces_is_loaded_once_whole() {
+    let sink = Sink::start().await;
+    let relay = relay_with_dept(&sink).await;
+    let bytes = std::fs::read(module("sluice_test_probe.wasm")).unwrap();
+    let path = relay.policies_dir().join("dept.wasm");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for piece in bytes.chunks(bytes.len() / 4 + 1) {
+        std::io::Write::write_all(&mut file, piece).unwrap();
+        file.sync_data().unwrap();
+        // Slower than a copy, quicker than the settle time (50 ms).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(file);
+    wait_for_count(&relay, "policy chain reloaded", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = relay.log();
+    assert!(
+        !log.contains("not reloaded"),
+        "a half-written file was loaded:\n{log}"
+    );
+    assert_eq!(log.matches("policy chain reloaded").count(), 1, "{log}");
+    assert_eq!(send_phi(&mut open_session(&relay).await).await, 250);
+}
+
+#[tokio::test]
+async fn a_restart_takes_unchanged_modules_compiled_from_the_cache() {
+    let sink = Sink::start().await;
+    let mut relay = relay_with_dept(&sink).await;
+    relay.wait_for_log("module=\"dept\"").await;
+    assert!(
+        relay.log().contains("cached=false"),
+        "the first start compiles: {}",
+        relay.log()
+    );
+    relay.restart().await;
+    wait_for_count(&relay, "module=\"dept\"", 2).await;
+    let log = relay.log();
+    let dept: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("policy module ready") && l.contains("module=\"dept\""))
+        .collect();
+    assert_eq!(dept.len(), 2, "{log}");
+    assert!(
+        dept[1].contains("cached=true"),
+        "the second start compiled nothing: {log}"
+    );
+}

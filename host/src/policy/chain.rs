@@ -288,6 +288,13 @@ impl Chain {
                 let (pre, info) = engine
                     .inspect(&bytes)
                     .map_err(|e| format!("policy `{}`: {e}", spec.name))?;
+                tracing::info!(
+                    module = spec.name,
+                    sha256 = &info.sha256[..12],
+                    cached = info.cached,
+                    millis = info.compile_time.as_millis() as u64,
+                    "policy module ready"
+                );
                 Ok(LoadedModule {
                     source: spec.source.to_string(),
                     sha256: info.sha256,
