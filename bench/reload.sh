@@ -86,7 +86,7 @@ rate() {
   end=$(date +%s.%N)
   python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"
 }
-reloads() { "$bin" status --config "$work/sluice.toml" | sed -n 's/.*(\([0-9]*\) reloads since start).*/\1/p'; }
+reloads() { "$bin" status --config "$work/sluice.toml" | sed -n 's/.*(reloads since start: \([0-9]*\)).*/\1/p'; }
 echo "accepted/s, no reloads:            $(rate)"
 before=$(reloads)
 ( while :; do

@@ -24,7 +24,7 @@ pub fn status(config: &Config) -> ExitCode {
         }
     };
     println!(
-        "policy chain from {}, loaded {} ({} reloads since start)",
+        "policy chain from {}, loaded {} (reloads since start: {})",
         status.policies_dir,
         time(status.loaded_at),
         status.reloads
