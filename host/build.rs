@@ -30,6 +30,11 @@ fn main() {
         .unwrap_or_else(|| workspace.join("target"))
         .join("wasm");
 
+    // The end-to-end tests build their own modules into the same place.
+    println!(
+        "cargo:rustc-env=SLUICE_WASM_TARGET_DIR={}",
+        target_dir.display()
+    );
     for path in ["wit", "sdk/src", "sdk/Cargo.toml", "policies", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }

@@ -10,7 +10,6 @@ use sluice::policy::manifest::{Mode, ModuleSource, OnError, PolicySpec};
 use sluice::policy::{Chain, PolicyEngine, SessionFacts};
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,18 +30,11 @@ fn main() {
         })
         .collect();
     let chain = Arc::new(Chain::from_specs(&engine, specs).expect("the chain"));
-    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let facts = Arc::new(SessionFacts {
-        peer,
-        local: "127.0.0.1:25".parse().unwrap(),
-        listener: "bench".into(),
-        helo: None,
-        tls: None,
-        authenticated_user: None,
-        sender: None,
-        recipients: Vec::new(),
-        queue_id: None,
-    });
+    let facts = Arc::new(SessionFacts::new(
+        "127.0.0.1:40000".parse().unwrap(),
+        "127.0.0.1:25".parse().unwrap(),
+        "bench",
+    ));
 
     let setup = best(2_000, || {
         black_box(chain.start_session(facts.clone()));

@@ -1,15 +1,13 @@
 //! The contract end to end: a module (tests/policies/probe) that uses every import and
 //! every rewrite, through the real relay, and what arrives at the next hop.
 
-use crate::support::modules::module;
-use crate::support::relay::RelayOptions;
 use crate::support::{Conn, Relay, Sink};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 async fn relay_with_probe(sink: &Sink, mode: &str) -> Relay {
-    Relay::start_with(RelayOptions {
-        smarthost: Some(sink.addr),
-        policies: Some(format!(
+    Relay::with_chain(
+        sink.addr,
+        &format!(
             r#"
 [[policy]]
 name = "probe"
@@ -22,10 +20,9 @@ limit = 2
 name = "networks"
 module = "builtin:networks"
 "#
-        )),
-        modules: vec![("probe.wasm".into(), module("sluice_test_probe.wasm"))],
-        ..Default::default()
-    })
+        ),
+        &[("probe.wasm", "sluice_test_probe.wasm")],
+    )
     .await
 }
 

@@ -1,35 +1,12 @@
 //! The department policy in examples/phi-guard, built as a department would build it and
 //! dropped into a running relay's chain: it refuses what it should through the real relay.
 
-use crate::support::modules::module;
-use crate::support::relay::RelayOptions;
 use crate::support::{Conn, Relay, Sink};
 
 #[tokio::test]
 async fn phi_guard_refuses_marked_mail_to_outside_addresses_and_passes_the_rest() {
     let sink = Sink::start().await;
-    let relay = Relay::start_with(RelayOptions {
-        smarthost: Some(sink.addr),
-        policies: Some(
-            r#"
-[[policy]]
-name = "networks"
-module = "builtin:networks"
-
-[[policy]]
-name = "phi-guard"
-module = "phi-guard.wasm"
-[policy.config]
-internal_domains = ["example.edu"]
-markers = ["[PHI]"]
-"#
-            .into(),
-        ),
-        modules: vec![("phi-guard.wasm".into(), module("phi_guard.wasm"))],
-        ..Default::default()
-    })
-    .await;
-
+    let relay = Relay::with_phi_guard(sink.addr).await;
     let send = |to: &'static str, subject: &'static str| {
         let addr = relay.addr;
         async move {
@@ -54,7 +31,7 @@ markers = ["[PHI]"]
     let received = sink.wait_for(2).await;
     assert_eq!(received.len(), 2);
     // The log tells why the first was refused, tied to its queue id.
-    let log = relay.wait_for_log("phi-guard=reject").await;
+    let log = relay.wait_for_log("dept=reject").await;
     assert!(
         log.contains("policy: connect: networks=continue"),
         "the trace starts at connect: {log}"

@@ -4,33 +4,11 @@
 //! under load.
 
 use crate::support::modules::module;
-use crate::support::relay::RelayOptions;
 use crate::support::{Conn, Relay, Sink};
 use std::time::Duration;
 
-/// networks, then `dept.wasm` (phi-guard to begin with).
 async fn relay_with_dept(sink: &Sink) -> Relay {
-    Relay::start_with(RelayOptions {
-        smarthost: Some(sink.addr),
-        policies: Some(
-            r#"
-[[policy]]
-name = "networks"
-module = "builtin:networks"
-
-[[policy]]
-name = "dept"
-module = "dept.wasm"
-[policy.config]
-internal_domains = ["example.edu"]
-markers = ["[PHI]"]
-"#
-            .into(),
-        ),
-        modules: vec![("dept.wasm".into(), module("phi_guard.wasm"))],
-        ..Default::default()
-    })
-    .await
+    Relay::with_phi_guard(sink.addr).await
 }
 
 /// Replaces `dept.wasm` the way deployment tools do: written aside, then renamed over.

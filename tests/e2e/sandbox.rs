@@ -3,14 +3,13 @@
 //! on the same relay goes through.
 
 use crate::support::modules::module;
-use crate::support::relay::RelayOptions;
 use crate::support::{Conn, Relay, Sink};
 
 /// A relay whose chain is the hostile module (set off by `bad@example.org`), then networks.
 async fn relay_with_hostile(sink: &Sink, misbehave: &str, on_error: &str) -> Relay {
-    Relay::start_with(RelayOptions {
-        smarthost: Some(sink.addr),
-        policies: Some(format!(
+    Relay::with_chain(
+        sink.addr,
+        &format!(
             r#"
 [[policy]]
 name = "hostile"
@@ -26,10 +25,9 @@ trigger = "bad@example.org"
 name = "networks"
 module = "builtin:networks"
 "#
-        )),
-        modules: vec![("hostile.wasm".into(), module("sluice_test_hostile.wasm"))],
-        ..Default::default()
-    })
+        ),
+        &[("hostile.wasm", "sluice_test_hostile.wasm")],
+    )
     .await
 }
 

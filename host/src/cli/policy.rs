@@ -184,19 +184,13 @@ fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize), Stri
 
 /// Runs one scenario, printing each hook's decision; true when all were as expected.
 fn run_one(chain: &Arc<Chain>, s: &Scenario) -> bool {
-    let mut facts = SessionFacts {
-        peer: SocketAddr::new(s.peer, 40000),
-        local: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 25),
-        listener: "default".into(),
-        helo: None,
-        tls: s
-            .tls
-            .then(|| ("TLSv1.3".into(), "TLS13_AES_256_GCM_SHA384".into())),
-        authenticated_user: s.auth.clone(),
-        sender: None,
-        recipients: Vec::new(),
-        queue_id: Some("SCENARIO".into()),
-    };
+    let local = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 25);
+    let mut facts = SessionFacts::new(SocketAddr::new(s.peer, 40000), local, "default");
+    facts.tls = s
+        .tls
+        .then(|| ("TLSv1.3".into(), "TLS13_AES_256_GCM_SHA384".into()));
+    facts.authenticated_user = s.auth.clone();
+    facts.queue_id = Some("SCENARIO".into());
     let mut session = chain.start_session(Arc::new(facts.clone()));
     let mut ok = true;
     let mut step = |hook: &str, subject: &str, d: &ChainDecision| -> bool {

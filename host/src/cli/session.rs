@@ -55,22 +55,15 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
         chain: Arc::new(ArcSwap::from_pointee(chain)),
         queue: Queue::new(spool, new_messages),
     });
-    let facts = SessionFacts {
-        peer: SocketAddr::new(client.peer, 40000),
-        local: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 25),
-        listener,
-        helo: None,
-        tls: client.tls.then(|| {
-            (
-                "TLSv1.3".into(),
-                "TLS13_AES_256_GCM_SHA384 (simulated)".into(),
-            )
-        }),
-        authenticated_user: client.auth,
-        sender: None,
-        recipients: Vec::new(),
-        queue_id: None,
-    };
+    let local = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 25);
+    let mut facts = SessionFacts::new(SocketAddr::new(client.peer, 40000), local, &listener);
+    facts.tls = client.tls.then(|| {
+        (
+            "TLSv1.3".into(),
+            "TLS13_AES_256_GCM_SHA384 (simulated)".into(),
+        )
+    });
+    facts.authenticated_user = client.auth;
     let (relay_side, terminal_side) = tokio::io::duplex(64 * 1024);
     tokio::spawn(terminal(terminal_side));
     Session::new(ctx, Stream::Local(relay_side), facts)

@@ -37,7 +37,7 @@ impl Counters {
     pub fn count(&self, module: &str, key: &str, window_secs: u32, add: u64, now_ms: u64) -> u64 {
         let window_ms = u64::from(window_secs.max(1)) * 1000;
         let start = now_ms - now_ms % window_ms;
-        let key = cut(key);
+        let key = sluice_sdk::mime::cut_text(key, MAX_KEY_LEN);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let id = (module.to_string(), key.to_string(), window_secs);
         if !slots.contains_key(&id) && slots.len() >= MAX_KEYS {
@@ -65,17 +65,6 @@ impl Counters {
         let previous_weight = (window_ms - elapsed) as f64 / window_ms as f64;
         slot.current + (slot.previous as f64 * previous_weight).round() as u64
     }
-}
-
-fn cut(key: &str) -> &str {
-    if key.len() <= MAX_KEY_LEN {
-        return key;
-    }
-    let end = (0..=MAX_KEY_LEN)
-        .rev()
-        .find(|&i| key.is_char_boundary(i))
-        .unwrap_or(0);
-    &key[..end]
 }
 
 /// Milliseconds since the Unix epoch.

@@ -33,6 +33,23 @@ pub struct SessionFacts {
     pub queue_id: Option<String>,
 }
 
+impl SessionFacts {
+    /// What is known when a client connects: who it is and where it came in.
+    pub fn new(peer: SocketAddr, local: SocketAddr, listener: &str) -> Self {
+        SessionFacts {
+            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            local,
+            listener: listener.to_string(),
+            helo: None,
+            tls: None,
+            authenticated_user: None,
+            sender: None,
+            recipients: Vec::new(),
+            queue_id: None,
+        }
+    }
+}
+
 /// A value from a module's `[policy.config]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConfigValue {

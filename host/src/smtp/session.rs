@@ -106,18 +106,11 @@ impl Session {
 
     /// The facts at the start of a TCP connection.
     pub fn facts_for(tcp: &TcpStream, listener: &str) -> std::io::Result<SessionFacts> {
-        let peer = tcp.peer_addr()?;
-        Ok(SessionFacts {
-            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
-            local: tcp.local_addr()?,
-            listener: listener.to_string(),
-            helo: None,
-            tls: None,
-            authenticated_user: None,
-            sender: None,
-            recipients: Vec::new(),
-            queue_id: None,
-        })
+        Ok(SessionFacts::new(
+            tcp.peer_addr()?,
+            tcp.local_addr()?,
+            listener,
+        ))
     }
 
     /// Runs the session to its end. Never panics on client input; every way out is logged.

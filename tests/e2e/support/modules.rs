@@ -28,17 +28,8 @@ fn build_all() -> PathBuf {
         .parent()
         .expect("host/ is in the workspace")
         .to_path_buf();
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|d| {
-            if d.is_absolute() {
-                d
-            } else {
-                workspace.join(d)
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"))
-        .join("wasm");
+    // Where host/build.rs builds the built-in modules (so the SDK is built there already).
+    let target_dir = PathBuf::from(env!("SLUICE_WASM_TARGET_DIR"));
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
         .current_dir(&workspace)

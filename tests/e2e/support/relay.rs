@@ -35,6 +35,43 @@ impl Relay {
         .await
     }
 
+    /// A relay delivering to `sink` whose chain is `policies` (the text of policies.toml),
+    /// with test modules copied in as `(name in policies.d, built module's file name)`.
+    pub async fn with_chain(sink: SocketAddr, policies: &str, modules: &[(&str, &str)]) -> Relay {
+        Relay::start_with(RelayOptions {
+            smarthost: Some(sink),
+            policies: Some(policies.to_string()),
+            modules: modules
+                .iter()
+                .map(|(name, file)| (name.to_string(), super::modules::module(file)))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A relay whose chain is networks, then `dept.wasm`: the example department policy
+    /// (examples/phi-guard) for `example.edu`, refusing `[PHI]` mail to outside addresses.
+    pub async fn with_phi_guard(sink: SocketAddr) -> Relay {
+        Relay::with_chain(
+            sink,
+            r#"
+[[policy]]
+name = "networks"
+module = "builtin:networks"
+
+[[policy]]
+name = "dept"
+module = "dept.wasm"
+[policy.config]
+internal_domains = ["example.edu"]
+markers = ["[PHI]"]
+"#,
+            &[("dept.wasm", "phi_guard.wasm")],
+        )
+        .await
+    }
+
     /// A relay started with these options.
     pub async fn start_with(options: RelayOptions) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
