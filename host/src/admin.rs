@@ -1,10 +1,12 @@
 //! The control socket: `sluice status` and `sluice reload` talk to the running relay here.
 //!
-//! A Unix socket (mode 0600: the relay's user only), one command per connection: a line
-//! `status` (answered with the status as JSON) or `reload` (answered `ok: …` or
-//! `error: …`).
+//! A Unix socket (mode 0600: the relay's user only), one command per connection, a line:
+//! `status` (answered with the status as JSON), `reload`, `queue flush`,
+//! `queue hold ID`, `queue release ID`, `queue delete ID`, `queue delete-all` (answered
+//! `ok: …` or `error: …`).
 
 use crate::policy::reload::Reloader;
+use crate::queue::{MessageOrder, Queue};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -31,14 +33,20 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// What the control socket steers.
+pub struct Controls {
+    pub reloader: Arc<Reloader>,
+    pub queue: Queue,
+}
+
 /// Answers commands until the process ends.
-pub async fn serve(listener: UnixListener, reloader: Arc<Reloader>) {
+pub async fn serve(listener: UnixListener, controls: Arc<Controls>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let reloader = reloader.clone();
+        let controls = controls.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -50,18 +58,40 @@ pub async fn serve(listener: UnixListener, reloader: Arc<Reloader>) {
             {
                 return;
             }
-            let answer = match line.trim() {
-                "status" => serde_json::to_string(&reloader.status())
-                    .unwrap_or_else(|e| format!("error: {e}")),
-                "reload" => match reloader.reload("sluice reload").await {
-                    Ok(message) => format!("ok: {message}"),
-                    Err(e) => format!("error: {e}"),
-                },
-                other => format!("error: unknown command {other:?} (status, reload)"),
-            };
+            let answer = controls.answer(line.trim()).await;
             let _ = write.write_all(answer.as_bytes()).await;
             let _ = write.write_all(b"\n").await;
         });
+    }
+}
+
+impl Controls {
+    async fn answer(&self, command: &str) -> String {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let done = |result: Result<String, String>| match result {
+            Ok(text) => format!("ok: {text}"),
+            Err(e) => format!("error: {e}"),
+        };
+        match words.as_slice() {
+            ["status"] => serde_json::to_string(&self.reloader.status())
+                .unwrap_or_else(|e| format!("error: {e}")),
+            ["reload"] => done(self.reloader.reload("sluice reload").await),
+            ["queue", "flush"] => {
+                self.queue.flush();
+                done(Ok("every waiting message is being tried".into()))
+            }
+            ["queue", "delete-all"] => done(self.queue.delete_all().await),
+            ["queue", verb, id] => {
+                let order = match *verb {
+                    "hold" => MessageOrder::Hold,
+                    "release" => MessageOrder::Release,
+                    "delete" => MessageOrder::Delete,
+                    _ => return format!("error: unknown queue command {verb:?}"),
+                };
+                done(self.queue.order(id, order).await)
+            }
+            _ => format!("error: unknown command {command:?}"),
+        }
     }
 }
 

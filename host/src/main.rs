@@ -39,6 +39,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Look at the queue and steer it.
+    Queue {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Try policy modules before they go live.
     Policy {
         #[command(subcommand)]
@@ -62,6 +69,27 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum QueueCommand {
+    /// Every queued message: id, age, size, sender, next attempt, recipients waiting, last error.
+    List,
+    /// One message: its envelope, each recipient's state, and its header fields.
+    Show { id: String },
+    /// Try every waiting message now.
+    Flush,
+    /// Keep a message in the queue, undelivered, until released.
+    Hold { id: String },
+    /// Let a held message be delivered, now.
+    Release { id: String },
+    /// Remove a message (or, with --all, every message) from the queue.
+    Delete {
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Load a module as the relay would; print what it is, or why it is refused.
     Check { module: PathBuf },
@@ -75,7 +103,10 @@ fn main() -> ExitCode {
     // A test session shows every module's decision as it goes; the relay logs what matters.
     let default_log = match cli.command {
         Command::Session { .. } => "warn,sluice::policy=debug",
-        Command::Policy { .. } | Command::Status { .. } | Command::Reload { .. } => "warn",
+        Command::Policy { .. }
+        | Command::Status { .. }
+        | Command::Reload { .. }
+        | Command::Queue { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -119,6 +150,24 @@ fn main() -> ExitCode {
             Some(config) => cli::status::reload(&config),
             None => ExitCode::from(2),
         },
+        Command::Queue { config, command } => {
+            let Some(config) = load_config(config) else {
+                return ExitCode::from(2);
+            };
+            match command {
+                QueueCommand::List => cli::queue::list(&config),
+                QueueCommand::Show { id } => cli::queue::show(&config, &id),
+                QueueCommand::Flush => cli::queue::order(&config, "flush"),
+                QueueCommand::Hold { id } => cli::queue::order(&config, &format!("hold {id}")),
+                QueueCommand::Release { id } => {
+                    cli::queue::order(&config, &format!("release {id}"))
+                }
+                QueueCommand::Delete { id: Some(id), .. } => {
+                    cli::queue::order(&config, &format!("delete {id}"))
+                }
+                QueueCommand::Delete { id: None, .. } => cli::queue::order(&config, "delete-all"),
+            }
+        }
         Command::Policy {
             command: PolicyCommand::Check { module },
         } => cli::policy::check(&module),

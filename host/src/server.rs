@@ -42,7 +42,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Spool::open(&config.spool.dir)
             .with_context(|| format!("spool.dir {}", config.spool.dir.display()))?,
     );
-    let (new_messages, runner_rx) = mpsc::unbounded_channel();
+    let (orders, runner_orders) = mpsc::unbounded_channel();
     let delivery = Arc::new(Delivery::new(
         spool.clone(),
         config.delivery.clone(),
@@ -51,7 +51,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(runner::run(
         spool.clone(),
         delivery,
-        runner_rx,
+        runner_orders,
         config.delivery.concurrency,
     ));
 
@@ -61,11 +61,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         tls,
         chain,
-        queue: Queue::new(spool, new_messages),
+        queue: Queue::new(spool, orders),
     });
 
     tokio::spawn(reload_on_sighup(reloader.clone()));
-    tokio::spawn(admin::serve(admin, reloader.clone()));
+    let controls = admin::Controls {
+        reloader: reloader.clone(),
+        queue: ctx.queue.clone(),
+    };
+    tokio::spawn(admin::serve(admin, Arc::new(controls)));
     if config.policies.watch {
         tokio::spawn(reload::watch(reloader, config.policies.settle));
     }

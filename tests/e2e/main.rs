@@ -9,6 +9,7 @@ mod contract;
 mod durability;
 mod example_policy;
 mod protocol;
+mod queue;
 mod relaying;
 mod reload;
 mod sandbox;

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+pub use runner::{MessageOrder, Order};
 pub use spool::Spool;
 
 /// A queued message's envelope and delivery state.
@@ -79,16 +80,17 @@ pub fn new_queue_id() -> String {
     format!("{micros:013X}{n:03X}")
 }
 
-/// The handle sessions and the CLI use to put messages in the queue.
+/// The handle sessions and the control socket use to put messages in the queue and to
+/// steer it; every change goes through the runner (see [`runner`]).
 #[derive(Clone)]
 pub struct Queue {
     spool: Arc<Spool>,
-    runner: mpsc::UnboundedSender<String>,
+    runner: mpsc::UnboundedSender<Order>,
 }
 
 impl Queue {
-    /// A queue over `spool` whose new messages go to the runner on `runner`.
-    pub fn new(spool: Arc<Spool>, runner: mpsc::UnboundedSender<String>) -> Self {
+    /// A queue over `spool` whose runner takes orders on `runner`.
+    pub fn new(spool: Arc<Spool>, runner: mpsc::UnboundedSender<Order>) -> Self {
         Self { spool, runner }
     }
 
@@ -102,9 +104,41 @@ impl Queue {
             .map_err(std::io::Error::other)??;
         if !hold {
             // The runner only stops with the process; a send error then does not matter.
-            let _ = self.runner.send(id);
+            let _ = self.runner.send(Order::New(id));
         }
         Ok(())
+    }
+
+    /// Every waiting message is tried now.
+    pub fn flush(&self) {
+        let _ = self.runner.send(Order::Flush);
+    }
+
+    /// Holds, releases or deletes a message, once no attempt is delivering it.
+    pub async fn order(&self, id: &str, order: MessageOrder) -> Result<String, String> {
+        let (answer, answered) = oneshot::channel();
+        self.runner
+            .send(Order::Message(id.to_string(), order, answer))
+            .map_err(|_| "the queue runner has stopped".to_string())?;
+        answered
+            .await
+            .map_err(|_| "the queue runner has stopped".to_string())?
+    }
+
+    /// Deletes every message (held ones too).
+    pub async fn delete_all(&self) -> Result<String, String> {
+        let spool = self.spool.clone();
+        let ids = tokio::task::spawn_blocking(move || spool.list())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut deleted = 0;
+        for id in &ids {
+            if self.order(id, MessageOrder::Delete).await.is_ok() {
+                deleted += 1;
+            }
+        }
+        Ok(format!("{deleted} deleted"))
     }
 }
 

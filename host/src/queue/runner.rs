@@ -1,45 +1,113 @@
 //! The queue runner: keeps every queued message's next attempt in time order and hands
 //! due messages to delivery, at most `delivery.concurrency` at once.
+//!
+//! Every change to a queued message's state goes through here — new messages, a
+//! postmaster's flush, hold, release and delete — so none can race a delivery attempt: an
+//! order for a message being delivered waits until its attempt has recorded its outcome.
 
 use super::Spool;
 use crate::delivery::Delivery;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// What the runner is told.
+#[derive(Debug)]
+pub enum Order {
+    /// A message was queued: try it now.
+    New(String),
+    /// Try every waiting message now.
+    Flush,
+    /// A postmaster's order for one message; the answer says what was done.
+    Message(
+        String,
+        MessageOrder,
+        oneshot::Sender<Result<String, String>>,
+    ),
+}
+
+/// What a postmaster may do to one queued message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageOrder {
+    /// Keep it in the queue, undelivered, until released.
+    Hold,
+    /// Deliver it again, now.
+    Release,
+    /// Remove it from the queue.
+    Delete,
+}
+
+/// The runner's book of messages. A message is either waiting (in `waiting`, with the
+/// time of its next attempt) or being delivered (in `in_flight`), never both, so it is
+/// never delivered twice at once.
+struct Book {
+    /// Attempts in time order; an entry whose time is no longer the message's in
+    /// `waiting` (rescheduled, held, deleted) is stale and skipped.
+    due: BinaryHeap<Reverse<(Instant, String)>>,
+    waiting: HashMap<String, Instant>,
+    /// Being delivered now, with the orders that wait for the attempt to end.
+    in_flight: HashMap<String, Vec<(MessageOrder, oneshot::Sender<Result<String, String>>)>>,
+}
 
 /// Runs until the process ends: recovers the spool, then delivers what is due.
 pub async fn run(
     spool: Arc<Spool>,
     delivery: Arc<Delivery>,
-    mut new_messages: mpsc::UnboundedReceiver<String>,
+    mut orders: mpsc::UnboundedReceiver<Order>,
     concurrency: usize,
 ) {
-    let mut due: BinaryHeap<Reverse<(Instant, String)>> = BinaryHeap::new();
-    // Ids scheduled or being delivered, so one message is never delivered twice at once.
-    let mut known: HashSet<String> = HashSet::new();
-    recover(&spool, &mut due, &mut known).await;
+    let mut book = Book {
+        due: BinaryHeap::new(),
+        waiting: HashMap::new(),
+        in_flight: HashMap::new(),
+    };
+    recover(&spool, &mut book).await;
 
     let slots = Arc::new(Semaphore::new(concurrency));
     let (finished_tx, mut finished) = mpsc::unbounded_channel::<(String, Option<Duration>)>();
     loop {
-        let next = due.peek().map(|Reverse((at, _))| *at);
+        let next = book.due.peek().map(|Reverse((at, _))| *at);
         tokio::select! {
-            Some(id) = new_messages.recv() => {
-                if known.insert(id.clone()) {
-                    due.push(Reverse((Instant::now(), id)));
+            Some(order) = orders.recv() => match order {
+                Order::New(id) => book.schedule(id, Instant::now()),
+                Order::Flush => {
+                    let now = Instant::now();
+                    let ids: Vec<String> = book.waiting.keys().cloned().collect();
+                    tracing::info!(count = ids.len(), "queue flushed by postmaster");
+                    for id in ids {
+                        book.schedule(id, now);
+                    }
                 }
-            }
+                Order::Message(id, order, answer) => match book.in_flight.get_mut(&id) {
+                    Some(waiting) => waiting.push((order, answer)),
+                    None => {
+                        let result = apply(&spool, &id, order).await;
+                        book.after(&id, order, &result);
+                        let _ = answer.send(result);
+                    }
+                },
+            },
             Some((id, retry_in)) = finished.recv() => {
-                match retry_in {
-                    Some(delay) => due.push(Reverse((Instant::now() + delay, id))),
-                    None => { known.remove(&id); }
+                let waiting = book.in_flight.remove(&id).unwrap_or_default();
+                if let Some(delay) = retry_in {
+                    book.schedule(id.clone(), Instant::now() + delay);
+                }
+                for (order, answer) in waiting {
+                    let result = apply(&spool, &id, order).await;
+                    book.after(&id, order, &result);
+                    let _ = answer.send(result);
                 }
             }
             permit = slots.clone().acquire_owned(), if next.is_some_and(|at| at <= Instant::now()) => {
                 let Ok(permit) = permit else { return };
-                let Some(Reverse((_, id))) = due.pop() else { continue };
+                let Some(Reverse((at, id))) = book.due.pop() else { continue };
+                if book.waiting.get(&id) != Some(&at) {
+                    continue;
+                }
+                book.waiting.remove(&id);
+                book.in_flight.insert(id.clone(), Vec::new());
                 let delivery = delivery.clone();
                 let finished = finished_tx.clone();
                 tokio::spawn(async move {
@@ -53,6 +121,49 @@ pub async fn run(
     }
 }
 
+impl Book {
+    /// Sets the next attempt (the earlier, if one is set already). A message being
+    /// delivered is left to its attempt, which schedules what comes next.
+    fn schedule(&mut self, id: String, at: Instant) {
+        if self.in_flight.contains_key(&id) {
+            return;
+        }
+        let at = self.waiting.get(&id).map_or(at, |&set| set.min(at));
+        self.waiting.insert(id.clone(), at);
+        self.due.push(Reverse((at, id)));
+    }
+
+    /// Keeps the book in step with an order carried out.
+    fn after(&mut self, id: &str, order: MessageOrder, result: &Result<String, String>) {
+        match (order, result) {
+            (MessageOrder::Release, Ok(_)) => self.schedule(id.to_string(), Instant::now()),
+            // Its entry in `due` is stale now, and skipped when it comes up.
+            (MessageOrder::Hold | MessageOrder::Delete, Ok(_)) => {
+                self.waiting.remove(id);
+            }
+            (_, Err(_)) => {}
+        }
+    }
+}
+
+/// Carries out a postmaster's order on the spool (the message is not being delivered).
+async fn apply(spool: &Arc<Spool>, id: &str, order: MessageOrder) -> Result<String, String> {
+    let (spool, owned) = (spool.clone(), id.to_string());
+    let done = tokio::task::spawn_blocking(move || spool.apply(&owned, order)).await;
+    let result = match done {
+        Ok(Ok(text)) => Ok(text),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("{id}: no such message in the queue"))
+        }
+        Ok(Err(e)) => Err(format!("{id}: {e}")),
+        Err(e) => Err(format!("{id}: {e}")),
+    };
+    if let Ok(text) = &result {
+        tracing::info!(target: "sluice::queue", "{id}: {text} by postmaster");
+    }
+    result
+}
+
 async fn sleep_until(at: Option<Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at.into()).await;
@@ -60,11 +171,7 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Schedules every message found in the spool at start-up, at its recorded next attempt.
-async fn recover(
-    spool: &Arc<Spool>,
-    due: &mut BinaryHeap<Reverse<(Instant, String)>>,
-    known: &mut HashSet<String>,
-) {
+async fn recover(spool: &Arc<Spool>, book: &mut Book) {
     let spool = spool.clone();
     let found = tokio::task::spawn_blocking(move || {
         let ids = spool.list()?;
@@ -96,8 +203,7 @@ async fn recover(
             Ok(envelope) if envelope.hold => {}
             Ok(envelope) => {
                 let wait = Duration::from_secs(envelope.next_attempt.saturating_sub(now));
-                known.insert(id.clone());
-                due.push(Reverse((Instant::now() + wait, id)));
+                book.schedule(id, Instant::now() + wait);
                 count += 1;
             }
             Err(e) => {

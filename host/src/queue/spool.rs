@@ -22,6 +22,7 @@
 //! (a crash between the two) is removed at start-up.
 
 use super::Envelope;
+use super::runner::MessageOrder;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,41 @@ impl Spool {
             fs::remove_file(&path).map_err(|e| with_path(e, &path))?;
         }
         Ok(spool)
+    }
+
+    /// Opens the spool of a relay that may be running, to read it only: nothing is created
+    /// or cleaned up (a file in `tmp/` may be a message being written right now).
+    pub fn open_read_only(dir: &Path) -> io::Result<Spool> {
+        let queue = dir.join("queue");
+        if !queue.is_dir() {
+            return Err(with_path(
+                io::Error::new(io::ErrorKind::NotFound, "no spool here"),
+                &queue,
+            ));
+        }
+        Ok(Spool {
+            tmp: dir.join("tmp"),
+            queue,
+        })
+    }
+
+    /// Carries out a postmaster's order on a message that is not being delivered; says
+    /// what was done.
+    pub fn apply(&self, id: &str, order: MessageOrder) -> io::Result<String> {
+        check_id(id)?;
+        if order == MessageOrder::Delete {
+            self.remove(id)?;
+            return Ok("deleted".into());
+        }
+        let mut envelope = self.envelope(id)?;
+        let hold = order == MessageOrder::Hold;
+        if envelope.hold == hold {
+            return Ok(if hold { "already held" } else { "not held" }.into());
+        }
+        envelope.hold = hold;
+        envelope.next_attempt = 0;
+        self.update(&envelope)?;
+        Ok(if hold { "held" } else { "released" }.into())
     }
 
     /// Writes a new message durably; when this returns Ok the message survives a crash.
@@ -88,6 +124,7 @@ impl Spool {
 
     /// The current envelope of a queued message.
     pub fn envelope(&self, id: &str) -> io::Result<Envelope> {
+        check_id(id)?;
         let state = self.queue.join(format!("{id}.state"));
         match fs::read(&state) {
             Ok(bytes) => {
@@ -102,6 +139,7 @@ impl Spool {
 
     /// The current envelope and the message bytes.
     pub fn load(&self, id: &str) -> io::Result<(Envelope, Vec<u8>)> {
+        check_id(id)?;
         let (original, message) = self.read_message_file(id, true)?;
         let state = self.queue.join(format!("{id}.state"));
         let envelope = match fs::read(&state) {
@@ -161,6 +199,18 @@ impl Spool {
     }
 }
 
+/// A queue id names a file: letters and digits only, so no id reaches outside the spool.
+fn check_id(id: &str) -> io::Result<()> {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("`{id}` is not a queue id"),
+        ))
+    }
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -211,6 +261,28 @@ mod tests {
         );
         spool.remove("A1").unwrap();
         assert!(spool.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn holds_releases_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.store(&envelope("C1"), b"x\r\n").unwrap();
+        assert_eq!(spool.apply("C1", MessageOrder::Hold).unwrap(), "held");
+        assert!(spool.envelope("C1").unwrap().hold);
+        assert_eq!(
+            spool.apply("C1", MessageOrder::Hold).unwrap(),
+            "already held"
+        );
+        assert_eq!(
+            spool.apply("C1", MessageOrder::Release).unwrap(),
+            "released"
+        );
+        assert!(!spool.envelope("C1").unwrap().hold);
+        assert_eq!(spool.apply("C1", MessageOrder::Delete).unwrap(), "deleted");
+        assert!(spool.list().unwrap().is_empty());
+        let missing = spool.apply("C1", MessageOrder::Hold).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

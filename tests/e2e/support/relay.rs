@@ -23,6 +23,8 @@ pub struct RelayOptions {
     pub policies: Option<String>,
     /// Module files copied into `policies.d/` before the start: `(file name, source)`.
     pub modules: Vec<(String, PathBuf)>,
+    /// `[delivery] retry_intervals`; none means one second.
+    pub retry_intervals: Option<&'static str>,
 }
 
 impl Relay {
@@ -92,11 +94,12 @@ markers = ["[PHI]"]
              [[listener]]\naddr = \"{addr}\"\n\
              [spool]\ndir = \"{spool}\"\n\
              [policies]\ndir = \"{policies}\"\n\
-             [delivery]\n{smarthost}retry_intervals = [\"1s\"]\n\
+             [delivery]\n{smarthost}retry_intervals = [\"{retry}\"]\n\
              {extra}\n",
             spool = dir.path().join("spool").display(),
             policies = dir.path().join("policies.d").display(),
             extra = options.extra,
+            retry = options.retry_intervals.unwrap_or("1s"),
         );
         std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
         let mut relay = Relay {

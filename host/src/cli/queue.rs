@@ -1,0 +1,167 @@
+//! `sluice queue list|show|flush|hold|release|delete`: the postmaster's view of the queue
+//! and their hand on it.
+//!
+//! Reading (`list`, `show`) reads the spool directly: its files are only ever replaced by
+//! rename, so a reader sees each message whole. Changing goes through the running relay's
+//! control socket, so it never races a delivery attempt; when no relay is running, the
+//! spool is changed directly.
+
+use crate::admin;
+use crate::config::Config;
+use crate::queue::{self, Envelope, MessageOrder, RecipientStatus, Spool};
+use std::io::ErrorKind;
+use std::process::ExitCode;
+
+/// `sluice queue list`.
+pub fn list(config: &Config) -> ExitCode {
+    let spool = match Spool::open_read_only(&config.spool.dir) {
+        Ok(spool) => spool,
+        Err(e) => return fail(e),
+    };
+    let ids = match spool.list() {
+        Ok(ids) => ids,
+        Err(e) => return fail(e),
+    };
+    let now = queue::now();
+    println!(
+        "{:<17} {:>8} {:>9}  {:<30} {:<12} {:<30} last error",
+        "queue id", "age", "size", "sender", "next", "recipients (waiting)"
+    );
+    let mut count = 0;
+    for id in ids {
+        let Ok(e) = spool.envelope(&id) else { continue };
+        count += 1;
+        let waiting: Vec<&str> = e
+            .recipients
+            .iter()
+            .filter(|r| r.status == RecipientStatus::Pending)
+            .map(|r| r.address.as_str())
+            .collect();
+        let next = if e.hold {
+            "HELD".to_string()
+        } else if e.next_attempt <= now {
+            "now".to_string()
+        } else {
+            format!("in {}", age(e.next_attempt - now))
+        };
+        println!(
+            "{:<17} {:>8} {:>9}  {:<30} {:<12} {:<30} {}",
+            e.id,
+            age(now.saturating_sub(e.received)),
+            e.size,
+            format!("<{}>", e.sender),
+            next,
+            waiting.join(", "),
+            e.last_error.as_deref().unwrap_or("")
+        );
+    }
+    println!("{count} messages");
+    ExitCode::SUCCESS
+}
+
+/// `sluice queue show ID`: the envelope, each recipient's state and the header section.
+pub fn show(config: &Config, id: &str) -> ExitCode {
+    let spool = match Spool::open_read_only(&config.spool.dir) {
+        Ok(spool) => spool,
+        Err(e) => return fail(e),
+    };
+    let (envelope, message) = match spool.load(id) {
+        Ok(loaded) => loaded,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            eprintln!("sluice: {id}: no such message in the queue");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => return fail(e),
+    };
+    print_envelope(&envelope);
+    let head_end = memchr::memmem::find(&message, b"\r\n\r\n").map_or(message.len(), |i| i + 2);
+    println!();
+    print!("{}", String::from_utf8_lossy(&message[..head_end]));
+    println!("({} bytes in all)", message.len());
+    ExitCode::SUCCESS
+}
+
+fn print_envelope(e: &Envelope) {
+    let now = queue::now();
+    println!("queue id:   {}", e.id);
+    println!("sender:     <{}>", e.sender);
+    println!("client:     [{}]", e.client);
+    println!("arrived:    {} ago", age(now.saturating_sub(e.received)));
+    println!("size:       {} bytes", e.size);
+    println!("attempts:   {}", e.attempts);
+    println!("held:       {}", if e.hold { "yes" } else { "no" });
+    if let Some(error) = &e.last_error {
+        println!("last error: {error}");
+    }
+    for r in &e.recipients {
+        println!("recipient:  <{}> {:?}", r.address, r.status);
+    }
+}
+
+/// `sluice queue flush|hold|release|delete`: through the running relay, or on the spool
+/// when none runs.
+pub fn order(config: &Config, command: &str) -> ExitCode {
+    match admin::request(&config.admin_socket(), &format!("queue {command}")) {
+        Ok(answer) => {
+            println!("{answer}");
+            if answer.starts_with("ok") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            offline(config, command)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// The relay is not running: the spool is changed directly.
+fn offline(config: &Config, command: &str) -> ExitCode {
+    let spool = match Spool::open_read_only(&config.spool.dir) {
+        Ok(spool) => spool,
+        Err(e) => return fail(e),
+    };
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let (order, ids) = match words.as_slice() {
+        ["flush"] => {
+            println!("the relay is not running; it tries every queued message when it starts");
+            return ExitCode::SUCCESS;
+        }
+        ["delete-all"] => (MessageOrder::Delete, spool.list().unwrap_or_default()),
+        ["hold", id] => (MessageOrder::Hold, vec![id.to_string()]),
+        ["release", id] => (MessageOrder::Release, vec![id.to_string()]),
+        ["delete", id] => (MessageOrder::Delete, vec![id.to_string()]),
+        _ => {
+            eprintln!("sluice: unknown queue command {command:?}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut code = ExitCode::SUCCESS;
+    for id in ids {
+        match spool.apply(&id, order) {
+            Ok(text) => println!("ok: {id}: {text} (the relay is not running: done on the spool)"),
+            Err(e) => {
+                eprintln!("sluice: {id}: {e}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    code
+}
+
+fn fail(e: std::io::Error) -> ExitCode {
+    eprintln!("sluice: {e}");
+    ExitCode::FAILURE
+}
+
+/// A duration in seconds as `42s`, `5m`, `3h`, `2d`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}

@@ -1,0 +1,121 @@
+//! The queue from the postmaster's side: `sluice queue list`, `show`, `flush`, `hold`,
+//! `release` and `delete`, against a running relay and against the spool of a stopped one.
+
+use crate::support::relay::RelayOptions;
+use crate::support::{Conn, Relay, Sink};
+use std::time::Duration;
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Sends one message; returns its queue id.
+async fn send(relay: &Relay, subject: &str) -> String {
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("app@example.edu", &["someone@example.org"])
+        .await;
+    conn.cmd("DATA", 354).await;
+    conn.send(format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n"))
+        .await;
+    let queued = conn.expect(250).await;
+    queued
+        .rsplit(' ')
+        .next()
+        .expect("a queue id in the reply")
+        .to_string()
+}
+
+/// A relay whose next hop refuses with 4xx, retrying only hourly (so flush matters).
+async fn relay_with_busy_sink() -> (Sink, Relay) {
+    let sink = Sink::start().await;
+    sink.set_tempfail(true);
+    let relay = Relay::start_with(RelayOptions {
+        smarthost: Some(sink.addr),
+        retry_intervals: Some("1h"),
+        ..Default::default()
+    })
+    .await;
+    (sink, relay)
+}
+
+#[tokio::test]
+async fn list_show_hold_flush_release_and_delete() {
+    let (sink, relay) = relay_with_busy_sink().await;
+    let held = send(&relay, "to be held").await;
+    let flushed = send(&relay, "to be flushed").await;
+    let deleted = send(&relay, "to be deleted").await;
+    relay
+        .wait_for_log(&format!(
+            "{deleted}: from=<app@example.edu>, to=<someone@example.org>"
+        ))
+        .await;
+
+    let list = out(&relay.command(&["queue", "list"]));
+    assert!(list.contains("3 messages"), "{list}");
+    for id in [&held, &flushed, &deleted] {
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap_or_else(|| panic!("{list}"));
+        assert!(
+            line.contains("<app@example.edu>") && line.contains("someone@example.org"),
+            "{line}"
+        );
+        assert!(line.contains("451"), "the last error is shown: {line}");
+    }
+    let show = out(&relay.command(&["queue", "show", &held]));
+    assert!(
+        show.contains("Subject: to be held") && show.contains("attempts:   1"),
+        "{show}"
+    );
+
+    assert!(out(&relay.command(&["queue", "hold", &held])).starts_with("ok: held"));
+    assert!(out(&relay.command(&["queue", "delete", &deleted])).starts_with("ok: deleted"));
+    let missing = relay.command(&["queue", "delete", "NOSUCHID"]);
+    assert!(!missing.status.success() && out(&missing).contains("no such message"));
+    let outside = relay.command(&["queue", "delete", "../../sluice.toml"]);
+    assert!(!outside.status.success(), "{}", out(&outside));
+
+    sink.set_tempfail(false);
+    assert!(out(&relay.command(&["queue", "flush"])).starts_with("ok"));
+    let received = sink.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&received[0].data).contains("to be flushed"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.messages().len(), 1, "the held message waits");
+    let list = out(&relay.command(&["queue", "list"]));
+    assert!(
+        list.contains("1 messages") && list.contains("HELD"),
+        "{list}"
+    );
+
+    assert!(out(&relay.command(&["queue", "release", &held])).starts_with("ok: released"));
+    let received = sink.wait_for(2).await;
+    assert!(String::from_utf8_lossy(&received[1].data).contains("to be held"));
+    assert_eq!(received.len(), 2, "the deleted message never went");
+}
+
+#[tokio::test]
+async fn a_stopped_relays_spool_is_changed_directly() {
+    let (_sink, mut relay) = relay_with_busy_sink().await;
+    let first = send(&relay, "one").await;
+    let second = send(&relay, "two").await;
+    relay.wait_for_log(&format!("{second}: from=")).await;
+    relay.kill();
+    let hold = out(&relay.command(&["queue", "hold", &first]));
+    assert!(
+        hold.contains("held (the relay is not running: done on the spool)"),
+        "{hold}"
+    );
+    assert!(out(&relay.command(&["queue", "delete", &second])).contains("deleted"));
+    let list = out(&relay.command(&["queue", "list"]));
+    assert!(
+        list.contains("1 messages") && list.contains("HELD"),
+        "{list}"
+    );
+    assert!(out(&relay.command(&["queue", "delete", "--all"])).contains("deleted"));
+    assert!(out(&relay.command(&["queue", "list"])).contains("0 messages"));
+}
