@@ -48,7 +48,7 @@ struct Book {
     due: BinaryHeap<Reverse<(Instant, String)>>,
     waiting: HashMap<String, Instant>,
     /// Being delivered now, with the orders that wait for the attempt to end.
-    in_flight: HashMap<String, Vec<(MessageOrder, oneshot::Sender<Result<String, String>>)>>,
+    in_flight: HashMap<String, Vec<(MessageOrder, Answer)>>,
 }
 
 /// Runs until the process ends: recovers the spool, then delivers what is due.
