@@ -21,12 +21,11 @@ pub enum Order {
     /// Try every waiting message now.
     Flush,
     /// A postmaster's order for one message; the answer says what was done.
-    Message(
-        String,
-        MessageOrder,
-        oneshot::Sender<Result<String, String>>,
-    ),
+    Message(String, MessageOrder, Answer),
 }
+
+/// Where the runner says what became of an order: what was done, or why nothing was.
+pub type Answer = oneshot::Sender<Result<String, String>>;
 
 /// What a postmaster may do to one queued message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
