@@ -5,6 +5,7 @@
 //! postmaster's configuration must not silently fall back to a default.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -131,8 +132,8 @@ impl Default for SpoolConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Send everything to this host ("HOST:PORT"). Without it, messages wait in the queue
-    /// (delivery by MX is not built yet).
+    /// Send everything to this host ("HOST:PORT"); without it, mail goes by MX (or by
+    /// `routes`).
     pub smarthost: Option<String>,
     /// Back-off between attempts ("1m", "5m", ...); the last interval repeats.
     #[serde(deserialize_with = "durations")]
@@ -145,6 +146,40 @@ pub struct DeliveryConfig {
     pub timeout: Duration,
     /// Messages delivered at once.
     pub concurrency: usize,
+    /// Connections open at once to one next hop.
+    pub connections_per_destination: usize,
+    /// Where mail for a domain goes, instead of its MX ("HOST:PORT"); for operators
+    /// pinning a domain to a host, and for tests.
+    pub routes: BTreeMap<String, String>,
+    /// How a domain's mail must be encrypted: `opportunistic` (the default: STARTTLS when
+    /// offered), `required` (never in clear: no STARTTLS or a failed handshake defers) or
+    /// `verify` (required, and the certificate must be valid for the host).
+    pub tls_policy: BTreeMap<String, TlsRule>,
+    /// PEM certificates to verify next hops against, instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How a domain's mail must be encrypted on its way to the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsRule {
+    /// STARTTLS when the next hop offers it, without checking its certificate (as
+    /// Postfix's `may`): protection from passive listening.
+    Opportunistic,
+    /// TLS or nothing: no STARTTLS, or a failed handshake, defers the mail.
+    Required,
+    /// Required, and the certificate must be valid for the next hop's name.
+    Verify,
+}
+
+impl TlsRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsRule::Opportunistic => "opportunistic",
+            TlsRule::Required => "required",
+            TlsRule::Verify => "verify",
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -158,6 +193,10 @@ impl Default for DeliveryConfig {
             max_queue_lifetime: Duration::from_secs(5 * 24 * 3600),
             timeout: Duration::from_secs(60),
             concurrency: 20,
+            connections_per_destination: 10,
+            routes: BTreeMap::new(),
+            tls_policy: BTreeMap::new(),
+            ca_file: None,
         }
     }
 }
@@ -330,6 +369,16 @@ impl Config {
         }
         if let Some(host) = &self.delivery.smarthost {
             crate::delivery::NextHop::parse(host).map_err(|e| invalid("delivery.smarthost", &e))?;
+        }
+        if self.delivery.connections_per_destination == 0 {
+            return Err(invalid(
+                "delivery.connections_per_destination",
+                "must be at least 1",
+            ));
+        }
+        for (domain, host) in &self.delivery.routes {
+            crate::delivery::NextHop::parse(host)
+                .map_err(|e| invalid("delivery.routes", &format!("{domain}: {e}")))?;
         }
         Ok(())
     }

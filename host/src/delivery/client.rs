@@ -6,8 +6,9 @@
 //! opportunistic upgrade are done here.
 
 use super::NextHop;
+use crate::config::TlsRule;
 use mail_send::SmtpClient;
-use smtp_proto::{EXT_PIPELINING, EXT_START_TLS, Response};
+use smtp_proto::{EXT_PIPELINING, EXT_START_TLS, EhloResponse, Response};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -63,65 +64,75 @@ fn error_text(e: mail_send::Error) -> String {
     }
 }
 
+/// The TLS client configurations delivery chooses from, by the domain's rule.
+pub struct Connectors {
+    /// For `opportunistic` and `required`: encryption without checking the certificate.
+    pub unverified: TlsConnector,
+    /// For `verify`: the certificate must chain to a trusted root and name the host.
+    pub verifying: TlsConnector,
+}
+
 impl Connection {
-    /// Connects, reads the greeting, says EHLO, and upgrades to TLS when the server offers
-    /// STARTTLS. Opportunistic TLS does not check the certificate (as Postfix's `may`):
-    /// encryption against passive listening, without authenticating the server.
+    /// Connects, reads the greeting, says EHLO, and goes to TLS as `rule` says: when
+    /// offered (`opportunistic`; a failed handshake falls back to a new connection in
+    /// clear, as Postfix's `may` does), or always (`required`, `verify`: no STARTTLS or a
+    /// failed handshake is an error, and the mail waits).
     pub async fn open(
         hop: &NextHop,
         helo: &str,
         timeout: Duration,
-        tls: &TlsConnector,
+        rule: TlsRule,
+        connectors: &Connectors,
     ) -> Result<Connection, ConnectionError> {
         let fail = |what: &str, e: String| ConnectionError(format!("{what} {hop}: {e}"));
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect((hop.host.as_str(), hop.port)))
-            .await
-            .map_err(|_| fail("timed out connecting to", String::new()))?
-            .map_err(|e| fail("cannot connect to", e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let mut client = SmtpClient {
-            stream: tcp,
-            timeout,
-        };
-        let greeting = tokio::time::timeout(timeout, client.read())
-            .await
-            .map_err(|_| fail("no greeting from", "timed out".into()))?
-            .map_err(|e| fail("bad greeting from", error_text(e)))?;
-        if greeting.code != 220 {
-            return Err(fail("refused by", reply_text(&greeting)));
+        let (client, ehlo) = greet(hop, helo, timeout).await?;
+        if !ehlo.has_capability(EXT_START_TLS) {
+            if rule != TlsRule::Opportunistic {
+                return Err(fail(
+                    &format!("TLS is {} but STARTTLS is not offered by", rule.as_str()),
+                    "refusing to send in clear".into(),
+                ));
+            }
+            return Ok(Connection::plain(client, &ehlo));
         }
-        let ehlo = client
+        let connector = match rule {
+            TlsRule::Verify => &connectors.verifying,
+            _ => &connectors.unverified,
+        };
+        let mut tls_client = match client.start_tls(connector, &hop.host).await {
+            Ok(tls_client) => tls_client,
+            Err(e) if rule == TlsRule::Opportunistic => {
+                tracing::info!(%hop, error = %error_text(e), "TLS handshake failed; opportunistic TLS goes on in clear");
+                let (client, ehlo) = greet(hop, helo, timeout).await?;
+                return Ok(Connection::plain(client, &ehlo));
+            }
+            Err(e) => return Err(fail("TLS handshake failed with", error_text(e))),
+        };
+        let ehlo = tls_client
             .ehlo(helo)
             .await
-            .map_err(|e| fail("EHLO refused by", error_text(e)))?;
-        if ehlo.has_capability(EXT_START_TLS) {
-            let mut tls_client = client
-                .start_tls(tls, &hop.host)
-                .await
-                .map_err(|e| fail("STARTTLS failed with", error_text(e)))?;
-            let ehlo = tls_client
-                .ehlo(helo)
-                .await
-                .map_err(|e| fail("EHLO after STARTTLS refused by", error_text(e)))?;
-            let conn = tls_client.tls_connection();
-            let version = conn
-                .protocol_version()
-                .and_then(|v| v.as_str())
-                .unwrap_or("TLS")
-                .replace("TLSv1_", "TLSv1.");
-            return Ok(Connection {
-                stream: Stream::Tls(Box::new(tls_client)),
-                tls: version,
-                pipelining: ehlo.has_capability(EXT_PIPELINING),
-                idle_since: Instant::now(),
-            });
-        }
+            .map_err(|e| fail("EHLO after STARTTLS refused by", error_text(e)))?;
+        let conn = tls_client.tls_connection();
+        let version = conn
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("TLS")
+            .replace("TLSv1_", "TLSv1.");
         Ok(Connection {
+            stream: Stream::Tls(Box::new(tls_client)),
+            tls: version,
+            pipelining: ehlo.has_capability(EXT_PIPELINING),
+            idle_since: Instant::now(),
+        })
+    }
+
+    fn plain(client: SmtpClient<TcpStream>, ehlo: &EhloResponse<String>) -> Connection {
+        Connection {
             stream: Stream::Plain(client),
             tls: "none".into(),
             pipelining: ehlo.has_capability(EXT_PIPELINING),
             idle_since: Instant::now(),
-        })
+        }
     }
 
     /// Runs one transaction. `Err` means the connection failed (every recipient deferred,
@@ -140,6 +151,36 @@ impl Connection {
             }
         }
     }
+}
+
+/// Connects to `hop`, reads its greeting and says EHLO.
+async fn greet(
+    hop: &NextHop,
+    helo: &str,
+    timeout: Duration,
+) -> Result<(SmtpClient<TcpStream>, EhloResponse<String>), ConnectionError> {
+    let fail = |what: &str, e: String| ConnectionError(format!("{what} {hop}: {e}"));
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect((hop.host.as_str(), hop.port)))
+        .await
+        .map_err(|_| fail("timed out connecting to", String::new()))?
+        .map_err(|e| fail("cannot connect to", e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let mut client = SmtpClient {
+        stream: tcp,
+        timeout,
+    };
+    let greeting = tokio::time::timeout(timeout, client.read())
+        .await
+        .map_err(|_| fail("no greeting from", "timed out".into()))?
+        .map_err(|e| fail("bad greeting from", error_text(e)))?;
+    if greeting.code != 220 {
+        return Err(fail("refused by", reply_text(&greeting)));
+    }
+    let ehlo = client
+        .ehlo(helo)
+        .await
+        .map_err(|e| fail("EHLO refused by", error_text(e)))?;
+    Ok((client, ehlo))
 }
 
 async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
@@ -236,14 +277,16 @@ fn classify(reply: &Response<String>) -> RecipientResult {
 /// Idle connections per next hop, for reuse by the next message.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<NextHop, Vec<Connection>>>,
+    /// By next hop and TLS rule: a connection made under one rule never carries mail
+    /// that needs another.
+    idle: Mutex<HashMap<(NextHop, TlsRule), Vec<Connection>>>,
 }
 
 impl Pool {
     /// An idle connection to `hop` that is still fresh, if any.
-    pub fn take(&self, hop: &NextHop) -> Option<Connection> {
+    pub fn take(&self, hop: &NextHop, rule: TlsRule) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(hop)?;
+        let list = idle.get_mut(&(hop.clone(), rule))?;
         while let Some(conn) = list.pop() {
             if conn.idle_since.elapsed() < IDLE_TIMEOUT {
                 return Some(conn);
@@ -253,10 +296,10 @@ impl Pool {
     }
 
     /// Keeps a connection for reuse.
-    pub fn put(&self, hop: &NextHop, mut conn: Connection) {
+    pub fn put(&self, hop: &NextHop, rule: TlsRule, mut conn: Connection) {
         conn.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(hop.clone()).or_default();
+        let list = idle.entry((hop.clone(), rule)).or_default();
         list.retain(|c| c.idle_since.elapsed() < IDLE_TIMEOUT);
         if list.len() < MAX_IDLE {
             list.push(conn);

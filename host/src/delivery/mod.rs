@@ -1,75 +1,55 @@
-//! Delivery: taking a queued message to its next hop and recording what happened.
+//! Delivery: taking a queued message to its next hops and recording what happened.
 //!
-//! - [`client`] — the outbound SMTP connection (opportunistic STARTTLS) and its reuse.
+//! - [`route`] — where a domain's mail goes: a configured route, the smarthost, or MX.
+//! - [`client`] — the outbound SMTP connection (TLS by the domain's rule) and its reuse.
+//! - [`dsn`] — bounces (RFC 3464) for recipients that failed for good.
 //!
-//! Every attempt logs one line per recipient, in the form postmasters grep for:
-//! `QUEUEID: to=<rcpt>, relay=HOST:PORT, delay=1.2, tls=TLSv1.3, status=sent (250 2.0.0 Ok)`.
+//! An attempt groups the message's waiting recipients by domain, so one connection
+//! carries all the recipients of a next hop, and takes each group to the first next hop
+//! that answers. Every attempt logs one line per recipient, in the form postmasters grep:
+//! `QUEUEID: from=<s>, to=<r>, relay=HOST:PORT, delay=12, attempts=1, tls=TLSv1.3,
+//! tls_rule=opportunistic, status=sent (250 2.0.0 Ok)`.
 
 pub mod client;
+pub mod dsn;
+pub mod route;
 
-use crate::config::DeliveryConfig;
-use crate::queue::{self, RecipientStatus, Spool};
-use client::{Connection, Pool, RecipientResult};
-use std::fmt;
-use std::sync::Arc;
+pub use route::NextHop;
+
+use crate::config::{DeliveryConfig, TlsRule};
+use crate::queue::{self, Envelope, RecipientStatus, Spool};
+use client::{Connection, Connectors, Pool, RecipientResult};
+use route::{Route, Router};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_rustls::TlsConnector;
+use tokio::sync::Semaphore;
 
-/// Where a message goes next: a host name or IP address and a port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct NextHop {
-    pub host: String,
-    pub port: u16,
-}
-
-impl NextHop {
-    /// Parses `HOST:PORT`, `HOST` (port 25) or `[IPV6]:PORT`.
-    pub fn parse(text: &str) -> Result<NextHop, String> {
-        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (host, rest) = rest
-                .split_once(']')
-                .ok_or_else(|| format!("`{text}`: missing `]`"))?;
-            (host, rest.strip_prefix(':'))
-        } else {
-            match text.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (text, None),
-            }
-        };
-        let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| format!("`{text}`: `{p}` is not a port number"))?,
-            None => 25,
-        };
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(format!("`{text}`: expected HOST:PORT"));
-        }
-        Ok(NextHop {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for NextHop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
+/// What came of one attempt, for the queue runner.
+pub struct Attempted {
+    /// When to try again; `None` when every recipient is done with (sent or failed).
+    pub retry_in: Option<Duration>,
+    /// A bounce queued for the sender, to be delivered in turn.
+    pub bounce: Option<String>,
 }
 
 /// Delivers queued messages.
 pub struct Delivery {
     spool: Arc<Spool>,
     config: DeliveryConfig,
-    smarthost: Option<NextHop>,
+    router: Router,
     hostname: String,
     pool: Pool,
-    tls: TlsConnector,
+    connectors: Connectors,
+    /// Connections open to each next hop, within `connections_per_destination`.
+    per_destination: Mutex<HashMap<NextHop, Arc<Semaphore>>>,
+}
+
+/// The outcome of taking one group of recipients to its next hop.
+struct GroupOutcome {
+    relay: String,
+    tls: String,
+    results: Vec<RecipientResult>,
 }
 
 impl Delivery {
@@ -79,118 +59,134 @@ impl Delivery {
         config: DeliveryConfig,
         hostname: String,
     ) -> anyhow::Result<Self> {
-        let smarthost = config
-            .smarthost
-            .as_deref()
-            .map(NextHop::parse)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("delivery.smarthost: {e}"))?;
-        let tls = mail_send::smtp::tls::build_tls_connector(true)
-            .map_err(|e| anyhow::anyhow!("outbound TLS: {e}"))?;
+        let router = Router::new(&config).map_err(|e| anyhow::anyhow!(e))?;
+        let connectors = Connectors {
+            unverified: mail_send::smtp::tls::build_tls_connector(true)
+                .map_err(|e| anyhow::anyhow!("outbound TLS: {e}"))?,
+            verifying: verifying_connector(&config)?,
+        };
         Ok(Self {
             spool,
             config,
-            smarthost,
+            router,
             hostname,
             pool: Pool::default(),
-            tls,
+            connectors,
+            per_destination: Mutex::default(),
         })
     }
 
-    /// One delivery attempt for a queued message. Returns when to try again, or `None`
-    /// when the message is done with (every recipient sent or failed).
-    pub async fn attempt(&self, id: &str) -> Option<Duration> {
+    /// The TLS rule for a domain's mail.
+    fn tls_rule(&self, domain: &str) -> TlsRule {
+        self.config
+            .tls_policy
+            .iter()
+            .find(|(d, _)| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
+            .map(|(_, rule)| *rule)
+            .unwrap_or(TlsRule::Opportunistic)
+    }
+
+    /// One delivery attempt for a queued message.
+    pub async fn attempt(&self, id: &str) -> Attempted {
+        let retry_soon = Attempted {
+            retry_in: Some(queue::retry_delay(&self.config.retry_intervals, 1)),
+            bounce: None,
+        };
         let spool = self.spool.clone();
         let owned_id = id.to_string();
         let loaded = tokio::task::spawn_blocking(move || spool.load(&owned_id)).await;
         let (mut envelope, message) = match loaded {
             Ok(Ok(loaded)) => loaded,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Attempted {
+                    retry_in: None,
+                    bounce: None,
+                };
+            }
             Ok(Err(e)) => {
                 tracing::error!(queue_id = id, error = %e, "cannot read queued message; will retry");
-                return Some(queue::retry_delay(&self.config.retry_intervals, 1));
+                return retry_soon;
             }
             Err(e) => {
                 tracing::error!(queue_id = id, error = %e, "delivery task failed");
-                return Some(queue::retry_delay(&self.config.retry_intervals, 1));
+                return retry_soon;
             }
         };
         if envelope.hold {
-            return None;
+            return Attempted {
+                retry_in: None,
+                bounce: None,
+            };
         }
-        let pending: Vec<usize> = envelope
-            .recipients
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.status == RecipientStatus::Pending)
-            .map(|(i, _)| i)
-            .collect();
-        let addresses: Vec<String> = pending
-            .iter()
-            .map(|&i| envelope.recipients[i].address.clone())
-            .collect();
 
-        let (relay, tls, results) = match &self.smarthost {
-            Some(hop) => {
-                let (tls, results) = self.send(hop, &envelope.sender, &addresses, &message).await;
-                (hop.to_string(), tls, results)
+        // The waiting recipients by domain, in the order they came.
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, r) in envelope.recipients.iter().enumerate() {
+            if r.status == RecipientStatus::Pending {
+                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+                groups
+                    .entry(domain.to_ascii_lowercase())
+                    .or_default()
+                    .push(i);
             }
-            None => (
-                "none".to_string(),
-                "none".to_string(),
-                addresses
-                    .iter()
-                    .map(|_| {
-                        RecipientResult::Deferred(
-                            "no next hop: set delivery.smarthost (delivery by MX is not built yet)"
-                                .into(),
-                        )
-                    })
-                    .collect(),
-            ),
-        };
-
+        }
         envelope.attempts += 1;
         let delay = queue::now().saturating_sub(envelope.received);
         let expired = Duration::from_secs(delay) >= self.config.max_queue_lifetime;
         let mut last_error = None;
-        for (&i, result) in pending.iter().zip(&results) {
-            let rcpt = &mut envelope.recipients[i];
-            let (status, text) = match result {
-                RecipientResult::Sent(t) => {
-                    rcpt.status = RecipientStatus::Sent;
-                    ("sent", t)
-                }
-                RecipientResult::Failed(t) => {
-                    rcpt.status = RecipientStatus::Failed;
-                    ("bounced", t)
-                }
-                RecipientResult::Deferred(t) if expired => {
-                    rcpt.status = RecipientStatus::Failed;
-                    last_error = Some(t.clone());
-                    ("expired", t)
-                }
-                RecipientResult::Deferred(t) => {
-                    last_error = Some(t.clone());
-                    ("deferred", t)
-                }
-            };
-            tracing::info!(
-                target: "sluice::delivery",
-                "{id}: from=<{}>, to=<{}>, relay={relay}, delay={delay}, attempts={}, tls={tls}, status={status} ({text})",
-                envelope.sender,
-                rcpt.address,
-                envelope.attempts,
-            );
+        let mut failed = Vec::new();
+        for (domain, indices) in groups {
+            let rule = self.tls_rule(&domain);
+            let addresses: Vec<String> = indices
+                .iter()
+                .map(|&i| envelope.recipients[i].address.clone())
+                .collect();
+            let outcome = self
+                .deliver_group(&domain, rule, &envelope.sender, &addresses, &message)
+                .await;
+            for (&i, result) in indices.iter().zip(&outcome.results) {
+                let rcpt = &mut envelope.recipients[i];
+                let (status, text) = match result {
+                    RecipientResult::Sent(t) => {
+                        rcpt.status = RecipientStatus::Sent;
+                        ("sent", t)
+                    }
+                    RecipientResult::Failed(t) => {
+                        rcpt.status = RecipientStatus::Failed;
+                        failed.push((i, Some(outcome.relay.clone()), false));
+                        ("bounced", t)
+                    }
+                    RecipientResult::Deferred(t) if expired => {
+                        rcpt.status = RecipientStatus::Failed;
+                        failed.push((i, None, true));
+                        ("expired", t)
+                    }
+                    RecipientResult::Deferred(t) => {
+                        last_error = Some(t.clone());
+                        ("deferred", t)
+                    }
+                };
+                rcpt.diagnostic = Some(text.clone());
+                tracing::info!(
+                    target: "sluice::delivery",
+                    "{id}: from=<{}>, to=<{}>, relay={}, delay={delay}, attempts={}, tls={}, tls_rule={}, status={status} ({text})",
+                    envelope.sender,
+                    rcpt.address,
+                    outcome.relay,
+                    envelope.attempts,
+                    outcome.tls,
+                    rule.as_str(),
+                );
+            }
         }
 
+        let bounce = self.bounce(&envelope, &failed, &message).await;
         let spool = self.spool.clone();
         if envelope
             .recipients
             .iter()
             .all(|r| r.status != RecipientStatus::Pending)
         {
-            // Bounces (DSNs) to the sender come with the delivery engine; failures are logged above.
             let owned_id = id.to_string();
             match tokio::task::spawn_blocking(move || spool.remove(&owned_id)).await {
                 Ok(Ok(())) => {}
@@ -199,7 +195,10 @@ impl Delivery {
                 }
                 Err(e) => tracing::error!(queue_id = id, error = %e, "spool task failed"),
             }
-            return None;
+            return Attempted {
+                retry_in: None,
+                bounce,
+            };
         }
         let retry_in = queue::retry_delay(&self.config.retry_intervals, envelope.attempts);
         envelope.next_attempt = queue::now() + retry_in.as_secs();
@@ -211,70 +210,171 @@ impl Delivery {
             }
             Err(e) => tracing::error!(queue_id = id, error = %e, "spool task failed"),
         }
-        Some(retry_in)
+        Attempted {
+            retry_in: Some(retry_in),
+            bounce,
+        }
     }
 
-    /// Sends to `hop` on a reused connection if one is idle, else a new one. A reused
-    /// connection that fails is replaced once by a new one (the server may have closed it).
-    async fn send(
+    /// Queues a bounce for the recipients that failed in this attempt: `(index, the next
+    /// hop that refused, expired)`. None for the null sender: a bounce never bounces.
+    async fn bounce(
         &self,
-        hop: &NextHop,
+        envelope: &Envelope,
+        failed: &[(usize, Option<String>, bool)],
+        message: &[u8],
+    ) -> Option<String> {
+        if failed.is_empty() {
+            return None;
+        }
+        let failures: Vec<dsn::Failure<'_>> = failed
+            .iter()
+            .map(|(i, remote, expired)| dsn::Failure {
+                recipient: &envelope.recipients[*i],
+                remote: remote.as_deref().filter(|r| *r != "none"),
+                expired: *expired,
+            })
+            .collect();
+        let Some((bounce, text)) = dsn::bounce(&self.hostname, envelope, &failures, message) else {
+            tracing::info!(target: "sluice::delivery", "{}: failed recipients of a bounce (null sender): dropped, never bounced", envelope.id);
+            return None;
+        };
+        let id = bounce.id.clone();
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || spool.store(&bounce, &text)).await {
+            Ok(Ok(())) => {
+                tracing::info!(target: "sluice::delivery", "{}: sender non-delivery notification: {id}", envelope.id);
+                Some(id)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(queue_id = %envelope.id, error = %e, "cannot queue a bounce");
+                None
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %envelope.id, error = %e, "spool task failed");
+                None
+            }
+        }
+    }
+
+    /// Takes one domain's recipients to the first of its next hops that answers.
+    async fn deliver_group(
+        &self,
+        domain: &str,
+        rule: TlsRule,
         sender: &str,
         recipients: &[String],
         message: &[u8],
-    ) -> (String, Vec<RecipientResult>) {
-        let mut reused = self.pool.take(hop);
+    ) -> GroupOutcome {
+        let all = |result: RecipientResult, relay: &str| GroupOutcome {
+            relay: relay.to_string(),
+            tls: "none".into(),
+            results: recipients.iter().map(|_| result.clone()).collect(),
+        };
+        if domain.is_empty() {
+            return all(
+                RecipientResult::Failed("550 5.1.3 no domain in the address".into()),
+                "none",
+            );
+        }
+        let hops = match self.router.route(domain).await {
+            Route::Hops(hops) => hops,
+            Route::NoMail(why) => return all(RecipientResult::Failed(why), "none"),
+            Route::Unknown(why) => return all(RecipientResult::Deferred(why), "none"),
+        };
+        let mut last_error = String::from("no next hop");
+        for hop in &hops {
+            match self.send(hop, rule, sender, recipients, message).await {
+                Ok((tls, results)) => {
+                    return GroupOutcome {
+                        relay: hop.to_string(),
+                        tls,
+                        results,
+                    };
+                }
+                // This one did not answer (or not safely): the next one may.
+                Err(e) => last_error = e.0,
+            }
+        }
+        let relay = hops.last().map(|h| h.to_string()).unwrap_or_default();
+        all(RecipientResult::Deferred(last_error), &relay)
+    }
+
+    /// Sends to `hop` on a reused connection if one is idle, else a new one, within the
+    /// next hop's connection limit. `Err` when no connection could be made; once a
+    /// transaction has begun, its failures are deferrals.
+    async fn send(
+        &self,
+        hop: &NextHop,
+        rule: TlsRule,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Result<(String, Vec<RecipientResult>), client::ConnectionError> {
+        let limit = self
+            .per_destination
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(hop.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.connections_per_destination)))
+            .clone();
+        let _slot = limit.acquire_owned().await;
+        let mut reused = self.pool.take(hop, rule);
         loop {
             let was_reused = reused.is_some();
             let mut conn = match reused.take() {
                 Some(conn) => conn,
-                None => match Connection::open(hop, &self.hostname, self.config.timeout, &self.tls)
-                    .await
-                {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        let results = recipients
-                            .iter()
-                            .map(|_| RecipientResult::Deferred(e.0.clone()))
-                            .collect();
-                        return ("none".into(), results);
-                    }
-                },
+                None => {
+                    Connection::open(
+                        hop,
+                        &self.hostname,
+                        self.config.timeout,
+                        rule,
+                        &self.connectors,
+                    )
+                    .await?
+                }
             };
             match conn.send(sender, recipients, message).await {
                 Ok(results) => {
                     let tls = conn.tls.clone();
-                    self.pool.put(hop, conn);
-                    return (tls, results);
+                    self.pool.put(hop, rule, conn);
+                    return Ok((tls, results));
                 }
+                // A reused connection the server had closed: once more on a new one.
                 Err(_) if was_reused => continue,
                 Err(e) => {
                     let results = recipients
                         .iter()
                         .map(|_| RecipientResult::Deferred(e.0.clone()))
                         .collect();
-                    return (conn.tls.clone(), results);
+                    return Ok((conn.tls.clone(), results));
                 }
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_next_hops() {
-        assert_eq!(
-            NextHop::parse("127.0.0.1:2600").unwrap(),
-            NextHop {
-                host: "127.0.0.1".into(),
-                port: 2600
-            }
-        );
-        assert_eq!(NextHop::parse("mx.example.edu").unwrap().port, 25);
-        assert_eq!(NextHop::parse("[::1]:26").unwrap().host, "::1");
-        assert!(NextHop::parse("host:port").is_err());
+/// The TLS client for `verify`: the system's roots, or those of `delivery.ca_file`.
+fn verifying_connector(config: &DeliveryConfig) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let Some(path) = &config.ca_file else {
+        return mail_send::smtp::tls::build_tls_connector(false)
+            .map_err(|e| anyhow::anyhow!("outbound TLS: {e}"));
+    };
+    let pem = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("delivery.ca_file {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| anyhow::anyhow!("delivery.ca_file {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| anyhow::anyhow!("delivery.ca_file {}: {e}", path.display()))?;
     }
+    if roots.is_empty() {
+        anyhow::bail!("delivery.ca_file {}: no certificates in it", path.display());
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }

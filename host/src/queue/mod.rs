@@ -46,6 +46,20 @@ pub struct Envelope {
 pub struct Recipient {
     pub address: String,
     pub status: RecipientStatus,
+    /// What the next hop (or the relay) last said about it, for the postmaster and the DSN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnostic: Option<String>,
+}
+
+impl Recipient {
+    /// A recipient not delivered yet.
+    pub fn pending(address: &str) -> Self {
+        Self {
+            address: address.to_string(),
+            status: RecipientStatus::Pending,
+            diagnostic: None,
+        }
+    }
 }
 
 /// Where one recipient's delivery stands.

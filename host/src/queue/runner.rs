@@ -6,7 +6,7 @@
 //! order for a message being delivered waits until its attempt has recorded its outcome.
 
 use super::Spool;
-use crate::delivery::Delivery;
+use crate::delivery::{Attempted, Delivery};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -65,7 +65,7 @@ pub async fn run(
     recover(&spool, &mut book).await;
 
     let slots = Arc::new(Semaphore::new(concurrency));
-    let (finished_tx, mut finished) = mpsc::unbounded_channel::<(String, Option<Duration>)>();
+    let (finished_tx, mut finished) = mpsc::unbounded_channel::<(String, Attempted)>();
     loop {
         let next = book.due.peek().map(|Reverse((at, _))| *at);
         tokio::select! {
@@ -88,10 +88,13 @@ pub async fn run(
                     }
                 },
             },
-            Some((id, retry_in)) = finished.recv() => {
+            Some((id, attempted)) = finished.recv() => {
                 let waiting = book.in_flight.remove(&id).unwrap_or_default();
-                if let Some(delay) = retry_in {
+                if let Some(delay) = attempted.retry_in {
                     book.schedule(id.clone(), Instant::now() + delay);
+                }
+                if let Some(bounce) = attempted.bounce {
+                    book.schedule(bounce, Instant::now());
                 }
                 for (order, answer) in waiting {
                     let result = apply(&spool, &id, order).await;
@@ -110,9 +113,9 @@ pub async fn run(
                 let delivery = delivery.clone();
                 let finished = finished_tx.clone();
                 tokio::spawn(async move {
-                    let retry_in = delivery.attempt(&id).await;
+                    let attempted = delivery.attempt(&id).await;
                     drop(permit);
-                    let _ = finished.send((id, retry_in));
+                    let _ = finished.send((id, attempted));
                 });
             }
             _ = sleep_until(next), if next.is_some_and(|at| at > Instant::now()) => {}

@@ -228,10 +228,7 @@ mod tests {
         Envelope {
             id: id.into(),
             sender: "app@example.edu".into(),
-            recipients: vec![Recipient {
-                address: "a@example.org".into(),
-                status: RecipientStatus::Pending,
-            }],
+            recipients: vec![Recipient::pending("a@example.org")],
             received: 1,
             client: "127.0.0.1".into(),
             size: 5,

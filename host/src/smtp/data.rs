@@ -7,7 +7,7 @@ use super::headers::{self, format_field};
 use super::session::{Next, Session, State};
 use crate::policy::message::MessageData;
 use crate::policy::{Rewrite, Verdict, format_trace};
-use crate::queue::{self, Envelope, Recipient, RecipientStatus};
+use crate::queue::{self, Envelope, Recipient};
 use bytes::Bytes;
 
 impl Session {
@@ -210,10 +210,7 @@ impl Session {
             recipients: tx
                 .recipients
                 .iter()
-                .map(|address| Recipient {
-                    address: address.clone(),
-                    status: RecipientStatus::Pending,
-                })
+                .map(|address| Recipient::pending(address))
                 .collect(),
             received: queue::now(),
             client: peer.ip().to_string(),

@@ -1,0 +1,233 @@
+//! Where a recipient's mail goes next: a route from the configuration, the smarthost, or
+//! the domain's MX records (RFC 5321 5.1).
+
+use crate::config::DeliveryConfig;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::RData;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Where a message goes next: a host name or IP address and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NextHop {
+    pub host: String,
+    pub port: u16,
+}
+
+impl NextHop {
+    /// Parses `HOST:PORT`, `HOST` (port 25) or `[IPV6]:PORT`.
+    pub fn parse(text: &str) -> Result<NextHop, String> {
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, rest) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("`{text}`: missing `]`"))?;
+            (host, rest.strip_prefix(':'))
+        } else {
+            match text.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (text, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("`{text}`: `{p}` is not a port number"))?,
+            None => 25,
+        };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(format!("`{text}`: expected HOST:PORT"));
+        }
+        Ok(NextHop {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for NextHop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// What routing found for a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Try these next hops in this order until one answers.
+    Hops(Vec<NextHop>),
+    /// The domain takes no mail (null MX, RFC 7505): the recipients fail for good.
+    NoMail(String),
+    /// Not known now (the DNS did not answer): the recipients wait.
+    Unknown(String),
+}
+
+/// Routing for the queue runner.
+pub struct Router {
+    routes: HashMap<String, NextHop>,
+    smarthost: Option<NextHop>,
+    /// `None` when the system's resolver configuration could not be read: only routes and
+    /// the smarthost work then.
+    resolver: Option<TokioResolver>,
+}
+
+impl Router {
+    pub fn new(config: &DeliveryConfig) -> Result<Router, String> {
+        let routes = config
+            .routes
+            .iter()
+            .map(|(domain, hop)| {
+                let hop = NextHop::parse(hop).map_err(|e| format!("delivery.routes: {e}"))?;
+                Ok((normalise(domain), hop))
+            })
+            .collect::<Result<_, String>>()?;
+        let smarthost = config
+            .smarthost
+            .as_deref()
+            .map(NextHop::parse)
+            .transpose()
+            .map_err(|e| format!("delivery.smarthost: {e}"))?;
+        let resolver = match TokioResolver::builder_tokio().and_then(|b| b.build()) {
+            Ok(resolver) => Some(resolver),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver (system configuration unreadable): delivery by MX is off");
+                None
+            }
+        };
+        Ok(Router {
+            routes,
+            smarthost,
+            resolver,
+        })
+    }
+
+    /// Where mail for `domain` goes: its route, else the smarthost, else its MX hosts.
+    pub async fn route(&self, domain: &str) -> Route {
+        let domain = normalise(domain);
+        if let Some(hop) = self.routes.get(&domain) {
+            return Route::Hops(vec![hop.clone()]);
+        }
+        if let Some(hop) = &self.smarthost {
+            return Route::Hops(vec![hop.clone()]);
+        }
+        let Some(resolver) = &self.resolver else {
+            return Route::Unknown("no DNS resolver and no route or smarthost".into());
+        };
+        match resolver.mx_lookup(format!("{domain}.")).await {
+            Ok(lookup) => {
+                let records = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
+                        _ => None,
+                    })
+                    .collect();
+                order_mx(&domain, records)
+            }
+            // No MX: the domain itself is the mail host (RFC 5321 5.1, the implicit MX).
+            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => Route::Hops(vec![NextHop {
+                host: domain,
+                port: 25,
+            }]),
+            Err(e) if e.is_nx_domain() => {
+                Route::NoMail(format!("550 5.1.2 {domain}: no such domain"))
+            }
+            Err(e) => Route::Unknown(format!("451 4.4.3 {domain}: DNS lookup failed: {e}")),
+        }
+    }
+}
+
+fn normalise(domain: &str) -> String {
+    domain.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// MX records to next hops: by preference, equal preferences in random order (RFC 5321
+/// 5.1, spreading the load); a lone MX of "." is a null MX (RFC 7505).
+fn order_mx(domain: &str, mut records: Vec<(u16, String)>) -> Route {
+    if records.len() == 1 && records[0].1.trim_end_matches('.').is_empty() {
+        return Route::NoMail(format!(
+            "556 5.1.10 {domain}: the domain accepts no mail (null MX)"
+        ));
+    }
+    records.retain(|(_, host)| !host.trim_end_matches('.').is_empty());
+    if records.is_empty() {
+        return Route::Unknown(format!("451 4.4.4 {domain}: no usable MX"));
+    }
+    // A random key per record, then a stable sort by preference alone keeps equal
+    // preferences in that random order.
+    let mut keyed: Vec<(u16, u64, String)> = records
+        .into_iter()
+        .map(|(pref, host)| (pref, random(), host))
+        .collect();
+    keyed.sort_by_key(|(pref, key, _)| (*pref, *key));
+    Route::Hops(
+        keyed
+            .into_iter()
+            .map(|(_, _, host)| NextHop {
+                host: host.trim_end_matches('.').to_string(),
+                port: 25,
+            })
+            .collect(),
+    )
+}
+
+fn random() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_next_hops() {
+        assert_eq!(
+            NextHop::parse("127.0.0.1:2600").unwrap(),
+            NextHop {
+                host: "127.0.0.1".into(),
+                port: 2600
+            }
+        );
+        assert_eq!(NextHop::parse("mx.example.edu").unwrap().port, 25);
+        assert_eq!(NextHop::parse("[::1]:26").unwrap().host, "::1");
+        assert!(NextHop::parse("host:port").is_err());
+    }
+
+    #[test]
+    fn orders_mx_by_preference_and_shuffles_equals() {
+        let records = vec![
+            (20, "b.example.org.".to_string()),
+            (10, "a1.example.org.".to_string()),
+            (10, "a2.example.org.".to_string()),
+        ];
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let Route::Hops(hops) = order_mx("example.org", records.clone()) else {
+                panic!("hops expected")
+            };
+            assert_eq!(
+                hops[2].host, "b.example.org",
+                "the higher preference comes last"
+            );
+            assert_eq!(hops[0].port, 25);
+            firsts.insert(hops[0].host.clone());
+        }
+        assert_eq!(
+            firsts.len(),
+            2,
+            "equal preferences come first in either order"
+        );
+    }
+
+    #[test]
+    fn a_null_mx_means_no_mail() {
+        let route = order_mx("example.org", vec![(0, ".".to_string())]);
+        assert!(matches!(route, Route::NoMail(text) if text.starts_with("556 5.1.10")));
+    }
+}
