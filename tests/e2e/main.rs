@@ -6,6 +6,7 @@ mod support;
 mod clients;
 mod config;
 mod contract;
+mod delivery;
 mod durability;
 mod example_policy;
 mod protocol;

@@ -1,5 +1,6 @@
 //! A real SMTP server that stands for the next hop: it records every message it accepts,
-//! and can be told to answer 4xx for a while.
+//! and can be told to answer 4xx for a while; a recipient whose address starts with
+//! `unknown` is refused with 550 5.1.1.
 
 use super::PATIENCE;
 use std::net::SocketAddr;
@@ -119,6 +120,10 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<State>) {
                 sender = angle(&line);
                 recipients.clear();
                 say!("250 2.1.0 Ok\r\n");
+            }
+            // A mailbox that does not exist, for the tests of bounces.
+            "RCPT" if angle(&line).starts_with("unknown") => {
+                say!("550 5.1.1 User unknown\r\n")
             }
             "RCPT" => {
                 recipients.push(angle(&line));
