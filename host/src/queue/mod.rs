@@ -100,12 +100,17 @@ pub fn new_queue_id() -> String {
 pub struct Queue {
     spool: Arc<Spool>,
     runner: mpsc::UnboundedSender<Order>,
+    commit: Arc<GroupCommit>,
 }
 
 impl Queue {
     /// A queue over `spool` whose runner takes orders on `runner`.
     pub fn new(spool: Arc<Spool>, runner: mpsc::UnboundedSender<Order>) -> Self {
-        Self { spool, runner }
+        Self {
+            spool,
+            runner,
+            commit: Arc::default(),
+        }
     }
 
     /// Spools a message durably (fsync'd before this returns) and tells the runner.
@@ -113,9 +118,10 @@ impl Queue {
         let spool = self.spool.clone();
         let id = envelope.id.clone();
         let hold = envelope.hold;
-        tokio::task::spawn_blocking(move || spool.store(&envelope, &message))
+        tokio::task::spawn_blocking(move || spool.store_unsynced(&envelope, &message))
             .await
             .map_err(std::io::Error::other)??;
+        self.commit.sync(&self.spool).await?;
         if !hold {
             // The runner only stops with the process; a send error then does not matter.
             let _ = self.runner.send(Order::New(id));
@@ -153,6 +159,73 @@ impl Queue {
             }
         }
         Ok(format!("{deleted} deleted"))
+    }
+}
+
+/// Group commit: one fsync of the queue directory for every message renamed into it
+/// before the fsync began, however many sessions wait for it.
+#[derive(Default)]
+struct GroupCommit {
+    state: std::sync::Mutex<CommitState>,
+    done: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct CommitState {
+    /// Renames asked to be made durable, numbered in order.
+    asked: u64,
+    /// Every rename up to this number is durable.
+    durable: u64,
+    /// An fsync is under way.
+    syncing: bool,
+}
+
+impl GroupCommit {
+    /// Returns once every rename into the queue made before the call is durable.
+    async fn sync(&self, spool: &Arc<Spool>) -> std::io::Result<()> {
+        let lock = || self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = {
+            let mut state = lock();
+            state.asked += 1;
+            state.asked
+        };
+        loop {
+            // Registered before the state is read, so a wake-up in between is not missed.
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let covers = {
+                let mut state = lock();
+                if state.durable >= ticket {
+                    return Ok(());
+                }
+                if state.syncing {
+                    None
+                } else {
+                    state.syncing = true;
+                    Some(state.asked)
+                }
+            };
+            let Some(covers) = covers else {
+                // Someone else's fsync is under way; the next one may cover this rename.
+                done.await;
+                continue;
+            };
+            let spool = spool.clone();
+            let result = tokio::task::spawn_blocking(move || spool.sync_queue())
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            {
+                let mut state = lock();
+                state.syncing = false;
+                if result.is_ok() {
+                    state.durable = state.durable.max(covers);
+                }
+            }
+            self.done.notify_waiters();
+            return result;
+        }
     }
 }
 

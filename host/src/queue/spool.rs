@@ -12,14 +12,16 @@
 //!
 //! # Order of writes
 //! Accepting: write `tmp/ID`, fsync it, rename it to `queue/ID`, fsync `queue/`; only
-//! then does the client get 250. A crash before the rename leaves a file in `tmp/`
-//! (removed at start-up); after it, the message is queued.
+//! then does the client get 250. One fsync of `queue/` makes every rename before it
+//! durable, so messages arriving together share it (group commit). A crash before the
+//! rename leaves a file in `tmp/` (removed at start-up); after it, the message is queued.
 //!
 //! Updating: write `tmp/ID.state`, fsync, rename over `queue/ID.state`. A crash leaves
 //! the previous state, so at worst an attempt is repeated (delivery is at-least-once).
 //!
-//! Finishing: remove `queue/ID.state`, then `queue/ID`. A `.state` without its message
-//! (a crash between the two) is removed at start-up.
+//! Finishing: remove `queue/ID.state`, then `queue/ID`, without an fsync: a crash may
+//! bring the message back and it is delivered again. A `.state` without its message (a
+//! crash between the two) is removed at start-up.
 
 use super::Envelope;
 use super::runner::MessageOrder;
@@ -91,6 +93,14 @@ impl Spool {
 
     /// Writes a new message durably; when this returns Ok the message survives a crash.
     pub fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
+        self.store_unsynced(envelope, message)?;
+        self.sync_queue()
+    }
+
+    /// Writes a new message and fsyncs it, then renames it into the queue; it is durable
+    /// once the queue directory has been fsync'd too ([`sync_queue`](Self::sync_queue)),
+    /// which several messages may share (group commit).
+    pub fn store_unsynced(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
         let tmp = self.tmp.join(&envelope.id);
         let mut file = File::create(&tmp).map_err(|e| with_path(e, &tmp))?;
         let mut head = format!("{MAGIC}\n").into_bytes();
@@ -100,7 +110,11 @@ impl Spool {
         file.write_all(message)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&tmp, self.queue.join(&envelope.id))?;
+        fs::rename(&tmp, self.queue.join(&envelope.id))
+    }
+
+    /// Makes every rename into the queue so far durable.
+    pub fn sync_queue(&self) -> io::Result<()> {
         sync_dir(&self.queue)
     }
 
@@ -188,14 +202,15 @@ impl Spool {
         sync_dir(&self.queue)
     }
 
-    /// Removes a message that is done with (delivered, bounced or deleted).
+    /// Removes a message that is done with (delivered, bounced or deleted). Not fsync'd:
+    /// a crash may bring the message back, to be delivered again (at least once, never
+    /// lost), which costs less than an fsync for every message delivered.
     pub fn remove(&self, id: &str) -> io::Result<()> {
         match fs::remove_file(self.queue.join(format!("{id}.state"))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        fs::remove_file(self.queue.join(id))?;
-        sync_dir(&self.queue)
+        fs::remove_file(self.queue.join(id))
     }
 }
 
