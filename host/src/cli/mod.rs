@@ -11,3 +11,18 @@ pub mod policy;
 pub mod queue;
 pub mod session;
 pub mod status;
+
+use crate::config::Config;
+use std::process::ExitCode;
+
+/// Sends `command` to the running relay and prints its answer; the exit code says
+/// whether it was carried out. `Err` when the relay could not be reached.
+fn ask(config: &Config, command: &str) -> std::io::Result<ExitCode> {
+    let answer = crate::admin::request(&config.admin_socket(), command)?;
+    println!("{answer}");
+    Ok(if answer.starts_with("ok") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -6,7 +6,6 @@
 //! control socket, so it never races a delivery attempt; when no relay is running, the
 //! spool is changed directly.
 
-use crate::admin;
 use crate::config::Config;
 use crate::queue::{self, Envelope, MessageOrder, RecipientStatus, Spool};
 use std::io::ErrorKind;
@@ -101,15 +100,8 @@ fn print_envelope(e: &Envelope) {
 /// `sluice queue flush|hold|release|delete`: through the running relay, or on the spool
 /// when none runs.
 pub fn order(config: &Config, command: &str) -> ExitCode {
-    match admin::request(&config.admin_socket(), &format!("queue {command}")) {
-        Ok(answer) => {
-            println!("{answer}");
-            if answer.starts_with("ok") {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+    match super::ask(config, &format!("queue {command}")) {
+        Ok(code) => code,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
             offline(config, command)
         }

@@ -85,20 +85,10 @@ pub fn status(config: &Config) -> ExitCode {
 
 /// Asks the relay to reload its policy chain now; fails when the new chain does not load.
 pub fn reload(config: &Config) -> ExitCode {
-    match admin::request(&config.admin_socket(), "reload") {
-        Ok(answer) => {
-            println!("{answer}");
-            if answer.starts_with("ok") {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("sluice: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    super::ask(config, "reload").unwrap_or_else(|e| {
+        eprintln!("sluice: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn time(unix: u64) -> String {
