@@ -4,6 +4,7 @@
 //! under load.
 
 use crate::support::modules::module;
+use crate::support::relay::{PHI_GUARD_CHAIN, RelayOptions};
 use crate::support::{Conn, Relay, Sink};
 use std::time::Duration;
 
@@ -203,15 +204,24 @@ async fn nothing_is_lost_while_modules_are_swapped_under_load() {
 #[tokio::test]
 async fn a_file_written_in_pieces_is_loaded_once_whole() {
     let sink = Sink::start().await;
-    let relay = relay_with_dept(&sink).await;
+    // A settle time well above the pauses between pieces, so that a slow machine does not
+    // stretch a pause past it.
+    let relay = Relay::start_with(RelayOptions {
+        smarthost: Some(sink.addr),
+        policies: Some(PHI_GUARD_CHAIN.into()),
+        modules: vec![("dept.wasm".into(), module("phi_guard.wasm"))],
+        settle: Some("1s"),
+        ..Default::default()
+    })
+    .await;
     let bytes = std::fs::read(module("sluice_test_probe.wasm")).unwrap();
     let path = relay.policies_dir().join("dept.wasm");
     let mut file = std::fs::File::create(&path).unwrap();
     for piece in bytes.chunks(bytes.len() / 4 + 1) {
         std::io::Write::write_all(&mut file, piece).unwrap();
         file.sync_data().unwrap();
-        // Slower than a copy, quicker than the settle time (50 ms).
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Slower than a copy, quicker than the settle time.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(file);
     wait_for_count(&relay, "policy chain reloaded", 1).await;

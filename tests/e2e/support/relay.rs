@@ -5,6 +5,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+/// networks, then `dept.wasm`: the example department policy (examples/phi-guard) for
+/// `example.edu`, refusing `[PHI]` mail to outside addresses.
+pub const PHI_GUARD_CHAIN: &str = r#"
+[[policy]]
+name = "networks"
+module = "builtin:networks"
+
+[[policy]]
+name = "dept"
+module = "dept.wasm"
+[policy.config]
+internal_domains = ["example.edu"]
+markers = ["[PHI]"]
+"#;
+
 /// A running relay in its own directory (configuration, spool, policies, log).
 pub struct Relay {
     pub addr: SocketAddr,
@@ -25,6 +40,8 @@ pub struct RelayOptions {
     pub modules: Vec<(String, PathBuf)>,
     /// `[delivery] retry_intervals`; none means one second.
     pub retry_intervals: Option<&'static str>,
+    /// `[policies] settle`; none means the default.
+    pub settle: Option<&'static str>,
 }
 
 impl Relay {
@@ -52,26 +69,9 @@ impl Relay {
         .await
     }
 
-    /// A relay whose chain is networks, then `dept.wasm`: the example department policy
-    /// (examples/phi-guard) for `example.edu`, refusing `[PHI]` mail to outside addresses.
+    /// A relay whose chain is [`PHI_GUARD_CHAIN`].
     pub async fn with_phi_guard(sink: SocketAddr) -> Relay {
-        Relay::with_chain(
-            sink,
-            r#"
-[[policy]]
-name = "networks"
-module = "builtin:networks"
-
-[[policy]]
-name = "dept"
-module = "dept.wasm"
-[policy.config]
-internal_domains = ["example.edu"]
-markers = ["[PHI]"]
-"#,
-            &[("dept.wasm", "phi_guard.wasm")],
-        )
-        .await
+        Relay::with_chain(sink, PHI_GUARD_CHAIN, &[("dept.wasm", "phi_guard.wasm")]).await
     }
 
     /// A relay started with these options.
@@ -93,13 +93,14 @@ markers = ["[PHI]"]
             "hostname = \"relay.test\"\n\
              [[listener]]\naddr = \"{addr}\"\n\
              [spool]\ndir = \"{spool}\"\n\
-             [policies]\ndir = \"{policies}\"\n\
+             [policies]\ndir = \"{policies}\"\nsettle = \"{settle}\"\n\
              [delivery]\n{smarthost}retry_intervals = [\"{retry}\"]\n\
              {extra}\n",
             spool = dir.path().join("spool").display(),
             policies = dir.path().join("policies.d").display(),
             extra = options.extra,
             retry = options.retry_intervals.unwrap_or("1s"),
+            settle = options.settle.unwrap_or("50ms"),
         );
         std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
         let mut relay = Relay {
