@@ -3,6 +3,7 @@
 
 mod support;
 
+mod builtins;
 mod clients;
 mod config;
 mod contract;
