@@ -27,3 +27,36 @@ async fn helo_refuses_an_ampersand_and_a_name_that_is_not_one() {
     conn.cmd("RCPT TO:<someone@example.org>", 250).await;
     relay.wait_for_log("helo=reject").await;
 }
+
+#[tokio::test]
+async fn rate_limit_counts_across_sessions_and_tempfails_over_the_limit() {
+    let sink = Sink::start().await;
+    let chain = r#"
+[[policy]]
+name = "rate-limit"
+module = "builtin:rate-limit"
+[policy.config]
+max_messages = 2
+max_recipients = 100
+
+[[policy]]
+name = "networks"
+module = "builtin:networks"
+"#;
+    let relay = Relay::with_chain(sink.addr, chain, &[]).await;
+    for _ in 0..2 {
+        let mut conn = Conn::greeted(relay.addr).await;
+        conn.envelope("app@example.edu", &["someone@example.org"]).await;
+        conn.cmd("DATA", 354).await;
+        conn.send(b"Subject: x\r\n\r\ny\r\n.\r\n").await;
+        conn.expect(250).await;
+    }
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.cmd("EHLO app.example.edu", 250).await;
+    let refused = conn.cmd("MAIL FROM:<app@example.edu>", 451).await;
+    assert!(refused.contains("Rate limit: too many messages from [127.0.0.1]"), "{refused}");
+    relay
+        .wait_for_log("ip=127.0.0.1 what=messages count=2 limit=2 rate limit exceeded")
+        .await;
+    assert_eq!(sink.wait_for(2).await.len(), 2);
+}
