@@ -18,6 +18,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
 
+    // The spool first: its lock keeps a second relay on the same spool from going further
+    // (cleaning up files, taking the control socket, delivering).
+    let spool = Arc::new(
+        Spool::open(&config.spool.dir)
+            .with_context(|| format!("spool.dir {}", config.spool.dir.display()))?,
+    );
     let policies = &config.policies;
     std::fs::create_dir_all(&policies.dir)
         .with_context(|| format!("policies.dir {}", policies.dir.display()))?;
@@ -37,11 +43,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let chain = Arc::new(ArcSwap::from_pointee(chain));
     let reloader = Arc::new(Reloader::new(engine, policies.dir.clone(), chain.clone()));
     let admin = admin::bind(&config.admin_socket())?;
+    let tls = crate::tls::acceptor(&config.tls, &config.hostname)?;
+    let listeners = listener::bind(&config.listeners).await?;
 
-    let spool = Arc::new(
-        Spool::open(&config.spool.dir)
-            .with_context(|| format!("spool.dir {}", config.spool.dir.display()))?,
-    );
     let (orders, runner_orders) = mpsc::unbounded_channel();
     let delivery = Arc::new(Delivery::new(
         spool.clone(),
@@ -55,8 +59,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.delivery.concurrency,
     ));
 
-    let tls = crate::tls::acceptor(&config.tls, &config.hostname)?;
-    let listeners = listener::bind(&config.listeners).await?;
     let ctx = Arc::new(ServerContext {
         config: config.clone(),
         tls,

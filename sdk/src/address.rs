@@ -58,7 +58,9 @@ impl Address {
     }
 }
 
-fn ascii_domain(domain: &str) -> Option<String> {
+/// A domain in its ASCII form, lower-cased (IDNA: `Bücher.example` is
+/// `xn--bcher-kva.example`); `None` when it is not a valid internationalised name.
+pub fn ascii_domain(domain: &str) -> Option<String> {
     if domain.is_ascii() {
         return Some(domain.to_ascii_lowercase());
     }

@@ -36,7 +36,7 @@ mod networks;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-pub use address::Address;
+pub use address::{Address, ascii_domain};
 pub use imports::{ConfigValue, Level};
 pub use networks::{Networks, NetworksError};
 

@@ -46,7 +46,8 @@ module = "builtin:networks"
     let relay = Relay::with_chain(sink.addr, chain, &[]).await;
     for _ in 0..2 {
         let mut conn = Conn::greeted(relay.addr).await;
-        conn.envelope("app@example.edu", &["someone@example.org"]).await;
+        conn.envelope("app@example.edu", &["someone@example.org"])
+            .await;
         conn.cmd("DATA", 354).await;
         conn.send(b"Subject: x\r\n\r\ny\r\n.\r\n").await;
         conn.expect(250).await;
@@ -54,7 +55,10 @@ module = "builtin:networks"
     let mut conn = Conn::greeted(relay.addr).await;
     conn.cmd("EHLO app.example.edu", 250).await;
     let refused = conn.cmd("MAIL FROM:<app@example.edu>", 451).await;
-    assert!(refused.contains("Rate limit: too many messages from [127.0.0.1]"), "{refused}");
+    assert!(
+        refused.contains("Rate limit: too many messages from [127.0.0.1]"),
+        "{refused}"
+    );
     relay
         .wait_for_log("ip=127.0.0.1 what=messages count=2 limit=2 rate limit exceeded")
         .await;

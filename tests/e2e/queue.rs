@@ -119,3 +119,18 @@ async fn a_stopped_relays_spool_is_changed_directly() {
     assert!(out(&relay.command(&["queue", "delete", "--all"])).contains("deleted"));
     assert!(out(&relay.command(&["queue", "list"])).contains("0 messages"));
 }
+
+#[tokio::test]
+async fn a_second_relay_on_the_same_spool_refuses_to_start() {
+    let (_sink, relay) = relay_with_busy_sink().await;
+    let second = relay.command(&["serve"]);
+    assert!(!second.status.success());
+    assert!(
+        out(&second).contains("another relay is running on this spool"),
+        "{}",
+        out(&second)
+    );
+    // The first one is untouched: its control socket still answers.
+    assert!(relay.command(&["status"]).status.success());
+    send(&relay, "still here").await;
+}

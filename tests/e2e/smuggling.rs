@@ -58,3 +58,20 @@ async fn dot_stuffed_lines_arrive_unstuffed() {
         String::from_utf8_lossy(&received[0].data)
     );
 }
+
+#[tokio::test]
+async fn a_quoted_local_part_cannot_smuggle_a_recipient_or_parameter_onward() {
+    let sink = Sink::start().await;
+    let relay = Relay::start(sink.addr).await;
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.cmd("EHLO app.example.edu", 250).await;
+    conn.cmd("MAIL FROM:<\"x@y> SIZE=1\"@example.edu>", 501)
+        .await;
+    conn.cmd("MAIL FROM:<app@example.edu>", 250).await;
+    conn.cmd(
+        "RCPT TO:<\"victim@else.example> ORCPT=rfc822;x\"@example.org>",
+        501,
+    )
+    .await;
+    conn.cmd("RCPT TO:<\"two words\"@example.org>", 501).await;
+}

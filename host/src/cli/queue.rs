@@ -111,6 +111,14 @@ pub fn order(config: &Config, command: &str) -> ExitCode {
 
 /// The relay is not running: the spool is changed directly.
 fn offline(config: &Config, command: &str) -> ExitCode {
+    if Spool::in_use(&config.spool.dir).unwrap_or(false) {
+        eprintln!(
+            "sluice: a relay is running on {} but its control socket {} does not answer; nothing done",
+            config.spool.dir.display(),
+            config.admin_socket().display()
+        );
+        return ExitCode::FAILURE;
+    }
     let spool = match Spool::open_read_only(&config.spool.dir) {
         Ok(spool) => spool,
         Err(e) => return fail(e),

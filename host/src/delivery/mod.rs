@@ -41,6 +41,8 @@ pub struct Delivery {
     hostname: String,
     pool: Pool,
     connectors: Connectors,
+    /// `tls_policy` by normalised domain (see [`route::normalise`]).
+    tls_policy: HashMap<String, TlsRule>,
     /// Connections open to each next hop, within `connections_per_destination`.
     per_destination: Mutex<HashMap<NextHop, Arc<Semaphore>>>,
 }
@@ -65,8 +67,14 @@ impl Delivery {
                 .map_err(|e| anyhow::anyhow!("outbound TLS: {e}"))?,
             verifying: verifying_connector(&config)?,
         };
+        let tls_policy = config
+            .tls_policy
+            .iter()
+            .map(|(domain, rule)| (route::normalise(domain), *rule))
+            .collect();
         Ok(Self {
             spool,
+            tls_policy,
             config,
             router,
             hostname,
@@ -78,11 +86,9 @@ impl Delivery {
 
     /// The TLS rule for a domain's mail.
     fn tls_rule(&self, domain: &str) -> TlsRule {
-        self.config
-            .tls_policy
-            .iter()
-            .find(|(d, _)| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
-            .map(|(_, rule)| *rule)
+        self.tls_policy
+            .get(domain)
+            .copied()
             .unwrap_or(TlsRule::Opportunistic)
     }
 
@@ -124,10 +130,7 @@ impl Delivery {
         for (i, r) in envelope.recipients.iter().enumerate() {
             if r.status == RecipientStatus::Pending {
                 let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-                groups
-                    .entry(domain.to_ascii_lowercase())
-                    .or_default()
-                    .push(i);
+                groups.entry(route::normalise(domain)).or_default().push(i);
             }
         }
         envelope.attempts += 1;

@@ -19,9 +19,12 @@
 //! Updating: write `tmp/ID.state`, fsync, rename over `queue/ID.state`. A crash leaves
 //! the previous state, so at worst an attempt is repeated (delivery is at-least-once).
 //!
-//! Finishing: remove `queue/ID.state`, then `queue/ID`, without an fsync: a crash may
-//! bring the message back and it is delivered again. A `.state` without its message (a
-//! crash between the two) is removed at start-up.
+//! Finishing: remove `queue/ID`, then `queue/ID.state`, without an fsync: a crash may
+//! bring the message back (with its last state) and it is delivered again. A `.state`
+//! without its message (a crash between the two) is removed at start-up. A message a
+//! postmaster deletes is removed with an fsync: it must not come back.
+//!
+//! `SPOOL/lock` is locked (flock) by the relay that owns the spool.
 
 use super::Envelope;
 use super::runner::MessageOrder;
@@ -36,14 +39,28 @@ const MAGIC: &str = "SLUICE-SPOOL 1";
 pub struct Spool {
     tmp: PathBuf,
     queue: PathBuf,
+    /// `SPOOL/lock`, locked (flock) while a relay owns the spool: held for the life of the
+    /// relay's `Spool`, so a second relay on the same spool refuses to start.
+    _lock: Option<File>,
 }
 
 impl Spool {
     /// Opens (creating if needed) the spool at `dir` and removes what a crash left half-written.
     pub fn open(dir: &Path) -> io::Result<Spool> {
+        fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+        let lock = lock(dir)?.ok_or_else(|| {
+            with_path(
+                io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another relay is running on this spool",
+                ),
+                dir,
+            )
+        })?;
         let spool = Spool {
             tmp: dir.join("tmp"),
             queue: dir.join("queue"),
+            _lock: Some(lock),
         };
         for d in [&spool.tmp, &spool.queue] {
             fs::create_dir_all(d).map_err(|e| with_path(e, d))?;
@@ -56,8 +73,14 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Opens the spool of a relay that may be running, to read it only: nothing is created
-    /// or cleaned up (a file in `tmp/` may be a message being written right now).
+    /// Is a relay running on the spool at `dir` (holding its lock)?
+    pub fn in_use(dir: &Path) -> io::Result<bool> {
+        Ok(lock(dir)?.is_none())
+    }
+
+    /// Opens the spool of a relay that may be running, to read it: nothing is created, and
+    /// nothing cleaned up but a `.state` left without its message (a file in `tmp/` may
+    /// be a message being written right now).
     pub fn open_read_only(dir: &Path) -> io::Result<Spool> {
         let queue = dir.join("queue");
         if !queue.is_dir() {
@@ -69,6 +92,7 @@ impl Spool {
         Ok(Spool {
             tmp: dir.join("tmp"),
             queue,
+            _lock: None,
         })
     }
 
@@ -77,7 +101,9 @@ impl Spool {
     pub fn apply(&self, id: &str, order: MessageOrder) -> io::Result<String> {
         check_id(id)?;
         if order == MessageOrder::Delete {
+            // Unlike a delivered message, a deleted one must not come back after a crash.
             self.remove(id)?;
+            self.sync_queue()?;
             return Ok("deleted".into());
         }
         let mut envelope = self.envelope(id)?;
@@ -206,11 +232,13 @@ impl Spool {
     /// a crash may bring the message back, to be delivered again (at least once, never
     /// lost), which costs less than an fsync for every message delivered.
     pub fn remove(&self, id: &str) -> io::Result<()> {
+        // The message first: were the state removed first and the message then brought
+        // back by a crash, it would come back with its first envelope (held, say, no more).
+        fs::remove_file(self.queue.join(id))?;
         match fs::remove_file(self.queue.join(format!("{id}.state"))) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
-        fs::remove_file(self.queue.join(id))
     }
 }
 
@@ -224,6 +252,22 @@ fn check_id(id: &str) -> io::Result<()> {
             format!("`{id}` is not a queue id"),
         ))
     }
+}
+
+/// Takes `dir/lock` (flock, exclusive, not waiting); `None` when another process holds it.
+/// The kernel lets it go when the process ends, however it ends.
+fn lock(dir: &Path) -> io::Result<Option<File>> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| with_path(e, &path))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    Ok(taken.then_some(file))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -1,7 +1,7 @@
 //! MAIL FROM (RFC 5321 4.1.1.2), with SIZE (RFC 1870), BODY (RFC 6152) and SMTPUTF8 (RFC 6531).
 
 use super::Reply;
-use super::session::{Next, Session, Transaction, param};
+use super::session::{Next, Session, Transaction, param, valid_address};
 use crate::policy::Verdict;
 use crate::queue;
 use smtp_proto::{
@@ -29,6 +29,9 @@ impl Session {
             return None;
         }
         let sender = from.address.to_string();
+        if !sender.is_empty() && !valid_address(&sender) {
+            return self.error(Reply::new(501, "5.1.7", "Bad sender address syntax"));
+        }
         let params = mail_params(&from);
         let id = queue::new_queue_id();
         let (hook_sender, hook_id) = (sender.clone(), id.clone());

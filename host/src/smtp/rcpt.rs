@@ -1,7 +1,7 @@
 //! RCPT TO (RFC 5321 4.1.1.3): a recipient is accepted only when a policy accepts it.
 
 use super::Reply;
-use super::session::{Next, Session};
+use super::session::{Next, Session, valid_address};
 use crate::policy::Verdict;
 use smtp_proto::RcptTo;
 use std::borrow::Cow;
@@ -12,7 +12,7 @@ impl Session {
         let Some(tx) = &self.tx else {
             return self.error(Reply::new(503, "5.5.1", "Need MAIL command first"));
         };
-        if to.address.is_empty() {
+        if to.address.is_empty() || !valid_address(&to.address) {
             return self.error(Reply::new(501, "5.1.3", "Bad recipient address syntax"));
         }
         if tx.recipients.len() >= self.ctx.config.limits.max_recipients {

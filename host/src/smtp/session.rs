@@ -491,9 +491,11 @@ impl Session {
     }
 }
 
-/// An envelope address a policy may set: something@something, nothing that could break
-/// the SMTP dialogue.
-fn valid_address(address: &str) -> bool {
+/// An envelope address the relay will pass on: something@something, and nothing that
+/// could break the SMTP dialogue with the next hop. smtp-proto takes the quotes off a
+/// quoted local part, so `"a@b> X=y"@ours` would otherwise reach the next hop as
+/// `<a@b> X=y@ours>`: an address that smuggles another recipient or a parameter.
+pub(super) fn valid_address(address: &str) -> bool {
     address.len() <= 320
         && address.contains('@')
         && !address

@@ -111,8 +111,15 @@ mod tests {
             s.data(b"Subject: x\r\n\r\ny\r\n");
         }
         let third = s.mail_from("app@example.edu");
-        assert_eq!((third.verdict, third.code()), (Verdict::Tempfail, Some(451)));
-        assert!(s.logs().iter().any(|l| l.contains("ip=10.1.2.3 what=messages count=2 limit=2")));
+        assert_eq!(
+            (third.verdict, third.code()),
+            (Verdict::Tempfail, Some(451))
+        );
+        assert!(
+            s.logs()
+                .iter()
+                .any(|l| l.contains("ip=10.1.2.3 what=messages count=2 limit=2"))
+        );
         s.advance(61_000);
         assert_eq!(s.mail_from("app@example.edu").verdict, Verdict::Continue);
     }
