@@ -205,3 +205,17 @@ async fn accepts_a_message_in_bdat_chunks() {
             .ends_with(b"Subject: chunked\r\n\r\nin two chunks\r\n.not stuffed\r\n")
     );
 }
+
+#[tokio::test]
+async fn a_looping_message_is_refused() {
+    let sink = Sink::start().await;
+    let relay = Relay::start(sink.addr).await;
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("app@example.edu", &["a@example.org"]).await;
+    conn.cmd("DATA", 354).await;
+    let hops = "Received: from a by b; Tue, 24 Nov 2026 10:00:00 +0000\r\n".repeat(50);
+    conn.send(format!("{hops}Subject: loop\r\n\r\nx\r\n.\r\n"))
+        .await;
+    let refused = conn.expect(554).await;
+    assert!(refused.starts_with("5.4.6 Too many hops (50)"), "{refused}");
+}

@@ -75,7 +75,18 @@ pub fn show(config: &Config, id: &str) -> ExitCode {
     print_envelope(&envelope);
     let head_end = memchr::memmem::find(&message, b"\r\n\r\n").map_or(message.len(), |i| i + 2);
     println!();
-    print!("{}", String::from_utf8_lossy(&message[..head_end]));
+    // The client's text: nothing in it may drive the terminal (escape sequences).
+    let head: String = String::from_utf8_lossy(&message[..head_end])
+        .chars()
+        .map(|c| {
+            if c.is_control() && !matches!(c, '\r' | '\n' | '\t') {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    print!("{head}");
     println!("({} bytes in all)", message.len());
     ExitCode::SUCCESS
 }

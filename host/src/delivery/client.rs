@@ -8,7 +8,9 @@
 use super::NextHop;
 use crate::config::TlsRule;
 use mail_send::SmtpClient;
-use smtp_proto::{EXT_PIPELINING, EXT_START_TLS, EhloResponse, Response};
+use smtp_proto::{
+    EXT_8BIT_MIME, EXT_PIPELINING, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse, Response,
+};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,7 +29,8 @@ pub struct Connection {
     stream: Stream,
     /// "TLSv1.3" etc., or "none".
     pub tls: String,
-    pipelining: bool,
+    /// The extensions the next hop offered (smtp-proto's `EXT_*` bits).
+    extensions: u32,
     idle_since: Instant,
 }
 
@@ -48,20 +51,32 @@ pub enum RecipientResult {
 #[derive(Debug)]
 pub struct ConnectionError(pub String);
 
+/// A next hop's reply as one line of text: its lines joined and control characters
+/// replaced, so that what a next hop says can never forge a line of the relay's log.
 fn reply_text(r: &Response<String>) -> String {
     let [a, b, c] = r.esc;
-    if a == 0 {
+    let text = if a == 0 {
         format!("{} {}", r.code, r.message)
     } else {
         format!("{} {a}.{b}.{c} {}", r.code, r.message)
-    }
+    };
+    one_line(&text)
 }
 
 fn error_text(e: mail_send::Error) -> String {
     match e {
         mail_send::Error::UnexpectedReply(r) => reply_text(&r),
-        other => other.to_string(),
+        other => one_line(&other.to_string()),
     }
+}
+
+/// Text from the other side, made safe for one log line: control characters replaced,
+/// length bounded.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(512)
+        .collect()
 }
 
 /// The TLS client configurations delivery chooses from, by the domain's rule.
@@ -121,7 +136,7 @@ impl Connection {
         Ok(Connection {
             stream: Stream::Tls(Box::new(tls_client)),
             tls: version,
-            pipelining: ehlo.has_capability(EXT_PIPELINING),
+            extensions: ehlo.capabilities,
             idle_since: Instant::now(),
         })
     }
@@ -130,7 +145,7 @@ impl Connection {
         Connection {
             stream: Stream::Plain(client),
             tls: "none".into(),
-            pipelining: ehlo.has_capability(EXT_PIPELINING),
+            extensions: ehlo.capabilities,
             idle_since: Instant::now(),
         }
     }
@@ -143,11 +158,11 @@ impl Connection {
         recipients: &[String],
         message: &[u8],
     ) -> Result<Vec<RecipientResult>, ConnectionError> {
-        let pipelining = self.pipelining;
+        let extensions = self.extensions;
         match &mut self.stream {
-            Stream::Plain(c) => transaction(c, pipelining, sender, recipients, message).await,
+            Stream::Plain(c) => transaction(c, extensions, sender, recipients, message).await,
             Stream::Tls(c) => {
-                transaction(c.as_mut(), pipelining, sender, recipients, message).await
+                transaction(c.as_mut(), extensions, sender, recipients, message).await
             }
         }
     }
@@ -185,20 +200,30 @@ async fn greet(
 
 async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
-    pipelining: bool,
+    extensions: u32,
     sender: &str,
     recipients: &[String],
     message: &[u8],
 ) -> Result<Vec<RecipientResult>, ConnectionError> {
     let io = |e: mail_send::Error| ConnectionError(error_text(e));
-    // The relay takes 8-bit and UTF-8 mail (8BITMIME, SMTPUTF8), so it must say so onward.
+    let offers = |ext: u32| extensions & ext != 0;
+    // Say onward what the message is (RFC 6152, RFC 6531), where the next hop offers it.
+    // 8-bit text to a next hop without 8BITMIME goes as it is, as most MTAs do; UTF-8
+    // addresses cannot go at all (RFC 6531 3.2), so their recipients fail.
     let mut params = String::new();
-    if message.iter().any(|b| *b >= 0x80) {
+    if offers(EXT_8BIT_MIME) && message.iter().any(|b| *b >= 0x80) {
         params.push_str(" BODY=8BITMIME");
     }
     if !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()) {
+        if !offers(EXT_SMTP_UTF8) {
+            let failed = RecipientResult::Failed(
+                "553 5.6.7 the next hop does not offer SMTPUTF8, which these addresses need".into(),
+            );
+            return Ok(recipients.iter().map(|_| failed.clone()).collect());
+        }
         params.push_str(" SMTPUTF8");
     }
+    let pipelining = offers(EXT_PIPELINING);
     let mut commands = vec![format!("MAIL FROM:<{sender}>{params}\r\n")];
     commands.extend(recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
     let replies = if pipelining {

@@ -10,6 +10,9 @@ use crate::policy::{Rewrite, Verdict, format_trace};
 use crate::queue::{self, Envelope, Recipient};
 use bytes::Bytes;
 
+/// Received fields at which a message is taken to be looping (Postfix's hopcount_limit).
+const MAX_HOPS: usize = 50;
+
 impl Session {
     fn reader_limits(&self) -> (usize, usize) {
         let l = &self.ctx.config.limits;
@@ -165,6 +168,16 @@ impl Session {
         let received = MessageData::new(Bytes::from(body));
         let body = &received.raw;
         let fields = headers::fields(body);
+        let hops = fields
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("Received"))
+            .count();
+        if hops >= MAX_HOPS {
+            // A message that has passed this many relays is going round in a loop
+            // (RFC 5321 6.3), perhaps through this one (an MX pointing back here).
+            tracing::warn!(session = self.id, %peer, hops, "message refused: mail loop");
+            return Reply::new(554, "5.4.6", format!("Too many hops ({hops}): mail loop?"));
+        }
         let named: Vec<(String, String)> = fields
             .iter()
             .map(|f| (f.name.clone(), f.value.clone()))
