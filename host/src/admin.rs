@@ -103,7 +103,9 @@ pub fn request(path: &PathBuf, command: &str) -> std::io::Result<String> {
             format!("{}: {e} (is the relay running?)", path.display()),
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    // An order for a message being delivered waits for the attempt to end, which may take
+    // a few of the delivery timeouts.
+    stream.set_read_timeout(Some(Duration::from_secs(600)))?;
     stream.write_all(format!("{command}\n").as_bytes())?;
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer)?;

@@ -217,12 +217,15 @@ pub struct PoliciesConfig {
     pub dir: PathBuf,
     /// Reload by itself when `policies.toml` or a `.wasm` file there changes.
     pub watch: bool,
-    /// How long the directory must be quiet before a change is loaded: a burst of writes
-    /// (a copy, an editor's save) is one reload, and a half-written file is never loaded.
+    /// How long the directory must be quiet, and its files unchanged, before a change is
+    /// loaded: a burst of writes (a copy, an editor's save) is one reload. A writer that
+    /// pauses longer than this mid-file can be caught half-way; deploy by writing aside
+    /// and renaming, which is always seen whole.
     #[serde(with = "humantime_serde")]
     pub settle: Duration,
     /// Compiled modules, kept so a restart does not compile unchanged modules again
-    /// (default: `cache` beside the spool directory).
+    /// (default: `cache` in the spool directory). Files the relay did not write there
+    /// are left alone.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -241,7 +244,7 @@ impl Default for PoliciesConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// A Unix socket, for the relay's user only (default: `sluice.sock` beside the spool
+    /// A Unix socket, for the relay's user only (default: `sluice.sock` in the spool
     /// directory).
     pub socket: Option<PathBuf>,
 }
@@ -265,30 +268,22 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The relay's state directory: where the spool is (its parent), beside which the
-    /// compiled-module cache and the control socket go unless configured elsewhere.
-    fn state_dir(&self) -> PathBuf {
-        self.spool
-            .dir
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    }
-
-    /// Where compiled policy modules are kept.
+    /// Where compiled policy modules are kept (default: `cache` in the spool directory,
+    /// which is the relay's own).
     pub fn cache_dir(&self) -> PathBuf {
         self.policies
             .cache_dir
             .clone()
-            .unwrap_or_else(|| self.state_dir().join("cache"))
+            .unwrap_or_else(|| self.spool.dir.join("cache"))
     }
 
-    /// The control socket of `sluice status` and `sluice reload`.
+    /// The control socket of `sluice status`, `reload` and `queue` (default:
+    /// `sluice.sock` in the spool directory).
     pub fn admin_socket(&self) -> PathBuf {
         self.admin
             .socket
             .clone()
-            .unwrap_or_else(|| self.state_dir().join("sluice.sock"))
+            .unwrap_or_else(|| self.spool.dir.join("sluice.sock"))
     }
 
     /// Reads and checks a configuration file. A missing `sluice.toml` in the working directory

@@ -40,7 +40,17 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     let chain = tokio::task::spawn_blocking(move || Chain::load(&engine, &dir))
         .await?
         .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
-    let spool_dir = std::env::temp_dir().join(format!("sluice-session-{}", std::process::id()));
+    // A new directory of an unguessable name (create_dir fails on anything already there,
+    // a planted symbolic link included), so the throw-away spool is this session's own.
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let spool_dir = std::env::temp_dir().join(format!("sluice-session-{suffix}"));
+    std::fs::create_dir(&spool_dir)?;
+    std::fs::set_permissions(
+        &spool_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     let spool = Arc::new(Spool::open(&spool_dir)?);
     // No runner reads the channel: what the session accepts stays in the throw-away spool.
     let (new_messages, _) = tokio::sync::mpsc::unbounded_channel();

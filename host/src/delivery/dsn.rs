@@ -85,9 +85,26 @@ pub fn bounce(
             status = status(f),
         );
         if let Some(remote) = f.remote {
-            let _ = write!(text, "Remote-MTA: dns; {remote}\r\n");
+            // A host name, not HOST:PORT (RFC 3464 2.3.5).
+            let host = remote
+                .rsplit_once(':')
+                .map_or(remote, |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let _ = write!(text, "Remote-MTA: dns; {host}\r\n");
         }
-        let _ = write!(text, "Diagnostic-Code: smtp; {}\r\n", diagnostic(f));
+        // `smtp` when it is the next hop's reply; the relay's own words otherwise.
+        let said = diagnostic(f);
+        let kind = if !f.expired
+            && said
+                .get(..3)
+                .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
+        {
+            "smtp"
+        } else {
+            "X-Sluice"
+        };
+        let _ = write!(text, "Diagnostic-Code: {kind}; {said}\r\n");
     }
     let headers_end = memchr::memmem::find(message, b"\r\n\r\n")
         .map_or(message.len(), |i| i + 2)
@@ -208,7 +225,7 @@ mod tests {
         assert_eq!(env.sender, "", "bounces come from the null sender");
         assert_eq!(env.recipients[0].address, "app@example.edu");
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
-        assert!(text.contains("Final-Recipient: rfc822; nobody@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.example.org:25\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\r\n"), "{text}");
+        assert!(text.contains("Final-Recipient: rfc822; nobody@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.example.org\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\r\n"), "{text}");
         assert!(
             text.contains("Subject: report\r\n"),
             "the original's header fields come back"

@@ -84,8 +84,10 @@ impl PolicyEngine {
     /// again. The directory is created private to the relay: what is in it is loaded as
     /// machine code.
     pub fn with_cache_dir(mut self, dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         self.cache_dir = Some(dir.to_path_buf());
         Ok(self)
     }
@@ -102,9 +104,12 @@ impl PolicyEngine {
             return;
         };
         for entry in entries.flatten() {
+            // Only what this cache wrote: compiled modules and their half-written copies.
             let name = entry.file_name().to_string_lossy().into_owned();
-            let hash = name.strip_suffix(CACHE_SUFFIX).unwrap_or(&name);
-            if !keep.contains(hash) {
+            let hash = name
+                .strip_suffix(CACHE_SUFFIX)
+                .or_else(|| name.strip_suffix(".tmp"));
+            if hash.is_some_and(|h| h.len() == 64 && !keep.contains(h)) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

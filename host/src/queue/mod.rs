@@ -121,7 +121,12 @@ impl Queue {
         tokio::task::spawn_blocking(move || spool.store_unsynced(&envelope, &message))
             .await
             .map_err(std::io::Error::other)??;
-        self.commit.sync(&self.spool).await?;
+        if let Err(e) = self.commit.sync(&self.spool).await {
+            // The client is told to try again (451), so this copy must not be delivered too.
+            let (spool, id) = (self.spool.clone(), id.clone());
+            let _ = tokio::task::spawn_blocking(move || spool.remove(&id)).await;
+            return Err(e);
+        }
         if !hold {
             // The runner only stops with the process; a send error then does not matter.
             let _ = self.runner.send(Order::New(id));
@@ -211,21 +216,35 @@ impl GroupCommit {
                 done.await;
                 continue;
             };
+            // Whatever becomes of this call (an error, or its future dropped mid-way), the
+            // next waiter must be able to sync: the guard hands the turn on.
+            let turn = Turn(self);
             let spool = spool.clone();
             let result = tokio::task::spawn_blocking(move || spool.sync_queue())
                 .await
                 .map_err(std::io::Error::other)
                 .and_then(|r| r);
-            {
+            if result.is_ok() {
                 let mut state = lock();
-                state.syncing = false;
-                if result.is_ok() {
-                    state.durable = state.durable.max(covers);
-                }
+                state.durable = state.durable.max(covers);
             }
-            self.done.notify_waiters();
+            drop(turn);
             return result;
         }
+    }
+}
+
+/// The turn to fsync, given back when dropped.
+struct Turn<'a>(&'a GroupCommit);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .syncing = false;
+        self.0.done.notify_waiters();
     }
 }
 

@@ -349,6 +349,12 @@ mod tests {
         // A crash while writing a new message, and one between removing a state and its message.
         fs::write(dir.path().join("tmp/B2"), b"SLUICE-SPOOL 1\n{").unwrap();
         fs::write(dir.path().join("queue/B3.state"), b"{}").unwrap();
+        // The relay that crashed let go of the lock; a second one may not take it.
+        assert_eq!(
+            Spool::open(dir.path()).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        drop(spool);
         let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(spool.list().unwrap(), ["B1"]);
         assert!(!dir.path().join("tmp/B2").exists());
