@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Keys kept at most; past this, counters whose windows have ended are dropped first, and
-/// a new key that still finds no room counts as if it were new each time (so a module that
-/// invents keys without end cannot exhaust the relay's memory).
-const MAX_KEYS: usize = 100_000;
+/// Keys one module may keep at most. Past this, the counters whose windows have ended go
+/// first, then the one unused longest: a module that invents keys without end wears out
+/// only its own counters, never another module's, and never the relay's memory.
+const MAX_KEYS_PER_MODULE: usize = 50_000;
 /// Longest key kept; a longer one is cut.
 const MAX_KEY_LEN: usize = 256;
 
@@ -23,12 +23,14 @@ struct Slot {
     window_start_ms: u64,
     current: u64,
     previous: u64,
+    /// When it was last counted or read, for eviction.
+    used_ms: u64,
 }
 
-/// Every module's counters on this node.
+/// Every module's counters on this node, each module's apart.
 #[derive(Default)]
 pub struct Counters {
-    slots: Mutex<HashMap<(String, String, u32), Slot>>,
+    modules: Mutex<HashMap<String, HashMap<(String, u32), Slot>>>,
 }
 
 impl Counters {
@@ -37,22 +39,20 @@ impl Counters {
     pub fn count(&self, module: &str, key: &str, window_secs: u32, add: u64, now_ms: u64) -> u64 {
         let window_ms = u64::from(window_secs.max(1)) * 1000;
         let start = now_ms - now_ms % window_ms;
-        let key = sluice_sdk::mime::cut_text(key, MAX_KEY_LEN);
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let id = (module.to_string(), key.to_string(), window_secs);
-        if !slots.contains_key(&id) && slots.len() >= MAX_KEYS {
-            // Two windows after their start, a counter no longer adds anything.
-            slots.retain(|(_, _, w), slot| {
-                slot.window_start_ms + 2 * u64::from((*w).max(1)) * 1000 > now_ms
-            });
-            if slots.len() >= MAX_KEYS {
-                return add;
-            }
+        let key = (
+            sluice_sdk::mime::cut_text(key, MAX_KEY_LEN).to_string(),
+            window_secs,
+        );
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let slots = modules.entry(module.to_string()).or_default();
+        if !slots.contains_key(&key) && slots.len() >= MAX_KEYS_PER_MODULE {
+            make_room(slots, now_ms);
         }
-        let slot = slots.entry(id).or_insert(Slot {
+        let slot = slots.entry(key).or_insert(Slot {
             window_start_ms: start,
             current: 0,
             previous: 0,
+            used_ms: now_ms,
         });
         if slot.window_start_ms != start {
             let one_window_on = slot.window_start_ms + window_ms == start;
@@ -61,10 +61,25 @@ impl Counters {
             slot.window_start_ms = start;
         }
         slot.current += add;
+        slot.used_ms = now_ms;
         let elapsed = now_ms - start;
         let previous_weight = (window_ms - elapsed) as f64 / window_ms as f64;
         slot.current + (slot.previous as f64 * previous_weight).round() as u64
     }
+}
+
+/// Drops the counters whose windows have ended (two windows after their start a counter
+/// adds nothing); if that frees nothing, the sixteenth unused longest, so that the cost of
+/// making room is paid once in many new keys.
+fn make_room(slots: &mut HashMap<(String, u32), Slot>, now_ms: u64) {
+    slots.retain(|(_, w), slot| slot.window_start_ms + 2 * u64::from((*w).max(1)) * 1000 > now_ms);
+    if slots.len() < MAX_KEYS_PER_MODULE {
+        return;
+    }
+    let mut used: Vec<u64> = slots.values().map(|slot| slot.used_ms).collect();
+    let cut = used.len() / 16;
+    let (_, &mut threshold, _) = used.select_nth_unstable(cut);
+    slots.retain(|_, slot| slot.used_ms > threshold);
 }
 
 /// Milliseconds since the Unix epoch.
@@ -89,6 +104,20 @@ mod tests {
         // Another module's key of the same name is its own counter.
         assert_eq!(c.count("b", "10.0.0.1", 60, 1, t + 30), 1);
         assert_eq!(c.count("a", "10.0.0.1", 60, 0, t + 40), 2);
+    }
+
+    #[test]
+    fn a_module_that_invents_keys_wears_out_only_its_own_counters() {
+        let c = Counters::default();
+        let t = 1_000_000_000;
+        assert_eq!(c.count("good", "10.0.0.1", 3600, 1, t), 1);
+        for i in 0..MAX_KEYS_PER_MODULE + 10 {
+            c.count("greedy", &format!("key {i}"), 3600, 1, t + 1);
+        }
+        assert_eq!(c.count("good", "10.0.0.1", 3600, 1, t + 2), 2);
+        // The greedy module's newest keys still count; its oldest made room.
+        let last = format!("key {}", MAX_KEYS_PER_MODULE + 9);
+        assert_eq!(c.count("greedy", &last, 3600, 1, t + 3), 2);
     }
 
     #[test]
