@@ -27,10 +27,13 @@ struct Slot {
     used_ms: u64,
 }
 
+/// One module's counters, by key and window.
+type ModuleCounters = HashMap<(String, u32), Slot>;
+
 /// Every module's counters on this node, each module's apart.
 #[derive(Default)]
 pub struct Counters {
-    modules: Mutex<HashMap<String, HashMap<(String, u32), Slot>>>,
+    modules: Mutex<HashMap<String, ModuleCounters>>,
 }
 
 impl Counters {
@@ -71,7 +74,7 @@ impl Counters {
 /// Drops the counters whose windows have ended (two windows after their start a counter
 /// adds nothing); if that frees nothing, the sixteenth unused longest, so that the cost of
 /// making room is paid once in many new keys.
-fn make_room(slots: &mut HashMap<(String, u32), Slot>, now_ms: u64) {
+fn make_room(slots: &mut ModuleCounters, now_ms: u64) {
     slots.retain(|(_, w), slot| slot.window_start_ms + 2 * u64::from((*w).max(1)) * 1000 > now_ms);
     if slots.len() < MAX_KEYS_PER_MODULE {
         return;
