@@ -43,6 +43,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let chain = Arc::new(ArcSwap::from_pointee(chain));
     let reloader = Arc::new(Reloader::new(engine, policies.dir.clone(), chain.clone()));
     let admin = admin::bind(&config.admin_socket())?;
+    // Watching starts before the relay listens, so no change made after that is missed.
+    let watching = config
+        .policies
+        .watch
+        .then(|| reload::watch(reloader.clone(), config.policies.settle))
+        .flatten();
     let tls = crate::tls::acceptor(&config.tls, &config.hostname)?;
     let listeners = listener::bind(&config.listeners).await?;
 
@@ -72,8 +78,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         queue: ctx.queue.clone(),
     };
     tokio::spawn(admin::serve(admin, Arc::new(controls)));
-    if config.policies.watch {
-        tokio::spawn(reload::watch(reloader, config.policies.settle));
+    if let Some(watching) = watching {
+        tokio::spawn(watching);
     }
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::select! {

@@ -64,3 +64,41 @@ module = "builtin:networks"
         .await;
     assert_eq!(sink.wait_for(2).await.len(), 2);
 }
+
+#[tokio::test]
+async fn bulk_mail_must_offer_one_click_unsubscribe() {
+    let sink = Sink::start().await;
+    let chain = r#"
+[[policy]]
+name = "networks"
+module = "builtin:networks"
+
+[[policy]]
+name = "bulk-mail"
+module = "builtin:bulk-mail"
+[policy.config]
+min_recipients = 3
+"#;
+    let relay = Relay::with_chain(sink.addr, chain, &[]).await;
+    let send = |fields: &'static str| {
+        let addr = relay.addr;
+        async move {
+            let mut conn = Conn::greeted(addr).await;
+            conn.envelope(
+                "news@example.edu",
+                &["a@example.org", "b@example.org", "c@example.org"],
+            )
+            .await;
+            conn.cmd("DATA", 354).await;
+            conn.send(format!("{fields}Subject: news\r\n\r\nhello\r\n.\r\n"))
+                .await;
+            conn.reply().await
+        }
+    };
+    let refused = send("").await;
+    assert_eq!(refused.code, 550, "{}", refused.text());
+    assert!(refused.text().contains("RFC 8058"), "{}", refused.text());
+    let one_click = "List-Unsubscribe: <https://lists.example.edu/u/1>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n";
+    assert_eq!(send(one_click).await.code, 250);
+    assert_eq!(sink.wait_for(1).await[0].recipients.len(), 3);
+}

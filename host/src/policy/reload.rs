@@ -181,9 +181,15 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     files
 }
 
-/// Watches the policies directory and reloads when it has changed and settled: no event
-/// for `settle`, and the files' sizes and times the same at both ends of that wait.
-pub async fn watch(reloader: Arc<Reloader>, settle: Duration) {
+/// Starts watching the policies directory; the future it returns reloads whenever the
+/// directory has changed and settled: no event for `settle`, and the files' sizes and
+/// times the same at both ends of that wait. The watch is in place when this returns, so
+/// a change made once the relay listens is never missed. `None` when the directory cannot
+/// be watched (reloads then come from SIGHUP and `sluice reload`).
+pub fn watch(
+    reloader: Arc<Reloader>,
+    settle: Duration,
+) -> Option<impl std::future::Future<Output = ()>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
@@ -197,31 +203,35 @@ pub async fn watch(reloader: Arc<Reloader>, settle: Duration) {
         Ok(watcher) => watcher,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the policies directory; reload with SIGHUP or sluice reload");
-            return;
+            return None;
         }
     };
     if let Err(e) = watcher.watch(reloader.dir(), RecursiveMode::NonRecursive) {
         tracing::warn!(dir = %reloader.dir().display(), error = %e, "cannot watch the policies directory; reload with SIGHUP or sluice reload");
-        return;
+        return None;
     }
     tracing::info!(dir = %reloader.dir().display(), "watching the policies directory");
-    while rx.recv().await.is_some() {
-        loop {
-            let dir = reloader.dir().to_path_buf();
-            let before = tokio::task::spawn_blocking(move || snapshot(&dir)).await;
-            match tokio::time::timeout(settle, rx.recv()).await {
-                // More changes: the writer is still at it.
-                Ok(Some(())) => continue,
-                Ok(None) => return,
-                Err(_quiet) => {
-                    let dir = reloader.dir().to_path_buf();
-                    let after = tokio::task::spawn_blocking(move || snapshot(&dir)).await;
-                    if before.ok() == after.ok() {
-                        break;
+    Some(async move {
+        // The watch lasts as long as this future.
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            loop {
+                let dir = reloader.dir().to_path_buf();
+                let before = tokio::task::spawn_blocking(move || snapshot(&dir)).await;
+                match tokio::time::timeout(settle, rx.recv()).await {
+                    // More changes: the writer is still at it.
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_quiet) => {
+                        let dir = reloader.dir().to_path_buf();
+                        let after = tokio::task::spawn_blocking(move || snapshot(&dir)).await;
+                        if before.ok() == after.ok() {
+                            break;
+                        }
                     }
                 }
             }
+            let _ = reloader.reload("watcher").await;
         }
-        let _ = reloader.reload("watcher").await;
-    }
+    })
 }
