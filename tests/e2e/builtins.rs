@@ -102,3 +102,44 @@ min_recipients = 3
     assert_eq!(send(one_click).await.code, 250);
     assert_eq!(sink.wait_for(1).await[0].recipients.len(), 3);
 }
+
+#[tokio::test]
+async fn sender_must_be_the_organisations_in_the_envelope_and_in_from() {
+    let sink = Sink::start().await;
+    let chain = r#"
+[[policy]]
+name = "sender"
+module = "builtin:sender"
+[policy.config]
+domains = ["example.edu"]
+
+[[policy]]
+name = "networks"
+module = "builtin:networks"
+"#;
+    let relay = Relay::with_chain(sink.addr, chain, &[]).await;
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.cmd("EHLO app.example.edu", 250).await;
+    let refused = conn.cmd("MAIL FROM:<app@gmail.example>", 550).await;
+    assert!(
+        refused.contains("is not an address in example.edu"),
+        "{refused}"
+    );
+    conn.cmd("MAIL FROM:<app@cs.example.edu>", 250).await;
+    conn.cmd("RCPT TO:<someone@example.org>", 250).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(b"From: ceo@elsewhere.example\r\nSubject: x\r\n\r\ny\r\n.\r\n")
+        .await;
+    let refused = conn.expect(550).await;
+    assert!(
+        refused.contains("From: must be an address in example.edu"),
+        "{refused}"
+    );
+    conn.cmd("MAIL FROM:<app@cs.example.edu>", 250).await;
+    conn.cmd("RCPT TO:<someone@example.org>", 250).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(b"From: App <app@cs.example.edu>\r\nSubject: x\r\n\r\ny\r\n.\r\n")
+        .await;
+    conn.expect(250).await;
+    assert_eq!(sink.wait_for(1).await.len(), 1);
+}
