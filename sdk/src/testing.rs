@@ -228,9 +228,18 @@ impl<P: Policy> Session<P> {
 
     /// MAIL FROM; the transaction starts unless the module refuses.
     pub fn mail_from(&mut self, sender: &str) -> Decision {
+        self.mail_from_with(sender, &[])
+    }
+
+    /// MAIL FROM with ESMTP parameters, as the relay hands them: `[("SIZE", Some("5000"))]`.
+    pub fn mail_from_with(&mut self, sender: &str, params: &[(&str, Option<&str>)]) -> Decision {
+        let params: Vec<(String, Option<String>)> = params
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.map(str::to_string)))
+            .collect();
         self.env().sender = Some(sender.into());
         self.env().recipients.clear();
-        let decision = self.call(|p, cx| p.on_mail_from(cx, sender, &[]));
+        let decision = self.call(|p, cx| p.on_mail_from(cx, sender, &params));
         if refused(&decision) {
             self.env().sender = None;
         }

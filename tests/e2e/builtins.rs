@@ -143,3 +143,43 @@ module = "builtin:networks"
     conn.expect(250).await;
     assert_eq!(sink.wait_for(1).await.len(), 1);
 }
+
+#[tokio::test]
+async fn size_limits_a_sender_below_the_relays_limit() {
+    let sink = Sink::start().await;
+    let chain = r#"
+[[policy]]
+name = "size"
+module = "builtin:size"
+[policy.config]
+senders = ["news@example.edu 200"]
+
+[[policy]]
+name = "networks"
+module = "builtin:networks"
+"#;
+    let relay = Relay::with_chain(sink.addr, chain, &[]).await;
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.cmd("EHLO app.example.edu", 250).await;
+    let refused = conn
+        .cmd("MAIL FROM:<news@example.edu> SIZE=5000", 552)
+        .await;
+    assert!(
+        refused.starts_with("5.3.4 Message size exceeds the limit of 200 bytes"),
+        "{refused}"
+    );
+    // Undeclared, it is caught at the end of DATA.
+    conn.cmd("MAIL FROM:<news@example.edu>", 250).await;
+    conn.cmd("RCPT TO:<someone@example.org>", 250).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(300)))
+        .await;
+    conn.expect(552).await;
+    // Others have the relay's limit only.
+    conn.cmd("MAIL FROM:<app@example.edu>", 250).await;
+    conn.cmd("RCPT TO:<someone@example.org>", 250).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(300)))
+        .await;
+    conn.expect(250).await;
+}
