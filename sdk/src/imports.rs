@@ -9,7 +9,7 @@ use crate::__bindings::sluice::policy::types::{ConnectionInfo, TlsInfo};
 #[cfg(target_arch = "wasm32")]
 mod relay {
     use super::*;
-    use crate::__bindings::sluice::policy::{clock, config, counters, log, session};
+    use crate::__bindings::sluice::policy::{clock, config, counters, delivery, log, session};
 
     pub fn connection() -> ConnectionInfo {
         session::connection()
@@ -52,6 +52,9 @@ mod relay {
             counters::peek(key, window_secs)
         }
     }
+    pub fn require_tls(recipient: &str) {
+        delivery::require_tls(recipient)
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -91,6 +94,9 @@ mod relay {
     }
     pub fn count(key: &str, window_secs: u32, add: bool) -> u64 {
         with_env(|e| e.count(key, window_secs, add))
+    }
+    pub fn require_tls(recipient: &str) {
+        with_env(|e| e.tls_required.push(recipient.to_string()))
     }
 }
 

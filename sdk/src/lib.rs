@@ -281,6 +281,12 @@ impl Context {
         imports::count(key, window_secs, false)
     }
 
+    /// Asks that `recipient` be delivered only over TLS (never in clear), whatever its
+    /// domain's own rule in the relay's configuration.
+    pub fn require_tls(&self, recipient: &str) {
+        imports::require_tls(recipient)
+    }
+
     /// Logs at debug level, tagged with the module, the client and the queue id.
     pub fn log_debug(&self, message: &str) {
         imports::log(Level::Debug, message, &[]);

@@ -44,6 +44,8 @@ pub(crate) struct Env {
     pub recipients: Vec<String>,
     pub config: BTreeMap<String, ConfigValue>,
     pub now_ms: u64,
+    /// Recipients the module asked to be delivered over TLS only.
+    pub tls_required: Vec<String>,
     counted: HashMap<(String, u32), Vec<u64>>,
     logs: Vec<String>,
 }
@@ -152,6 +154,7 @@ impl<P: Policy> Session<P> {
                 recipients: Vec::new(),
                 config: BTreeMap::new(),
                 now_ms: 1_800_000_000_000,
+                tls_required: Vec::new(),
                 counted: HashMap::new(),
                 logs: Vec::new(),
             }),
@@ -200,6 +203,11 @@ impl<P: Policy> Session<P> {
     /// Moves the clock on (for counters with a time window).
     pub fn advance(&mut self, millis: u64) {
         self.env().now_ms += millis;
+    }
+
+    /// The recipients the module asked to be delivered over TLS only.
+    pub fn tls_required(&mut self) -> Vec<String> {
+        self.env().tls_required.clone()
     }
 
     /// What the module has logged so far, one line each: `level: key=value message`.

@@ -183,3 +183,50 @@ module = "builtin:networks"
         .await;
     conn.expect(250).await;
 }
+
+#[tokio::test]
+async fn require_tls_keeps_a_listed_domains_mail_from_going_in_clear() {
+    let sink = Sink::start().await;
+    let relay = Relay::start_with(crate::support::relay::RelayOptions {
+        extra: format!(
+            "\n[delivery.routes]\n\"secure.test\" = \"{0}\"\n\"plain.test\" = \"{0}\"\n",
+            sink.addr
+        ),
+        policies: Some(
+            r#"
+[[policy]]
+name = "require-tls"
+module = "builtin:require-tls"
+[policy.config]
+domains = ["secure.test"]
+
+[[policy]]
+name = "networks"
+module = "builtin:networks"
+"#
+            .into(),
+        ),
+        ..Default::default()
+    })
+    .await;
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("app@example.edu", &["a@secure.test", "b@plain.test"])
+        .await;
+    conn.cmd("DATA", 354).await;
+    conn.send(b"Subject: results\r\n\r\nx\r\n.\r\n").await;
+    conn.expect(250).await;
+    // The next hop offers no STARTTLS: plain.test's copy goes, secure.test's waits.
+    let received = sink.wait_for(1).await;
+    assert_eq!(received[0].recipients, ["b@plain.test"]);
+    let log = relay.wait_for_log("to=<a@secure.test>").await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("to=<a@secure.test>"))
+        .unwrap();
+    assert!(
+        line.contains("tls_rule=required, status=deferred"),
+        "{line}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sink.messages().len(), 1);
+}

@@ -199,9 +199,9 @@ mod tests {
 
     fn failed(address: &str, said: &str) -> Recipient {
         Recipient {
-            address: address.into(),
             status: RecipientStatus::Failed,
             diagnostic: Some(said.into()),
+            ..Recipient::pending(address)
         }
     }
 

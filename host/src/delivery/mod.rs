@@ -125,12 +125,16 @@ impl Delivery {
             };
         }
 
-        // The waiting recipients by domain, in the order they came.
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        // The waiting recipients by domain (and whether a policy asked for TLS), in the
+        // order they came.
+        let mut groups: BTreeMap<(String, bool), Vec<usize>> = BTreeMap::new();
         for (i, r) in envelope.recipients.iter().enumerate() {
             if r.status == RecipientStatus::Pending {
                 let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-                groups.entry(route::normalise(domain)).or_default().push(i);
+                groups
+                    .entry((route::normalise(domain), r.require_tls))
+                    .or_default()
+                    .push(i);
             }
         }
         envelope.attempts += 1;
@@ -138,8 +142,11 @@ impl Delivery {
         let expired = Duration::from_secs(delay) >= self.config.max_queue_lifetime;
         let mut last_error = None;
         let mut failed = Vec::new();
-        for (domain, indices) in groups {
-            let rule = self.tls_rule(&domain);
+        for ((domain, require_tls), indices) in groups {
+            let rule = match self.tls_rule(&domain) {
+                TlsRule::Opportunistic if require_tls => TlsRule::Required,
+                rule => rule,
+            };
             let addresses: Vec<String> = indices
                 .iter()
                 .map(|&i| envelope.recipients[i].address.clone())

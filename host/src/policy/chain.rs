@@ -7,7 +7,7 @@
 
 use super::builtin;
 use super::engine::{EPOCH_TICK, Policy, PolicyEngine, PolicyPre, sluice::policy::types};
-use super::host::{ConfigValue, HostState, SessionFacts};
+use super::host::{ConfigValue, DeliveryRequests, HostState, SessionFacts};
 use super::manifest::{self, Mode, ModuleSource, OnError, PolicySpec};
 use super::message::{MessageBody, MessageData};
 use crate::smtp::Reply;
@@ -356,6 +356,7 @@ impl Chain {
 
     /// Instantiates every module for a new SMTP session.
     pub fn start_session(self: &Arc<Self>, facts: Arc<SessionFacts>) -> SessionChain {
+        let requests = Arc::new(DeliveryRequests::default());
         let instances = self
             .modules
             .iter()
@@ -370,6 +371,8 @@ impl Chain {
                         .trap_on_grow_failure(true)
                         .build(),
                     counters: self.engine.counters().clone(),
+                    requests: requests.clone(),
+                    dry_run: module.mode == Mode::DryRun,
                     table: ResourceTable::new(),
                     wasi: wasmtime_wasi::WasiCtx::builder().build(),
                 };
@@ -390,6 +393,7 @@ impl Chain {
             instances,
             facts,
             trace: Vec::new(),
+            requests,
         }
     }
 }
@@ -414,6 +418,8 @@ pub struct SessionChain {
     facts: Arc<SessionFacts>,
     /// What each module decided, since the session began or the last transaction ended.
     trace: Vec<Decided>,
+    /// What the modules asked of the delivery of the current transaction.
+    requests: Arc<DeliveryRequests>,
 }
 
 type HookCall<'a> =
@@ -426,6 +432,11 @@ impl SessionChain {
         for instance in self.instances.iter_mut().flatten() {
             instance.store.data_mut().facts = facts.clone();
         }
+    }
+
+    /// What the modules asked of the delivery of the current transaction.
+    pub fn delivery_requests(&self) -> &DeliveryRequests {
+        &self.requests
     }
 
     /// The trace of the transaction that just ended (with the connect and helo decisions

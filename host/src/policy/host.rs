@@ -75,6 +75,10 @@ pub struct HostState {
     pub limits: StoreLimits,
     /// The node's counters (`counters` in the contract).
     pub counters: Arc<Counters>,
+    /// What the session's modules asked of delivery (`delivery` in the contract).
+    pub requests: Arc<DeliveryRequests>,
+    /// A dry-run module's requests are logged, not applied.
+    pub dry_run: bool,
     pub table: ResourceTable,
     pub wasi: WasiCtx,
 }
@@ -181,6 +185,54 @@ impl HostState {
             log::Level::Info => tracing::info!(module, %peer, queue_id, "{line}"),
             log::Level::Warn => tracing::warn!(module, %peer, queue_id, "{line}"),
             log::Level::Error => tracing::error!(module, %peer, queue_id, "{line}"),
+        }
+    }
+}
+
+/// What a session's modules asked of the delivery of its transaction, shared by the
+/// session's module instances; the session takes it when it queues a message.
+#[derive(Debug, Default)]
+pub struct DeliveryRequests {
+    /// Recipients (lower-cased) to be delivered only over TLS.
+    require_tls: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl DeliveryRequests {
+    /// Does a module want `recipient` delivered over TLS only?
+    pub fn requires_tls(&self, recipient: &str) -> bool {
+        self.require_tls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&recipient.to_ascii_lowercase())
+    }
+
+    /// Forgets the requests (the transaction ended).
+    pub fn clear(&self) {
+        self.require_tls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// Recipients a session may mark at most (a module cannot grow the set without end).
+const MAX_MARKED: usize = 1000;
+
+impl super::engine::sluice::policy::delivery::Host for HostState {
+    fn require_tls(&mut self, recipient: String) {
+        let module = &*self.module;
+        if self.dry_run {
+            tracing::info!(module, %recipient, "dry-run: would have required TLS for the recipient");
+            return;
+        }
+        let mut marked = self
+            .requests
+            .require_tls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if marked.len() < MAX_MARKED {
+            tracing::debug!(module, %recipient, "TLS required for the recipient");
+            marked.insert(recipient.to_ascii_lowercase());
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct Recipient {
     /// What the next hop (or the relay) last said about it, for the postmaster and the DSN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnostic: Option<String>,
+    /// A policy asked for this recipient to be delivered only over TLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
 }
 
 impl Recipient {
@@ -58,6 +61,7 @@ impl Recipient {
             address: address.to_string(),
             status: RecipientStatus::Pending,
             diagnostic: None,
+            require_tls: false,
         }
     }
 }

@@ -223,7 +223,10 @@ impl Session {
             recipients: tx
                 .recipients
                 .iter()
-                .map(|address| Recipient::pending(address))
+                .map(|address| Recipient {
+                    require_tls: self.policy.delivery_requests().requires_tls(address),
+                    ..Recipient::pending(address)
+                })
                 .collect(),
             received: queue::now(),
             client: peer.ip().to_string(),

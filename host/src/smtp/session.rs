@@ -421,6 +421,7 @@ impl Session {
             });
         }
         self.policy.take_transaction_trace();
+        self.policy.delivery_requests().clear();
     }
 
     /// Changes the facts the policy modules see.
