@@ -2,20 +2,20 @@
 
 use crate::support::{Conn, Relay, Sink};
 
-const HELO_CHAIN: &str = r#"
-[[policy]]
-name = "helo"
-module = "builtin:helo"
-
-[[policy]]
-name = "networks"
-module = "builtin:networks"
-"#;
+/// The chain `builtin:NAME` (with `config`, lines of its `[policy.config]`), then
+/// `builtin:networks`. The module comes first: networks accepts at RCPT, which ends that
+/// hook's chain, so a module after it would not see the recipients.
+fn chain(name: &str, config: &str) -> String {
+    format!(
+        "[[policy]]\nname = \"{name}\"\nmodule = \"builtin:{name}\"\n[policy.config]\n{config}\n\n\
+         [[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n"
+    )
+}
 
 #[tokio::test]
 async fn helo_refuses_an_ampersand_and_a_name_that_is_not_one() {
     let sink = Sink::start().await;
-    let relay = Relay::with_chain(sink.addr, HELO_CHAIN, &[]).await;
+    let relay = Relay::with_chain(sink.addr, &chain("helo", ""), &[]).await;
     let mut conn = Conn::greeted(relay.addr).await;
     let refused = conn.cmd("EHLO lab&co.example.edu", 550).await;
     assert!(refused.contains("may not contain '&'"), "{refused}");
@@ -31,19 +31,12 @@ async fn helo_refuses_an_ampersand_and_a_name_that_is_not_one() {
 #[tokio::test]
 async fn rate_limit_counts_across_sessions_and_tempfails_over_the_limit() {
     let sink = Sink::start().await;
-    let chain = r#"
-[[policy]]
-name = "rate-limit"
-module = "builtin:rate-limit"
-[policy.config]
-max_messages = 2
-max_recipients = 100
-
-[[policy]]
-name = "networks"
-module = "builtin:networks"
-"#;
-    let relay = Relay::with_chain(sink.addr, chain, &[]).await;
+    let relay = Relay::with_chain(
+        sink.addr,
+        &chain("rate-limit", "max_messages = 2\nmax_recipients = 100"),
+        &[],
+    )
+    .await;
     for _ in 0..2 {
         let mut conn = Conn::greeted(relay.addr).await;
         conn.envelope("app@example.edu", &["someone@example.org"])
@@ -68,18 +61,7 @@ module = "builtin:networks"
 #[tokio::test]
 async fn bulk_mail_must_offer_one_click_unsubscribe() {
     let sink = Sink::start().await;
-    let chain = r#"
-[[policy]]
-name = "networks"
-module = "builtin:networks"
-
-[[policy]]
-name = "bulk-mail"
-module = "builtin:bulk-mail"
-[policy.config]
-min_recipients = 3
-"#;
-    let relay = Relay::with_chain(sink.addr, chain, &[]).await;
+    let relay = Relay::with_chain(sink.addr, &chain("bulk-mail", "min_recipients = 3"), &[]).await;
     let send = |fields: &'static str| {
         let addr = relay.addr;
         async move {
@@ -106,18 +88,12 @@ min_recipients = 3
 #[tokio::test]
 async fn sender_must_be_the_organisations_in_the_envelope_and_in_from() {
     let sink = Sink::start().await;
-    let chain = r#"
-[[policy]]
-name = "sender"
-module = "builtin:sender"
-[policy.config]
-domains = ["example.edu"]
-
-[[policy]]
-name = "networks"
-module = "builtin:networks"
-"#;
-    let relay = Relay::with_chain(sink.addr, chain, &[]).await;
+    let relay = Relay::with_chain(
+        sink.addr,
+        &chain("sender", "domains = [\"example.edu\"]"),
+        &[],
+    )
+    .await;
     let mut conn = Conn::greeted(relay.addr).await;
     conn.cmd("EHLO app.example.edu", 250).await;
     let refused = conn.cmd("MAIL FROM:<app@gmail.example>", 550).await;
@@ -147,18 +123,12 @@ module = "builtin:networks"
 #[tokio::test]
 async fn size_limits_a_sender_below_the_relays_limit() {
     let sink = Sink::start().await;
-    let chain = r#"
-[[policy]]
-name = "size"
-module = "builtin:size"
-[policy.config]
-senders = ["news@example.edu 200"]
-
-[[policy]]
-name = "networks"
-module = "builtin:networks"
-"#;
-    let relay = Relay::with_chain(sink.addr, chain, &[]).await;
+    let relay = Relay::with_chain(
+        sink.addr,
+        &chain("size", "senders = [\"news@example.edu 200\"]"),
+        &[],
+    )
+    .await;
     let mut conn = Conn::greeted(relay.addr).await;
     conn.cmd("EHLO app.example.edu", 250).await;
     let refused = conn
@@ -192,20 +162,7 @@ async fn require_tls_keeps_a_listed_domains_mail_from_going_in_clear() {
             "\n[delivery.routes]\n\"secure.test\" = \"{0}\"\n\"plain.test\" = \"{0}\"\n",
             sink.addr
         ),
-        policies: Some(
-            r#"
-[[policy]]
-name = "require-tls"
-module = "builtin:require-tls"
-[policy.config]
-domains = ["secure.test"]
-
-[[policy]]
-name = "networks"
-module = "builtin:networks"
-"#
-            .into(),
-        ),
+        policies: Some(chain("require-tls", "domains = [\"secure.test\"]")),
         ..Default::default()
     })
     .await;
