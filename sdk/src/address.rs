@@ -39,7 +39,8 @@ impl Address {
     /// The domain in its ASCII form (IDNA: `bücher.example` is `xn--bcher-kva.example`);
     /// `None` when it is not a valid internationalised domain name.
     pub fn domain_ascii(&self) -> Option<String> {
-        ascii_domain(&self.domain)
+        // `example.org.` (absolute, with its root dot) is `example.org`.
+        ascii_domain(self.domain.trim_end_matches('.'))
     }
 
     /// Is the domain `domain` or a subdomain of it? Compared in ASCII form (IDNA), so
@@ -100,6 +101,11 @@ mod tests {
         let a = Address::parse("u@Bücher.Example").unwrap();
         assert_eq!(a.domain_ascii().as_deref(), Some("xn--bcher-kva.example"));
         assert!(a.in_domain("xn--bcher-kva.example"));
+        assert!(
+            Address::parse("u@Example.Org.")
+                .unwrap()
+                .in_domain("example.org")
+        );
         assert!(
             Address::parse("u@lib.xn--bcher-kva.example")
                 .unwrap()

@@ -108,7 +108,7 @@ async fn sender_must_be_the_organisations_in_the_envelope_and_in_from() {
         .await;
     let refused = conn.expect(550).await;
     assert!(
-        refused.contains("From: must be an address in example.edu"),
+        refused.contains("From: must be one address in example.edu"),
         "{refused}"
     );
     conn.cmd("MAIL FROM:<app@cs.example.edu>", 250).await;

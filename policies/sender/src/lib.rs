@@ -10,10 +10,13 @@
 //!   added) or `"refuse"`: what to do when the envelope sender and the header From differ.
 //!
 //! Replies: `550 5.7.1 Sender <x> is not an address in example.edu` (at MAIL),
-//! `550 5.7.1 From: must be an address in example.edu` and
-//! `550 5.7.1 The null sender is for delivery reports only` (at the end of DATA).
+//! `550 5.7.1 From: must be one address in example.edu` (one From field, one address,
+//! also for reports) and `550 5.7.1 The null sender is for delivery reports only`
+//! (`multipart/report`, RFC 6522) at the end of DATA.
 
-use sluice_sdk::{Address, Body, Context, Decision, Header, Policy, export_policy};
+use sluice_sdk::{
+    Address, Body, Context, Decision, Header, Policy, export_policy, header, headers_named,
+};
 
 #[derive(Default)]
 struct Sender;
@@ -69,21 +72,36 @@ impl Policy for Sender {
         )
     }
 
-    fn on_data(&mut self, cx: &Context, _: &[Header], body: &Body<'_>) -> Decision {
+    fn on_data(&mut self, cx: &Context, headers: &[Header], body: &Body<'_>) -> Decision {
         let Some(domains) = domains(cx) else {
             return unconfigured(cx);
         };
+        let from_here = || {
+            Decision::reject(
+                550,
+                "5.7.1",
+                format!("From: must be one address in {}", domains.join(", ")),
+            )
+        };
+        // One From field with one address (RFC 5322 3.6): with two, readers show the first
+        // and parsers take the last, and a check of either could be fooled by the other.
+        if headers_named(headers, "From").count() != 1 {
+            return from_here();
+        }
         let parsed = body.parsed();
+        let from = match parsed.from.as_slice() {
+            [one] if ours(cx, &domains, one) => one.clone(),
+            _ => return from_here(),
+        };
         let sender = cx.sender().unwrap_or_default();
         if sender.is_empty() {
-            let report = parsed
-                .parts
-                .first()
-                .is_some_and(|p| p.content_type == "text/plain")
-                && parsed
-                    .parts
-                    .iter()
-                    .any(|p| p.content_type == "message/delivery-status");
+            // Delivery reports, read receipts and the like (RFC 6522 multipart/report);
+            // other mail needs a sender to bounce to.
+            let report = header(headers, "Content-Type").is_some_and(|ct| {
+                ct.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("multipart/report")
+            });
             if !report {
                 return Decision::reject(
                     550,
@@ -93,16 +111,6 @@ impl Policy for Sender {
             }
             return Decision::next();
         }
-        let from = match parsed.from.as_slice() {
-            [one] if ours(cx, &domains, one) => one.clone(),
-            _ => {
-                return Decision::reject(
-                    550,
-                    "5.7.1",
-                    format!("From: must be an address in {}", domains.join(", ")),
-                );
-            }
-        };
         if from.eq_ignore_ascii_case(&sender) {
             return Decision::next();
         }
@@ -161,8 +169,14 @@ mod tests {
             d.reply
                 .unwrap()
                 .text
-                .starts_with("From: must be an address in example.edu")
+                .starts_with("From: must be one address in example.edu")
         );
+        let two = send(
+            &mut session(),
+            "app@example.edu",
+            "ceo@bank.example\r\nFrom: app@example.edu",
+        );
+        assert_eq!(two.verdict, Verdict::Reject, "a second From field");
         let lookalike = session().mail_from("x@evilexample.edu");
         assert_eq!(lookalike.verdict, Verdict::Reject);
         let strict = Session::<Sender>::new()
@@ -176,6 +190,11 @@ mod tests {
     fn the_null_sender_is_for_reports_only() {
         let d = send(&mut session(), "", "MAILER-DAEMON@example.edu");
         assert_eq!(d.verdict, Verdict::Reject);
+        let mut forged = session();
+        forged.mail_from("");
+        forged.rcpt("app@example.edu");
+        let report_from_outside = b"From: x@bank.example\r\nContent-Type: multipart/report; report-type=disposition-notification; boundary=b\r\n\r\n--b--\r\n";
+        assert_eq!(forged.data(report_from_outside).verdict, Verdict::Reject);
         let mut s = session();
         s.mail_from("");
         s.rcpt("app@example.edu");
