@@ -205,7 +205,7 @@ impl<P: Policy> Session<P> {
         self.env().now_ms += millis;
     }
 
-    /// The recipients the module asked to be delivered over TLS only.
+    /// The recipients the module asked to be delivered over TLS only, in this transaction.
     pub fn tls_required(&mut self) -> Vec<String> {
         self.env().tls_required.clone()
     }
@@ -247,6 +247,8 @@ impl<P: Policy> Session<P> {
             .collect();
         self.env().sender = Some(sender.into());
         self.env().recipients.clear();
+        // A new transaction: what the module asked of the last one's delivery is gone.
+        self.env().tls_required.clear();
         let decision = self.call(|p, cx| p.on_mail_from(cx, sender, &params));
         if refused(&decision) {
             self.env().sender = None;

@@ -203,7 +203,7 @@ impl DeliveryRequests {
         self.require_tls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&recipient.to_ascii_lowercase())
+            .contains(&mark(recipient))
     }
 
     /// Forgets the requests (the transaction ended).
@@ -215,12 +215,31 @@ impl DeliveryRequests {
     }
 }
 
-/// Recipients a session may mark at most (a module cannot grow the set without end).
-const MAX_MARKED: usize = 1000;
+/// Recipients a transaction may mark at most (a module cannot grow the set without end;
+/// far above any recipient limit a relay would set).
+const MAX_MARKED: usize = 10_000;
+
+/// An address as marks compare it: the local part, and the domain as routing sees it
+/// (no trailing dot, lower case, IDNA), so `Dr@UWHealth.org.` is `dr@uwhealth.org`.
+fn mark(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!(
+            "{}@{}",
+            local.to_lowercase(),
+            crate::delivery::route::normalise(domain)
+        ),
+        None => address.to_lowercase(),
+    }
+}
 
 impl super::engine::sluice::policy::delivery::Host for HostState {
     fn require_tls(&mut self, recipient: String) {
         let module = &*self.module;
+        if self.facts.queue_id.is_none() {
+            // Marks are about a transaction's recipients; before MAIL there is none.
+            tracing::warn!(module, %recipient, "require-tls outside a transaction ignored");
+            return;
+        }
         if self.dry_run {
             tracing::info!(module, %recipient, "dry-run: would have required TLS for the recipient");
             return;
@@ -230,10 +249,12 @@ impl super::engine::sluice::policy::delivery::Host for HostState {
             .require_tls
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if marked.len() < MAX_MARKED {
-            tracing::debug!(module, %recipient, "TLS required for the recipient");
-            marked.insert(recipient.to_ascii_lowercase());
+        if marked.len() >= MAX_MARKED {
+            tracing::warn!(module, %recipient, "too many recipients marked for TLS; this one is not");
+            return;
         }
+        tracing::debug!(module, %recipient, "TLS required for the recipient");
+        marked.insert(mark(&recipient));
     }
 }
 

@@ -6,9 +6,10 @@
 //! `Precedence: bulk` or `Precedence: list` field. Bulk mail must carry `List-Unsubscribe`
 //! with an `https:` URI and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`.
 //!
-//! Config: `min_recipients = 50`; `action = "refuse"` (the default: `550 5.7.1 Bulk mail
-//! must offer one-click unsubscribe (RFC 8058): ...`) or `"tag"` (accepted with an
-//! `X-Sluice-Bulk: no one-click unsubscribe` field added).
+//! Config: `min_recipients = 50` (in one transaction); `action = "tag"` (the default:
+//! accepted with an `X-Sluice-Bulk: no one-click unsubscribe` field added, since a class
+//! notice to fifty people is not a newsletter) or `"refuse"` (`550 5.7.1 Bulk mail must
+//! offer one-click unsubscribe (RFC 8058): ...`).
 
 use sluice_sdk::{Body, Context, Decision, Header, Policy, export_policy, header};
 
@@ -55,7 +56,7 @@ impl Policy for BulkMail {
         let Some(what) = missing(headers) else {
             return Decision::next();
         };
-        if cx.config_str("action").as_deref() == Some("tag") {
+        if cx.config_str("action").as_deref() != Some("refuse") {
             return Decision::next().add_header("X-Sluice-Bulk", "no one-click unsubscribe");
         }
         Decision::reject(
@@ -90,13 +91,13 @@ mod tests {
 
     #[test]
     fn bulk_mail_without_one_click_is_refused() {
-        let d = send(3, "", None);
+        let d = send(3, "", Some("refuse"));
         assert_eq!((d.verdict, d.code()), (Verdict::Reject, Some(550)));
         assert!(d.reply.unwrap().text.contains("no List-Unsubscribe field"));
         let listed = send(
             1,
             "Precedence: bulk\r\nList-Unsubscribe: <mailto:x@example.edu>\r\n",
-            None,
+            Some("refuse"),
         );
         assert!(listed.reply.unwrap().text.contains("no https URI"));
     }
@@ -108,8 +109,8 @@ mod tests {
     }
 
     #[test]
-    fn tag_marks_instead_of_refusing() {
-        let d = send(5, "", Some("tag"));
+    fn tag_marks_instead_of_refusing_by_default() {
+        let d = send(5, "", None);
         assert_eq!(d.verdict, Verdict::Continue);
         assert!(matches!(&d.rewrites[..], [Rewrite::AddHeader(h)] if h.name == "X-Sluice-Bulk"));
     }

@@ -4,7 +4,8 @@
 //!
 //! Config:
 //! - `window_seconds = 3600` (the default);
-//! - `max_messages = 1000`, `max_recipients = 5000` per client IP in the window (defaults);
+//! - `max_messages = 1000`, `max_recipients = 5000` per client in the window (defaults):
+//!   an IPv4 address, or an IPv6 /64;
 //! - `exempt = [CIDR, ...]`: clients never limited.
 //!
 //! Replies: `451 4.7.1 Rate limit: too many messages from [IP], try again later` (at MAIL),
@@ -20,6 +21,22 @@ fn setting(cx: &Context, key: &str, default: u64) -> u64 {
     cx.config_int(key)
         .and_then(|v| u64::try_from(v).ok())
         .unwrap_or(default)
+}
+
+/// Whom a count is for: an IPv4 address, or the /64 of an IPv6 address (one site's
+/// network, whose hosts can change addresses at will).
+fn client_key(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(ip) => {
+            let s = ip.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        ip => ip.to_string(),
+    }
+}
+
+fn client(cx: &Context) -> String {
+    client_key(cx.peer_ip())
 }
 
 fn window(cx: &Context) -> u32 {
@@ -59,7 +76,7 @@ impl Policy for RateLimit {
         }
         let limit = setting(cx, "max_messages", 1000);
         // Counted when a message is taken (at data); refused here, before it is sent.
-        let count = cx.peek(&format!("messages {}", cx.peer_ip()), window(cx));
+        let count = cx.peek(&format!("messages {}", client(cx)), window(cx));
         if count >= limit {
             return over(cx, "messages", count, limit);
         }
@@ -71,7 +88,7 @@ impl Policy for RateLimit {
             return Decision::next();
         }
         let limit = setting(cx, "max_recipients", 5000);
-        let count = cx.incr(&format!("recipients {}", cx.peer_ip()), window(cx));
+        let count = cx.incr(&format!("recipients {}", client(cx)), window(cx));
         if count > limit {
             return over(cx, "recipients", count, limit);
         }
@@ -80,7 +97,7 @@ impl Policy for RateLimit {
 
     fn on_data(&mut self, cx: &Context, _: &[Header], _: &Body<'_>) -> Decision {
         if !exempt(cx) {
-            cx.incr(&format!("messages {}", cx.peer_ip()), window(cx));
+            cx.incr(&format!("messages {}", client(cx)), window(cx));
         }
         Decision::next()
     }
@@ -122,6 +139,14 @@ mod tests {
         );
         s.advance(61_000);
         assert_eq!(s.mail_from("app@example.edu").verdict, Verdict::Continue);
+    }
+
+    #[test]
+    fn an_ipv6_site_is_counted_as_one() {
+        let key = |ip: &str| super::client_key(ip.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::10"), key("2001:db8:1:2:ffff::1"));
+        assert_ne!(key("2001:db8:1:2::10"), key("2001:db8:1:3::10"));
+        assert_eq!(key("::ffff:10.1.2.3"), "10.1.2.3");
     }
 
     #[test]

@@ -8,16 +8,19 @@
 //! - `inbound = false` (the default); `true`: the client must have used STARTTLS too
 //!   before mailing those domains, else `530 5.7.0 Must issue a STARTTLS command first`.
 
-use sluice_sdk::{Address, Context, Decision, Policy, export_policy};
+use sluice_sdk::{Address, Body, Context, Decision, Header, Policy, export_policy};
 
 #[derive(Default)]
 struct RequireTls;
 
+fn listed(cx: &Context, address: &str) -> bool {
+    let domains = cx.config_list("domains").unwrap_or_default();
+    Address::parse(address).is_some_and(|a| domains.iter().any(|d| a.in_domain(d)))
+}
+
 impl Policy for RequireTls {
     fn on_rcpt(&mut self, cx: &Context, rcpt: &str, _: &[(String, Option<String>)]) -> Decision {
-        let domains = cx.config_list("domains").unwrap_or_default();
-        let listed = Address::parse(rcpt).is_some_and(|a| domains.iter().any(|d| a.in_domain(d)));
-        if !listed {
+        if !listed(cx, rcpt) {
             return Decision::next();
         }
         if cx.config_bool("inbound").unwrap_or(false) && cx.tls().is_none() {
@@ -28,6 +31,17 @@ impl Policy for RequireTls {
             );
         }
         cx.require_tls(rcpt);
+        Decision::next()
+    }
+
+    /// Again over the transaction's final recipients: another module may have replaced
+    /// or added one in a listed domain after this one saw the RCPT.
+    fn on_data(&mut self, cx: &Context, _: &[Header], _: &Body<'_>) -> Decision {
+        for rcpt in cx.recipients() {
+            if listed(cx, &rcpt) {
+                cx.require_tls(&rcpt);
+            }
+        }
         Decision::next()
     }
 }

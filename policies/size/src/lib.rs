@@ -8,7 +8,8 @@
 //!
 //! Checked at MAIL against the declared SIZE (RFC 1870), so the message is not sent at
 //! all, and at the end of DATA against the real size. Reply:
-//! `552 5.3.4 Message size exceeds the limit of N bytes for <sender>`.
+//! `552 5.2.3 Message size exceeds the limit of N bytes for <sender>` (a sender's own
+//! limit; the relay's is 5.3.4).
 
 use sluice_sdk::{Address, Body, Context, Decision, Header, Policy, export_policy};
 
@@ -34,8 +35,10 @@ fn limit(cx: &Context, sender: &str) -> Option<u64> {
         };
         // How specific the match is: an address beats any domain, a longer domain a shorter.
         let rank = match who.strip_prefix('@') {
-            Some(domain) if address.as_ref().is_some_and(|a| a.in_domain(domain)) => domain.len(),
-            None if who.eq_ignore_ascii_case(sender) => usize::MAX,
+            Some(domain) if address.as_ref().is_some_and(|a| a.in_domain(domain)) => {
+                domain.trim_end_matches('.').len()
+            }
+            None if address.as_ref().is_some_and(|a| same_address(a, who)) => usize::MAX,
             _ => continue,
         };
         if best.is_none_or(|(r, _)| rank > r) {
@@ -48,10 +51,18 @@ fn limit(cx: &Context, sender: &str) -> Option<u64> {
     })
 }
 
+/// Is `a` the address `entry` (the local part alike in case, the domain in any spelling)?
+fn same_address(a: &Address, entry: &str) -> bool {
+    Address::parse(entry).is_some_and(|e| {
+        e.local.eq_ignore_ascii_case(&a.local) && e.domain_ascii() == a.domain_ascii()
+    })
+}
+
+/// 5.2.3: the sender's own, administrative, limit (RFC 3463), not the relay's (5.3.4).
 fn too_big(sender: &str, limit: u64) -> Decision {
     Decision::reject(
         552,
-        "5.3.4",
+        "5.2.3",
         format!("Message size exceeds the limit of {limit} bytes for <{sender}>"),
     )
 }
