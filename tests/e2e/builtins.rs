@@ -192,3 +192,31 @@ async fn require_tls_keeps_a_listed_domains_mail_from_going_in_clear() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(sink.messages().len(), 1);
 }
+
+#[tokio::test]
+async fn the_example_campus_chain_loads_and_relays() {
+    let sink = Sink::start().await;
+    let campus = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/campus/policies.toml"
+    ))
+    .unwrap();
+    let relay = Relay::with_chain(sink.addr, &campus, &[]).await;
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.cmd("EHLO lab&co.example.edu", 550).await;
+    conn.cmd("EHLO printer.lab.example.edu", 250).await;
+    conn.cmd("MAIL FROM:<someone@gmail.example>", 550).await;
+    conn.cmd("MAIL FROM:<printer@lab.example.edu>", 250).await;
+    conn.cmd("RCPT TO:<someone@example.org>", 250).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(
+        b"From: Lab Printer <printer@lab.example.edu>\r\nSubject: toner low\r\n\r\nx\r\n.\r\n",
+    )
+    .await;
+    conn.expect(250).await;
+    let log = relay
+        .wait_for_log("chain=[\"helo\", \"sender\", \"size\", \"rate-limit\", \"require-tls\", \"networks\", \"bulk-mail\"]")
+        .await;
+    assert!(!log.contains("ERROR"), "{log}");
+    assert_eq!(sink.wait_for(1).await.len(), 1);
+}
