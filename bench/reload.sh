@@ -13,12 +13,16 @@
 # MESSAGES messages twice, once quietly and once while dept.wasm is swapped every 200 ms.
 # Set SLUICE_BIN to use a built binary (else cargo build --release).
 set -euo pipefail
+# Resolve before the cd below, so a path relative to the caller's directory works.
+sluice=${SLUICE_BIN:+$(realpath "$SLUICE_BIN")}
 cd "$(dirname "$0")/.."
 SWAPS=${1:-10}
 MESSAGES=${MESSAGES:-10000}
 PATH="$PATH:/usr/sbin"
 
-if [ -n "${SLUICE_BIN:-}" ]; then bin=$SLUICE_BIN; else cargo build --release -q; bin=./target/release/sluice; fi
+# shellcheck source=bench/common.sh
+. bench/common.sh
+bin=$(sluice_binary "$sluice")
 cargo build -q --profile wasm --target wasm32-wasip2 --target-dir target/wasm -p phi-guard -p sluice-test-probe
 wasm=target/wasm/wasm32-wasip2/wasm
 work=$(mktemp -d)
@@ -30,21 +34,10 @@ cp "$wasm/phi_guard.wasm" "$work/policies.d/dept.wasm"
   for i in 1 2 3 4; do printf '[[policy]]\nname = "networks-%s"\nmodule = "builtin:networks"\n' "$i"; done
   printf '[[policy]]\nname = "dept"\nmodule = "dept.wasm"\n[policy.config]\ninternal_domains = ["example.edu"]\n'
 } > "$work/policies.d/policies.toml"
-cat > "$work/sluice.toml" <<TOML
-[[listener]]
-addr = "127.0.0.1:$port"
-[limits]
-max_connections_per_ip = 1000
-[spool]
-dir = "$work/spool"
-[delivery]
-smarthost = "127.0.0.1:$sink_port"
-[policies]
-dir = "$work/policies.d"
-TOML
+relay_config "$work/sluice.toml" "$port" "$sink_port" "$work"
 smtp-sink -u root 127.0.0.1:$sink_port 1000 > /dev/null 2>&1 &
 SLUICE_LOG=warn "$bin" serve --config "$work/sluice.toml" 2> "$work/relay.log" &
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+wait_port "$port"
 
 python3 - "$port" "$work/policies.d" "$wasm" "$SWAPS" <<'PY'
 import os, shutil, smtplib, statistics, sys, time

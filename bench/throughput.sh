@@ -34,10 +34,9 @@ elif [ "$(id -u)" != 0 ]; then
   with_postfix="skipped (a private Postfix instance needs root)"
 fi
 
-if [ -z "$sluice" ]; then
-  cargo build --release -q
-  sluice=./target/release/sluice
-fi
+# shellcheck source=bench/common.sh
+. bench/common.sh
+sluice=$(sluice_binary "$sluice")
 
 work=$(mktemp -d)
 pf=$work/postfix
@@ -53,11 +52,6 @@ cleanup() {
 trap cleanup EXIT
 relay_port=$((20000 + RANDOM % 10000))
 sink_port=$((relay_port + 1)) pf_port=$((relay_port + 2)) pf_sink_port=$((relay_port + 3))
-
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done
-  echo "nothing listens on 127.0.0.1:$1" >&2; return 1
-}
 
 # How many messages the sink behind $1 (its output file) has received. `smtp-sink -c`
 # rewrites a "sess=N quit=N mesg=N" counter line ending in \r after every message.
@@ -96,20 +90,7 @@ run_load() {
 }
 
 # --- Sluice -------------------------------------------------------------------------
-cat > "$work/sluice.toml" <<TOML
-hostname = "relay.bench"
-[[listener]]
-addr = "127.0.0.1:$relay_port"
-[limits]
-max_connections_per_ip = 1000
-[spool]
-dir = "$work/spool"
-[delivery]
-smarthost = "127.0.0.1:$sink_port"
-retry_intervals = ["1s"]
-[policies]
-dir = "$work/policies.d"
-TOML
+relay_config "$work/sluice.toml" "$relay_port" "$sink_port" "$work" 'retry_intervals = ["1s"]'
 
 smtp-sink -c -u root "127.0.0.1:$sink_port" 1000 > "$work/sink.out" 2>&1 &
 sink_pid=$!
