@@ -442,10 +442,14 @@ impl SessionChain {
     /// The trace of the transaction that just ended (with the connect and helo decisions
     /// before it); the transaction's part is then forgotten, the session's part kept.
     pub fn take_transaction_trace(&mut self) -> Vec<Decided> {
-        let trace = self.trace.clone();
-        self.trace
-            .retain(|d| matches!(d.hook, Hook::Connect | Hook::Helo));
-        trace
+        // Only the session's few entries are copied; the transaction's move out.
+        let session: Vec<Decided> = self
+            .trace
+            .iter()
+            .filter(|d| matches!(d.hook, Hook::Connect | Hook::Helo))
+            .cloned()
+            .collect();
+        std::mem::replace(&mut self.trace, session)
     }
 
     /// The client connected.
