@@ -7,6 +7,7 @@
 
 use crate::policy::reload::Reloader;
 use crate::queue::{MessageOrder, Queue};
+use crate::registry::Registry;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 pub struct Controls {
     pub reloader: Arc<Reloader>,
     pub queue: Queue,
+    pub registry: Arc<Registry>,
 }
 
 /// Answers commands until the process ends.
@@ -81,6 +83,10 @@ impl Controls {
                 done(Ok("every waiting message is being tried".into()))
             }
             ["queue", "delete-all"] => done(self.queue.delete_all().await),
+            ["registry", "changed"] => {
+                self.registry.nudge();
+                done(Ok("the relay is reading the registry".into()))
+            }
             ["queue", verb, id] => {
                 let order = match *verb {
                     "hold" => MessageOrder::Hold,

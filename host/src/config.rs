@@ -43,6 +43,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub policies: PoliciesConfig,
     pub admin: AdminConfig,
+    pub registry: RegistryConfig,
 }
 
 /// One listening socket.
@@ -240,6 +241,33 @@ impl Default for PoliciesConfig {
     }
 }
 
+/// The relay registry: the client addresses registered to relay (see `registry`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// The registry's database (SQLite; default: `registry.db` in the spool directory).
+    pub db: Option<PathBuf>,
+    /// A registration that has not relayed for this long is removed, and its contact told
+    /// ("0s": never).
+    #[serde(with = "humantime_serde")]
+    pub expire_after: Duration,
+    /// The sender of confirmations and expiry notices (default: `postmaster@HOSTNAME`).
+    pub notices_from: Option<String>,
+    /// The last paragraph of every notice: how to change or remove a registration.
+    pub how_to_change: String,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            db: None,
+            expire_after: Duration::from_secs(180 * 24 * 3600),
+            notices_from: None,
+            how_to_change: "To change or remove this registration, write to the postmaster.".into(),
+        }
+    }
+}
+
 /// The control socket `sluice status` and `sluice reload` talk to.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -263,6 +291,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             policies: PoliciesConfig::default(),
             admin: AdminConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -284,6 +313,22 @@ impl Config {
             .socket
             .clone()
             .unwrap_or_else(|| self.spool.dir.join("sluice.sock"))
+    }
+
+    /// The registry's database (default: `registry.db` in the spool directory).
+    pub fn registry_db(&self) -> PathBuf {
+        self.registry
+            .db
+            .clone()
+            .unwrap_or_else(|| self.spool.dir.join("registry.db"))
+    }
+
+    /// Who notices from the relay come from (default: `postmaster@HOSTNAME`).
+    pub fn notices_from(&self) -> String {
+        self.registry
+            .notices_from
+            .clone()
+            .unwrap_or_else(|| format!("postmaster@{}", self.hostname))
     }
 
     /// Reads and checks a configuration file. A missing `sluice.toml` in the working directory
@@ -369,6 +414,14 @@ impl Config {
             return Err(invalid(
                 "delivery.connections_per_destination",
                 "must be at least 1",
+            ));
+        }
+        if let Some(from) = &self.registry.notices_from
+            && (from.contains(['<', '>', ' ']) || !from.contains('@'))
+        {
+            return Err(invalid(
+                "registry.notices_from",
+                "must be a plain address (user@domain)",
             ));
         }
         for (domain, host) in &self.delivery.routes {

@@ -16,6 +16,7 @@
 //! - [`policy`] — the wasmtime runtime, the chain, the host functions modules import.
 //! - [`queue`] — the spool on disk and the scheduler of delivery attempts.
 //! - [`delivery`] — the outbound SMTP client and the per-attempt log.
+//! - [`registry`] — the addresses registered to relay, and those blocked.
 //! - [`tls`] — certificates for STARTTLS.
 //! - [`server`] — wiring it all together for `sluice serve`.
 
@@ -25,6 +26,7 @@ pub mod config;
 pub mod delivery;
 pub mod policy;
 pub mod queue;
+pub mod registry;
 pub mod server;
 pub mod smtp;
 pub mod tls;

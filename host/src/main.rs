@@ -46,6 +46,13 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// The client addresses registered to relay, and those blocked.
+    Registry {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
     /// Try policy modules before they go live.
     Policy {
         #[command(subcommand)]
@@ -90,6 +97,42 @@ enum QueueCommand {
 }
 
 #[derive(Subcommand)]
+enum RegistryCommand {
+    /// Register an address (or a network, as CIDR) to relay; a confirmation is mailed to
+    /// the contact.
+    Add {
+        ip: String,
+        /// The admin of record (NetID or user name).
+        #[arg(long)]
+        admin: String,
+        /// Where the confirmation and later notices go.
+        #[arg(long)]
+        contact: String,
+        /// The department responsible.
+        #[arg(long)]
+        dept: String,
+        /// What the machine sends mail for.
+        #[arg(long)]
+        purpose: String,
+    },
+    /// Every registration and block.
+    List,
+    /// The registration and block covering an address.
+    Show { ip: String },
+    /// Remove a registration.
+    Remove { ip: String },
+    /// Refuse an address (or network) from now on, without notice.
+    Block {
+        ip: String,
+        /// What the client is told, and the record says.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a block.
+    Unblock { ip: String },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Load a module as the relay would; print what it is, or why it is refused.
     Check { module: PathBuf },
@@ -106,7 +149,8 @@ fn main() -> ExitCode {
         Command::Policy { .. }
         | Command::Status { .. }
         | Command::Reload { .. }
-        | Command::Queue { .. } => "warn",
+        | Command::Queue { .. }
+        | Command::Registry { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -166,6 +210,36 @@ fn main() -> ExitCode {
                     cli::queue::order(&config, &format!("delete {id}"))
                 }
                 QueueCommand::Delete { id: None, .. } => cli::queue::order(&config, "delete-all"),
+            }
+        }
+        Command::Registry { config, command } => {
+            let Some(config) = load_config(config) else {
+                return ExitCode::from(2);
+            };
+            match command {
+                RegistryCommand::Add {
+                    ip,
+                    admin,
+                    contact,
+                    dept,
+                    purpose,
+                } => cli::registry::add(
+                    &config,
+                    cli::registry::NewRegistration {
+                        network: ip,
+                        admin,
+                        contact,
+                        department: dept,
+                        purpose,
+                    },
+                ),
+                RegistryCommand::List => cli::registry::list(&config),
+                RegistryCommand::Show { ip } => cli::registry::show(&config, &ip),
+                RegistryCommand::Remove { ip } => cli::registry::remove(&config, &ip),
+                RegistryCommand::Block { ip, reason } => {
+                    cli::registry::block(&config, &ip, &reason)
+                }
+                RegistryCommand::Unblock { ip } => cli::registry::unblock(&config, &ip),
             }
         }
         Command::Policy {

@@ -6,6 +6,7 @@ use crate::delivery::Delivery;
 use crate::policy::reload::{self, Reloader};
 use crate::policy::{Chain, PolicyEngine};
 use crate::queue::{Queue, Spool, runner};
+use crate::registry::Registry;
 use crate::smtp::{ServerContext, listener};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -24,6 +25,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Spool::open(&config.spool.dir)
             .with_context(|| format!("spool.dir {}", config.spool.dir.display()))?,
     );
+    let registry = Arc::new(
+        Registry::open(&config)
+            .with_context(|| format!("registry.db {}", config.registry_db().display()))?,
+    );
     let policies = &config.policies;
     std::fs::create_dir_all(&policies.dir)
         .with_context(|| format!("policies.dir {}", policies.dir.display()))?;
@@ -31,7 +36,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let engine = PolicyEngine::new()
         .context("starting the policy engine")?
         .with_cache_dir(&cache_dir)
-        .with_context(|| format!("policies.cache_dir {}", cache_dir.display()))?;
+        .with_context(|| format!("policies.cache_dir {}", cache_dir.display()))?
+        .with_registry(registry.table());
     let chain = {
         let engine = engine.clone();
         let dir = policies.dir.clone();
@@ -70,12 +76,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tls,
         chain,
         queue: Queue::new(spool, orders),
+        registry: Some(registry.clone()),
     });
+    tokio::spawn(registry.clone().run(ctx.queue.clone()));
 
     tokio::spawn(reload_on_sighup(reloader.clone()));
     let controls = admin::Controls {
         reloader: reloader.clone(),
         queue: ctx.queue.clone(),
+        registry,
     };
     tokio::spawn(admin::serve(admin, Arc::new(controls)));
     if let Some(watching) = watching {

@@ -4,12 +4,15 @@
 
 pub use crate::__bindings::sluice::policy::config::Value as ConfigValue;
 pub use crate::__bindings::sluice::policy::log::Level;
+pub use crate::__bindings::sluice::policy::registry::{Registration, Standing};
 use crate::__bindings::sluice::policy::types::{ConnectionInfo, TlsInfo};
 
 #[cfg(target_arch = "wasm32")]
 mod relay {
     use super::*;
-    use crate::__bindings::sluice::policy::{clock, config, counters, delivery, log, session};
+    use crate::__bindings::sluice::policy::{
+        clock, config, counters, delivery, log, registry, session,
+    };
 
     pub fn connection() -> ConnectionInfo {
         session::connection()
@@ -55,6 +58,9 @@ mod relay {
     pub fn require_tls(recipient: &str) {
         delivery::require_tls(recipient)
     }
+    pub fn registry(ip: &str) -> Standing {
+        registry::lookup(ip)
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -97,6 +103,9 @@ mod relay {
     }
     pub fn require_tls(recipient: &str) {
         with_env(|e| e.tls_required.push(recipient.to_string()))
+    }
+    pub fn registry(ip: &str) -> Standing {
+        with_env(|e| e.standing(ip))
     }
 }
 

@@ -37,7 +37,7 @@ mod networks;
 pub mod testing;
 
 pub use address::{Address, ascii_domain};
-pub use imports::{ConfigValue, Level};
+pub use imports::{ConfigValue, Level, Registration, Standing};
 pub use networks::{Networks, NetworksError};
 
 /// The bindings wit-bindgen generates for the contract (`wit/policy.wit`). Not for direct use.
@@ -285,6 +285,12 @@ impl Context {
     /// domain's own rule in the relay's configuration.
     pub fn require_tls(&self, recipient: &str) {
         imports::require_tls(recipient)
+    }
+
+    /// What the relay registry says of `ip`: the registration covering it (network and
+    /// department) and, if the postmaster blocked it, why.
+    pub fn registry(&self, ip: std::net::IpAddr) -> Standing {
+        imports::registry(&ip.to_canonical().to_string())
     }
 
     /// Logs at debug level, tagged with the module, the client and the queue id.

@@ -29,7 +29,7 @@
 //! windows, which may differ by a little at a window's edge.
 
 use crate::__bindings::sluice::policy::types::{ConnectionInfo, TlsInfo};
-use crate::imports::{ConfigValue, Level};
+use crate::imports::{ConfigValue, Level, Registration, Standing};
 use crate::{Body, Context, Decision, Header, Policy, Verdict};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +46,9 @@ pub(crate) struct Env {
     pub now_ms: u64,
     /// Recipients the module asked to be delivered over TLS only.
     pub tls_required: Vec<String>,
+    /// The registry: `(network, department)` registered, `(network, reason)` blocked.
+    registered: Vec<(String, String)>,
+    blocked: Vec<(String, String)>,
     counted: HashMap<(String, u32), Vec<u64>>,
     logs: Vec<String>,
 }
@@ -61,6 +64,32 @@ impl Env {
         self.logs.push(line);
     }
 
+    /// The standing of `ip` in the simulated registry (the most specific entry answers,
+    /// as in the relay).
+    pub fn standing(&self, ip: &str) -> Standing {
+        let most_specific = |entries: &[(String, String)]| {
+            let ip: std::net::IpAddr = ip.parse().ok()?;
+            entries
+                .iter()
+                .filter_map(|(network, value)| {
+                    let net = crate::Networks::parse(&[network]).ok()?;
+                    net.contains(ip)
+                        .then(|| (prefix_len(network), network, value))
+                })
+                .max_by_key(|(len, _, _)| *len)
+                .map(|(_, network, value)| (network.clone(), value.clone()))
+        };
+        Standing {
+            registration: most_specific(&self.registered).map(|(network, department)| {
+                Registration {
+                    network,
+                    department,
+                }
+            }),
+            blocked: most_specific(&self.blocked).map(|(_, reason)| reason),
+        }
+    }
+
     pub fn count(&mut self, key: &str, window_secs: u32, add: bool) -> u64 {
         let now = self.now_ms;
         let since = now.saturating_sub(u64::from(window_secs) * 1000);
@@ -74,6 +103,13 @@ impl Env {
         }
         times.len() as u64
     }
+}
+
+fn prefix_len(network: &str) -> u8 {
+    network
+        .split_once('/')
+        .and_then(|(_, len)| len.parse().ok())
+        .unwrap_or(128)
 }
 
 thread_local! {
@@ -155,6 +191,8 @@ impl<P: Policy> Session<P> {
                 config: BTreeMap::new(),
                 now_ms: 1_800_000_000_000,
                 tls_required: Vec::new(),
+                registered: Vec::new(),
+                blocked: Vec::new(),
                 counted: HashMap::new(),
                 logs: Vec::new(),
             }),
@@ -191,6 +229,21 @@ impl<P: Policy> Session<P> {
     /// The client has authenticated as `user`.
     pub fn authenticated(mut self, user: &str) -> Self {
         self.env().authenticated_user = Some(user.into());
+        self
+    }
+
+    /// The relay registry has `network` ("192.0.2.7" or "10.20.0.0/16") registered for
+    /// `department`.
+    pub fn registered(mut self, network: &str, department: &str) -> Self {
+        self.env()
+            .registered
+            .push((network.into(), department.into()));
+        self
+    }
+
+    /// The postmaster blocked `network`, for `reason`.
+    pub fn blocked(mut self, network: &str, reason: &str) -> Self {
+        self.env().blocked.push((network.into(), reason.into()));
         self
     }
 

@@ -3,12 +3,14 @@
 //! - [`policy`] — `sluice policy check` (is this module loadable, what is it) and
 //!   `sluice policy test` (run scenarios through a module, check what it decides).
 //! - [`queue`] — `sluice queue list|show|flush|hold|release|delete`.
+//! - [`registry`] — `sluice registry add|list|show|remove|block|unblock`.
 //! - [`status`] — `sluice status` and `sluice reload`, asking the running relay.
 //! - [`session`] — `sluice session`: an SMTP session on the terminal, as if from a given
 //!   client, through the configured chain, delivering nothing (as Exim's `-bh`).
 
 pub mod policy;
 pub mod queue;
+pub mod registry;
 pub mod session;
 pub mod status;
 

@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::policy::{Chain, PolicyEngine, SessionFacts};
 use crate::queue::{Queue, Spool};
+use crate::registry::store::Store;
 use crate::smtp::ServerContext;
 use crate::smtp::session::Session;
 use crate::smtp::stream::Stream;
@@ -35,7 +36,13 @@ pub async fn run(config: Config, client: Client) -> ExitCode {
 
 async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let engine = PolicyEngine::new()?;
+    let mut engine = PolicyEngine::new()?;
+    // The registry as it stands, so a registered or blocked client is seen as such.
+    let db = config.registry_db();
+    if db.exists() {
+        let table = Store::open(&db)?.table()?;
+        engine = engine.with_registry(Arc::new(ArcSwap::from_pointee(table)));
+    }
     let dir = config.policies.dir.clone();
     let chain = tokio::task::spawn_blocking(move || Chain::load(&engine, &dir))
         .await?
@@ -64,6 +71,7 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
         config: Arc::new(config),
         chain: Arc::new(ArcSwap::from_pointee(chain)),
         queue: Queue::new(spool, new_messages),
+        registry: None,
     });
     let local = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 25);
     let mut facts = SessionFacts::new(SocketAddr::new(client.peer, 40000), local, &listener);

@@ -371,6 +371,7 @@ impl Chain {
                         .trap_on_grow_failure(true)
                         .build(),
                     counters: self.engine.counters().clone(),
+                    registry: self.engine.registry().clone(),
                     requests: requests.clone(),
                     dry_run: module.mode == Mode::DryRun,
                     table: ResourceTable::new(),

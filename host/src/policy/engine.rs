@@ -7,6 +7,8 @@
 
 use super::counters::Counters;
 use super::host::HostState;
+use crate::registry::Table;
+use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,8 @@ pub struct PolicyEngine {
     linker: Arc<Linker<HostState>>,
     /// The node's counters: kept across reloads, as chains come and go.
     counters: Arc<Counters>,
+    /// The relay registry modules look addresses up in (empty until the relay sets it).
+    registry: Arc<ArcSwap<Table>>,
     /// Compiled components by the SHA-256 of their bytes, so that a reload recompiles only
     /// the modules that changed.
     compiled: Arc<Mutex<HashMap<String, Component>>>,
@@ -75,9 +79,21 @@ impl PolicyEngine {
             engine,
             linker: Arc::new(linker),
             counters: Arc::default(),
+            registry: Arc::default(),
             compiled: Arc::default(),
             cache_dir: None,
         })
+    }
+
+    /// Lets modules look addresses up in `table` (the running relay's registry).
+    pub fn with_registry(mut self, table: Arc<ArcSwap<Table>>) -> Self {
+        self.registry = table;
+        self
+    }
+
+    /// The registry modules' `registry.lookup` consults.
+    pub fn registry(&self) -> &Arc<ArcSwap<Table>> {
+        &self.registry
     }
 
     /// Keeps compiled modules in `dir` too, so a restart does not compile unchanged modules

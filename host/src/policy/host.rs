@@ -7,6 +7,9 @@
 use super::counters::{self, Counters};
 use super::engine::sluice::policy::{clock, config, log, message, session, types};
 use super::message::MessageBody;
+use crate::registry::Table;
+use crate::registry::table::display;
+use arc_swap::ArcSwap;
 use sluice_sdk::mime::cut_text;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -77,6 +80,8 @@ pub struct HostState {
     pub counters: Arc<Counters>,
     /// What the session's modules asked of delivery (`delivery` in the contract).
     pub requests: Arc<DeliveryRequests>,
+    /// The relay registry (`registry` in the contract).
+    pub registry: Arc<ArcSwap<Table>>,
     /// A dry-run module's requests are logged, not applied.
     pub dry_run: bool,
     pub table: ResourceTable,
@@ -273,6 +278,26 @@ impl super::engine::sluice::policy::counters::Host for HostState {
     fn peek(&mut self, key: String, window_seconds: u32) -> u64 {
         self.counters
             .count(&self.module, &key, window_seconds, 0, counters::now_ms())
+    }
+}
+
+impl super::engine::sluice::policy::registry::Host for HostState {
+    fn lookup(&mut self, ip: String) -> super::engine::sluice::policy::registry::Standing {
+        use super::engine::sluice::policy::registry::{Registration, Standing};
+        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+            return Standing {
+                registration: None,
+                blocked: None,
+            };
+        };
+        let table = self.registry.load();
+        Standing {
+            registration: table.registration(ip).map(|r| Registration {
+                network: display(&r.network),
+                department: r.department.clone(),
+            }),
+            blocked: table.block(ip).map(|b| b.reason.clone()),
+        }
     }
 }
 

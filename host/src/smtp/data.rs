@@ -245,6 +245,9 @@ impl Session {
                 "Local error in processing: cannot queue the message",
             );
         }
+        if let Some(registry) = &self.ctx.registry {
+            registry.relayed(peer.ip());
+        }
         tracing::info!(
             target: "sluice::queue",
             "{id}: client=[{}], helo={}, from=<{}>, nrcpt={}, size={size}, tls={}{}",

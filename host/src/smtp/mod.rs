@@ -28,6 +28,7 @@ pub use reply::Reply;
 use crate::config::Config;
 use crate::policy::Chain;
 use crate::queue::Queue;
+use crate::registry::Registry;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
@@ -39,4 +40,7 @@ pub struct ServerContext {
     pub tls: TlsAcceptor,
     pub chain: Arc<ArcSwap<Chain>>,
     pub queue: Queue,
+    /// Told when a message is accepted, so registrations in use do not expire; `None`
+    /// where nothing is delivered (`sluice session`).
+    pub registry: Option<Arc<Registry>>,
 }

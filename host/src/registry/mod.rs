@@ -1,0 +1,180 @@
+//! The relay registry: the client addresses a postmaster registered to relay (with the
+//! admin of record, a contact, the department and the purpose), and those blocked.
+//!
+//! - [`store`] — the SQLite database the relay and `sluice registry` share.
+//! - [`table`] — the in-memory copy policies consult (the contract's `registry.lookup`).
+//! - [`notice`] — the confirmation and expiry messages to a registration's contact.
+//!
+//! The running relay keeps the registry's books: it reloads the table when the database
+//! changes, records when a registered address last relayed, removes registrations unused
+//! for `expire_after`, and queues the notices that changes leave in the outbox. A change
+//! by `sluice registry` nudges it through the control socket; a periodic check catches a
+//! change made while it was not listening.
+
+pub mod notice;
+pub mod store;
+pub mod table;
+
+use crate::config::Config;
+use crate::queue::{self, Queue};
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use notice::{Notice, Wording};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::Store;
+pub use table::Table;
+use tokio::sync::Notify;
+
+/// The registry as the running relay keeps it.
+pub struct Registry {
+    table: Arc<ArcSwap<Table>>,
+    store: Mutex<Store>,
+    /// Uses seen since the last write: registered network → when it last relayed.
+    uses: Mutex<HashMap<IpNet, u64>>,
+    changed: Notify,
+    hostname: String,
+    notices_from: String,
+    how_to_change: String,
+    expire_after: Duration,
+}
+
+impl Registry {
+    /// Opens the registry database named by the configuration and loads the table.
+    pub fn open(config: &Config) -> anyhow::Result<Registry> {
+        let path = config.registry_db();
+        let mut store = Store::open(&path)?;
+        store.changed()?;
+        let table = store.table()?;
+        Ok(Registry {
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            store: Mutex::new(store),
+            uses: Mutex::default(),
+            changed: Notify::new(),
+            hostname: config.hostname.clone(),
+            notices_from: config.notices_from(),
+            how_to_change: config.registry.how_to_change.clone(),
+            expire_after: config.registry.expire_after,
+        })
+    }
+
+    /// The table policies look addresses up in; replaced whole on every change.
+    pub fn table(&self) -> Arc<ArcSwap<Table>> {
+        self.table.clone()
+    }
+
+    /// A message from `ip` was accepted: if a registration covers it, that registration
+    /// is in use (written to the database at the next round of book-keeping).
+    pub fn relayed(&self, ip: IpAddr) {
+        let table = self.table.load();
+        if let Some(registration) = table.registration(ip) {
+            self.uses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(registration.network, queue::now());
+        }
+    }
+
+    /// The database was changed by someone else: catch up now.
+    pub fn nudge(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Keeps the books until the process ends: see the module's documentation.
+    pub async fn run(self: Arc<Self>, queue: Queue) {
+        // Often enough that expiry is timely, rarely enough that recording uses costs
+        // nothing: once a minute, or a quarter of a short `expire_after` (for tests).
+        let period = match self.expire_after {
+            Duration::ZERO => Duration::from_secs(60),
+            after => (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60)),
+        };
+        loop {
+            let registry = self.clone();
+            match tokio::task::spawn_blocking(move || registry.keep_books()).await {
+                Ok(Ok(outbox)) => self.send(&queue, outbox).await,
+                Ok(Err(e)) => tracing::error!(target: "sluice::registry", "registry: {e:#}"),
+                Err(e) => tracing::error!(target: "sluice::registry", "registry task failed: {e}"),
+            }
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    }
+
+    /// One round: writes the uses seen, expires unused registrations, reloads the table
+    /// if the database changed, and returns the notices waiting to be queued.
+    fn keep_books(&self) -> anyhow::Result<Vec<(i64, Notice)>> {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let uses: Vec<(IpNet, u64)> =
+            std::mem::take(&mut *self.uses.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        if !uses.is_empty() {
+            store.record_relayed(&uses)?;
+        }
+        if !self.expire_after.is_zero() {
+            let before = queue::now().saturating_sub(self.expire_after.as_secs());
+            let wording = Wording {
+                hostname: &self.hostname,
+                how_to_change: &self.how_to_change,
+            };
+            for r in store.expire(before, |r| notice::expired(r, &wording))? {
+                tracing::warn!(
+                    target: "sluice::registry",
+                    network = %table::display(&r.network),
+                    admin = %r.admin,
+                    contact = %r.contact,
+                    department = %r.department,
+                    last_relayed = r.last_relayed_at.unwrap_or(0),
+                    "registry: registration unused for {}: removed, contact notified",
+                    humantime::format_duration(self.expire_after),
+                );
+            }
+        }
+        if store.changed()? || !uses.is_empty() {
+            let table = store.table()?;
+            tracing::debug!(
+                target: "sluice::registry",
+                registrations = table.registrations().len(),
+                blocks = table.blocks().len(),
+                "registry: table loaded"
+            );
+            self.table.store(Arc::new(table));
+        }
+        store.outbox()
+    }
+
+    /// Queues the outbox's notices, forgetting each once it is safely in the spool (a
+    /// crash in between sends it twice, never not at all).
+    async fn send(self: &Arc<Self>, queue: &Queue, outbox: Vec<(i64, Notice)>) {
+        for (row, notice) in outbox {
+            let (envelope, text) = notice::message(&notice, &self.notices_from, &self.hostname);
+            let id = envelope.id.clone();
+            if let Err(e) = queue.enqueue(envelope, text).await {
+                tracing::error!(target: "sluice::registry", error = %e, "registry: cannot queue a notice; trying again later");
+                return;
+            }
+            tracing::info!(
+                target: "sluice::registry",
+                "{id}: registry notice to=<{}>, subject={:?}",
+                notice.recipient,
+                notice.subject
+            );
+            let registry = self.clone();
+            let forgotten = tokio::task::spawn_blocking(move || {
+                registry
+                    .store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .sent(row)
+            })
+            .await;
+            if !matches!(forgotten, Ok(Ok(()))) {
+                tracing::error!(target: "sluice::registry", "{id}: registry: cannot mark the notice sent; it may be sent again");
+            }
+        }
+    }
+}
