@@ -84,8 +84,8 @@ impl Controls {
             }
             ["queue", "delete-all"] => done(self.queue.delete_all().await),
             ["registry", "changed"] => {
-                self.registry.nudge();
-                done(Ok("the relay is reading the registry".into()))
+                self.registry.catch_up(&self.queue).await;
+                done(Ok("the relay has read the registry".into()))
             }
             ["queue", verb, id] => {
                 let order = match *verb {

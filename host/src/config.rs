@@ -251,6 +251,10 @@ pub struct RegistryConfig {
     /// ("0s": never).
     #[serde(with = "humantime_serde")]
     pub expire_after: Duration,
+    /// How often the relay writes when registrations last relayed, removes unused ones
+    /// and catches up with changes it was not told of.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
     /// The sender of confirmations and expiry notices (default: `postmaster@HOSTNAME`).
     pub notices_from: Option<String>,
     /// The last paragraph of every notice: how to change or remove a registration.
@@ -262,6 +266,7 @@ impl Default for RegistryConfig {
         Self {
             db: None,
             expire_after: Duration::from_secs(180 * 24 * 3600),
+            check_interval: Duration::from_secs(60),
             notices_from: None,
             how_to_change: "To change or remove this registration, write to the postmaster.".into(),
         }
@@ -415,6 +420,9 @@ impl Config {
                 "delivery.connections_per_destination",
                 "must be at least 1",
             ));
+        }
+        if self.registry.check_interval < Duration::from_millis(100) {
+            return Err(invalid("registry.check_interval", "must be at least 100ms"));
         }
         if let Some(from) = &self.registry.notices_from
             && (from.contains(['<', '>', ' ']) || !from.contains('@'))

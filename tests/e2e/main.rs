@@ -12,6 +12,7 @@ mod durability;
 mod example_policy;
 mod protocol;
 mod queue;
+mod registry;
 mod relaying;
 mod reload;
 mod sandbox;

@@ -57,7 +57,7 @@ pub fn add(config: &Config, new: NewRegistration) -> ExitCode {
     match result {
         Ok(r) => {
             let sent = if tell_relay(config) {
-                "the relay is sending"
+                "queued by the relay"
             } else {
                 "the relay will send it when it starts; it is not running"
             };

@@ -8,8 +8,8 @@
 //! The running relay keeps the registry's books: it reloads the table when the database
 //! changes, records when a registered address last relayed, removes registrations unused
 //! for `expire_after`, and queues the notices that changes leave in the outbox. A change
-//! by `sluice registry` nudges it through the control socket; a periodic check catches a
-//! change made while it was not listening.
+//! by `sluice registry` asks it to catch up through the control socket; the periodic
+//! round catches a change made while it was not listening.
 
 pub mod notice;
 pub mod store;
@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::Store;
 pub use table::Table;
-use tokio::sync::Notify;
 
 /// The registry as the running relay keeps it.
 pub struct Registry {
@@ -34,11 +33,13 @@ pub struct Registry {
     store: Mutex<Store>,
     /// Uses seen since the last write: registered network → when it last relayed.
     uses: Mutex<HashMap<IpNet, u64>>,
-    changed: Notify,
     hostname: String,
     notices_from: String,
     how_to_change: String,
     expire_after: Duration,
+    check_interval: Duration,
+    /// One round of book-keeping at a time, so a notice is never queued twice by two.
+    round: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -52,11 +53,12 @@ impl Registry {
             table: Arc::new(ArcSwap::from_pointee(table)),
             store: Mutex::new(store),
             uses: Mutex::default(),
-            changed: Notify::new(),
             hostname: config.hostname.clone(),
             notices_from: config.notices_from(),
             how_to_change: config.registry.how_to_change.clone(),
             expire_after: config.registry.expire_after,
+            check_interval: config.registry.check_interval,
+            round: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -77,30 +79,24 @@ impl Registry {
         }
     }
 
-    /// The database was changed by someone else: catch up now.
-    pub fn nudge(&self) {
-        self.changed.notify_one();
+    /// Keeps the books every `check_interval` until the process ends: see the module's
+    /// documentation.
+    pub async fn run(self: Arc<Self>, queue: Queue) {
+        loop {
+            self.catch_up(&queue).await;
+            tokio::time::sleep(self.check_interval).await;
+        }
     }
 
-    /// Keeps the books until the process ends: see the module's documentation.
-    pub async fn run(self: Arc<Self>, queue: Queue) {
-        // Often enough that expiry is timely, rarely enough that recording uses costs
-        // nothing: once a minute, or a quarter of a short `expire_after` (for tests).
-        let period = match self.expire_after {
-            Duration::ZERO => Duration::from_secs(60),
-            after => (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60)),
-        };
-        loop {
-            let registry = self.clone();
-            match tokio::task::spawn_blocking(move || registry.keep_books()).await {
-                Ok(Ok(outbox)) => self.send(&queue, outbox).await,
-                Ok(Err(e)) => tracing::error!(target: "sluice::registry", "registry: {e:#}"),
-                Err(e) => tracing::error!(target: "sluice::registry", "registry task failed: {e}"),
-            }
-            tokio::select! {
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(period) => {}
-            }
+    /// One round of book-keeping now; when it returns, the relay decides by the database
+    /// as it is (`sluice registry` waits for this, so a block is in force when it returns).
+    pub async fn catch_up(self: &Arc<Self>, queue: &Queue) {
+        let _round = self.round.lock().await;
+        let registry = self.clone();
+        match tokio::task::spawn_blocking(move || registry.keep_books()).await {
+            Ok(Ok(outbox)) => self.send(queue, outbox).await,
+            Ok(Err(e)) => tracing::error!(target: "sluice::registry", "registry: {e:#}"),
+            Err(e) => tracing::error!(target: "sluice::registry", "registry task failed: {e}"),
         }
     }
 
