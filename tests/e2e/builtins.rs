@@ -193,6 +193,16 @@ async fn require_tls_keeps_a_listed_domains_mail_from_going_in_clear() {
     assert_eq!(sink.messages().len(), 1);
 }
 
+#[test]
+fn the_readme_shows_the_example_campus_chain_as_it_is() {
+    let example = include_str!("../../examples/campus/policies.toml");
+    let readme = include_str!("../../README.md");
+    assert!(
+        readme.contains(&format!("```toml\n{example}```")),
+        "README.md: copy examples/campus/policies.toml into its <details> block again"
+    );
+}
+
 #[tokio::test]
 async fn the_example_campus_chain_loads_and_relays() {
     let sink = Sink::start().await;
@@ -207,16 +217,40 @@ async fn the_example_campus_chain_loads_and_relays() {
     conn.cmd("EHLO printer.lab.example.edu", 250).await;
     conn.cmd("MAIL FROM:<someone@gmail.example>", 550).await;
     conn.cmd("MAIL FROM:<printer@lab.example.edu>", 250).await;
-    conn.cmd("RCPT TO:<someone@example.org>", 250).await;
+    // Not registered: inside only.
+    let refused = conn.cmd("RCPT TO:<someone@example.org>", 550).await;
+    assert!(
+        refused.contains("https://it.example.edu/relay"),
+        "{refused}"
+    );
+    conn.cmd("RCPT TO:<dean@example.edu>", 250).await;
     conn.cmd("DATA", 354).await;
     conn.send(
         b"From: Lab Printer <printer@lab.example.edu>\r\nSubject: toner low\r\n\r\nx\r\n.\r\n",
     )
     .await;
     conn.expect(250).await;
+    // Registered: anywhere.
+    let out = relay.command(&[
+        "registry",
+        "add",
+        "127.0.0.1",
+        "--admin",
+        "jdoe",
+        "--contact",
+        "jdoe@example.edu",
+        "--dept",
+        "Library",
+        "--purpose",
+        "printer",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    conn.cmd("MAIL FROM:<printer@lab.example.edu>", 250).await;
+    conn.cmd("RCPT TO:<someone@example.org>", 250).await;
     let log = relay
-        .wait_for_log("chain=[\"helo\", \"sender\", \"size\", \"rate-limit\", \"require-tls\", \"networks\", \"bulk-mail\"]")
+        .wait_for_log("chain=[\"helo\", \"sender\", \"size\", \"rate-limit\", \"require-tls\", \"campus-access\", \"bulk-mail\"]")
         .await;
     assert!(!log.contains("ERROR"), "{log}");
-    assert_eq!(sink.wait_for(1).await.len(), 1);
+    // The message to the dean, and the registration's confirmation.
+    assert_eq!(sink.wait_for(2).await.len(), 2);
 }

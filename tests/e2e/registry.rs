@@ -82,7 +82,7 @@ async fn send_from(relay: &Relay, from: &str, to: &[&str]) -> Vec<u16> {
         conn.send(format!("RCPT TO:<{rcpt}>\r\n")).await;
         codes.push(conn.reply().await.code);
     }
-    if codes.iter().any(|c| *c == 250) {
+    if codes.contains(&250) {
         conn.cmd("DATA", 354).await;
         conn.send(format!(
             "From: app@example.edu\r\nSubject: from {from}\r\n\r\nhello\r\n.\r\n"

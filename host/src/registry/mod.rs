@@ -111,6 +111,8 @@ impl Registry {
         if !uses.is_empty() {
             store.record_relayed(&uses)?;
         }
+        // What this connection wrote itself does not show in `changed()`.
+        let mut reload = !uses.is_empty();
         if !self.expire_after.is_zero() {
             let before = queue::now().saturating_sub(self.expire_after.as_secs());
             let wording = Wording {
@@ -118,6 +120,7 @@ impl Registry {
                 how_to_change: &self.how_to_change,
             };
             for r in store.expire(before, |r| notice::expired(r, &wording))? {
+                reload = true;
                 tracing::warn!(
                     target: "sluice::registry",
                     network = %table::display(&r.network),
@@ -130,7 +133,7 @@ impl Registry {
                 );
             }
         }
-        if store.changed()? || !uses.is_empty() {
+        if store.changed()? || reload {
             let table = store.table()?;
             tracing::debug!(
                 target: "sluice::registry",
