@@ -84,8 +84,8 @@ impl Controls {
             }
             ["queue", "delete-all"] => done(self.queue.delete_all().await),
             ["registry", "changed"] => {
-                self.registry.catch_up(&self.queue).await;
-                done(Ok("the relay has read the registry".into()))
+                let read = self.registry.catch_up(&self.queue).await;
+                done(read.map(|()| "the relay has read the registry".into()))
             }
             ["queue", verb, id] => {
                 let order = match *verb {

@@ -44,6 +44,8 @@ pub struct Config {
     pub policies: PoliciesConfig,
     pub admin: AdminConfig,
     pub registry: RegistryConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
 }
 
 /// One listening socket.
@@ -51,14 +53,76 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub addr: SocketAddr,
-    /// The name policies see (`session.connection().listener`); defaults to the address.
+    /// The name policies see (`session.connection().listener`); defaults to the kind for
+    /// `submission` and `smtps`, to the address for `relay`.
     pub name: Option<String>,
+    #[serde(default)]
+    pub kind: ListenerKind,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a load
+    /// balancer, naming the real client; a connection without one is refused.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// What a listener is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Port 25 style: STARTTLS offered, no AUTH.
+    #[default]
+    Relay,
+    /// Port 587 style: STARTTLS offered, AUTH only after it, and required before MAIL.
+    Submission,
+    /// Port 465 style: TLS from the first byte, AUTH required before MAIL.
+    Smtps,
+}
+
+impl ListenerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Relay => "relay",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Smtps => "smtps",
+        }
+    }
+
+    /// Clients authenticate here (and must, before MAIL).
+    pub fn authenticates(self) -> bool {
+        self != ListenerKind::Relay
+    }
 }
 
 impl ListenerConfig {
     /// The name policies and logs use for this listener.
     pub fn name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.addr.to_string())
+        self.name.clone().unwrap_or_else(|| match self.kind {
+            ListenerKind::Relay => self.addr.to_string(),
+            kind => kind.as_str().to_string(),
+        })
+    }
+}
+
+/// SMTP AUTH on the submission and smtps listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Failed attempts from one client address within `failure_window`, after which every
+    /// attempt is refused until the window has passed.
+    pub max_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// The wait before answering a failed attempt, times the failures so far (at most 5).
+    #[serde(with = "humantime_serde")]
+    pub failure_delay: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            failure_window: Duration::from_secs(15 * 60),
+            failure_delay: Duration::from_secs(1),
+        }
     }
 }
 
@@ -241,12 +305,18 @@ impl Default for PoliciesConfig {
     }
 }
 
+/// The embedded store: the relay registry and the users of the submission listeners.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// An SQLite database (default: `sluice.db` in the spool directory).
+    pub db: Option<PathBuf>,
+}
+
 /// The relay registry: the client addresses registered to relay (see `registry`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    /// The registry's database (SQLite; default: `registry.db` in the spool directory).
-    pub db: Option<PathBuf>,
     /// A registration that has not relayed for this long is removed, and its contact told
     /// ("0s": never).
     #[serde(with = "humantime_serde")]
@@ -264,7 +334,6 @@ pub struct RegistryConfig {
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
-            db: None,
             expire_after: Duration::from_secs(180 * 24 * 3600),
             check_interval: Duration::from_secs(60),
             notices_from: None,
@@ -289,6 +358,8 @@ impl Default for Config {
             listeners: vec![ListenerConfig {
                 addr: SocketAddr::from(([127, 0, 0, 1], 2525)),
                 name: None,
+                kind: ListenerKind::Relay,
+                proxy_protocol: false,
             }],
             tls: TlsConfig::default(),
             limits: Limits::default(),
@@ -297,6 +368,8 @@ impl Default for Config {
             policies: PoliciesConfig::default(),
             admin: AdminConfig::default(),
             registry: RegistryConfig::default(),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -320,12 +393,12 @@ impl Config {
             .unwrap_or_else(|| self.spool.dir.join("sluice.sock"))
     }
 
-    /// The registry's database (default: `registry.db` in the spool directory).
-    pub fn registry_db(&self) -> PathBuf {
-        self.registry
+    /// The embedded store (default: `sluice.db` in the spool directory).
+    pub fn store_db(&self) -> PathBuf {
+        self.store
             .db
             .clone()
-            .unwrap_or_else(|| self.spool.dir.join("registry.db"))
+            .unwrap_or_else(|| self.spool.dir.join("sluice.db"))
     }
 
     /// Who notices from the relay come from (default: `postmaster@HOSTNAME`).
@@ -421,11 +494,14 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.auth.max_failures == 0 {
+            return Err(invalid("auth.max_failures", "must be at least 1"));
+        }
         if self.registry.check_interval < Duration::from_millis(100) {
             return Err(invalid("registry.check_interval", "must be at least 100ms"));
         }
         if let Some(from) = &self.registry.notices_from
-            && (from.contains(['<', '>', ' ']) || !from.contains('@'))
+            && !crate::smtp::valid_address(from)
         {
             return Err(invalid(
                 "registry.notices_from",

@@ -9,6 +9,7 @@
 //! queue::runner ─► delivery (next hop, opportunistic STARTTLS) ─► sent · deferred · bounced
 //! ```
 //!
+//! - [`auth`] — SMTP AUTH on the submission listeners, and their users.
 //! - [`admin`] — the control socket for `sluice status` and `sluice reload`.
 //! - [`cli`] — `sluice policy check/test` and `sluice session`: trying policies before they go live.
 //! - [`config`] — `sluice.toml`.
@@ -17,10 +18,12 @@
 //! - [`queue`] — the spool on disk and the scheduler of delivery attempts.
 //! - [`delivery`] — the outbound SMTP client and the per-attempt log.
 //! - [`registry`] — the addresses registered to relay, and those blocked.
+//! - [`store`] — the embedded SQLite store (registry, users).
 //! - [`tls`] — certificates for STARTTLS.
 //! - [`server`] — wiring it all together for `sluice serve`.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -29,4 +32,5 @@ pub mod queue;
 pub mod registry;
 pub mod server;
 pub mod smtp;
+pub mod store;
 pub mod tls;

@@ -27,7 +27,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let registry = Arc::new(
         Registry::open(&config)
-            .with_context(|| format!("registry.db {}", config.registry_db().display()))?,
+            .with_context(|| format!("store.db {}", config.store_db().display()))?,
     );
     let policies = &config.policies;
     std::fs::create_dir_all(&policies.dir)

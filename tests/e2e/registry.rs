@@ -203,8 +203,9 @@ async fn the_open_relay_tricks_never_get_mail_outside() {
     to.extend(tricks);
     let codes = send_from(&relay, UNREGISTERED, &to).await;
     assert_eq!(codes[0], 250);
+    // 550 from campus-access, or 501 where the address is not even valid syntax.
     for (trick, code) in tricks.iter().zip(&codes[1..]) {
-        assert!(*code >= 500, "{trick}: {code}");
+        assert!(matches!(code, 501 | 550), "{trick}: {code}");
     }
     assert_eq!(codes.last(), Some(&250), "the internal recipient's message");
     let delivered = sink.wait_for(1).await;
@@ -265,8 +266,11 @@ async fn unused_registrations_expire_with_a_notice_and_used_ones_stay() {
     let sink = Sink::start().await;
     let relay = campus_relay(&sink, "expire_after = \"3s\"\n").await;
     register(&relay, REGISTERED, "busy@example.edu");
+    assert_eq!(
+        send_from(&relay, REGISTERED, &["a@gmail.com"]).await,
+        [250, 250]
+    );
     register(&relay, UNREGISTERED, "idle@example.edu");
-    sink.wait_for(2).await;
     // The busy machine keeps relaying; the idle one does not.
     let mut expired = false;
     for _ in 0..16 {

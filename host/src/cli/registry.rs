@@ -11,7 +11,7 @@ use crate::queue;
 use crate::registry::notice::{self, Wording};
 use crate::registry::store::Store;
 use crate::registry::table::{Registration, display, parse_network};
-use ipnet::IpNet;
+use crate::smtp::valid_address;
 use sluice_sdk::Address;
 use std::process::ExitCode;
 
@@ -29,7 +29,7 @@ pub fn add(config: &Config, new: NewRegistration) -> ExitCode {
     let result = (|| {
         let network = parse_network(&new.network).map_err(anyhow::Error::msg)?;
         let contact = new.contact.trim();
-        if Address::parse(contact).is_none() || contact.contains(['<', '>', ',', ' ']) {
+        if !valid_address(contact) || Address::parse(contact).is_none() {
             anyhow::bail!("--contact {contact:?} is not an email address (user@domain)");
         }
         for (flag, value) in [
@@ -56,10 +56,10 @@ pub fn add(config: &Config, new: NewRegistration) -> ExitCode {
     })();
     match result {
         Ok(r) => {
-            let sent = if tell_relay(config) {
-                "queued by the relay"
-            } else {
-                "the relay will send it when it starts; it is not running"
+            let sent = match tell_relay(config) {
+                Told::Done => "queued by the relay",
+                Told::NotRunning => "the relay will send it when it starts; it is not running",
+                Told::Failed => "the relay could not read the registry (see its log)",
             };
             println!(
                 "registered {} for {} ({}); confirmation to <{}>: {sent}",
@@ -76,7 +76,7 @@ pub fn add(config: &Config, new: NewRegistration) -> ExitCode {
 
 /// `sluice registry list`.
 pub fn list(config: &Config) -> ExitCode {
-    let table = match open(config).and_then(|s| s.table()) {
+    let table = match open_existing(config).and_then(|s| s.table()) {
         Ok(table) => table,
         Err(e) => return fail(e),
     };
@@ -117,24 +117,23 @@ pub fn list(config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `sluice registry show IP`: the registration and block covering an address (or of
-/// exactly a network).
+/// `sluice registry show IP`: the registration and block covering an address, as the
+/// relay would find them (or, for a network, those of exactly that network).
 pub fn show(config: &Config, what: &str) -> ExitCode {
     let result = (|| {
         let network = parse_network(what).map_err(anyhow::Error::msg)?;
-        let table = open(config)?.table()?;
-        // An address is looked up as the relay would; a network must be registered as such.
-        let covering = |nets: &[IpNet]| -> Option<usize> {
-            if network.prefix_len() == network.max_prefix_len() {
-                nets.iter().position(|n| n.contains(&network.addr()))
-            } else {
-                nets.iter().position(|n| *n == network)
-            }
-        };
-        let regs: Vec<IpNet> = table.registrations().iter().map(|r| r.network).collect();
-        let blocks: Vec<IpNet> = table.blocks().iter().map(|b| b.network).collect();
-        let registration = covering(&regs).map(|i| table.registrations()[i].clone());
-        let block = covering(&blocks).map(|i| table.blocks()[i].clone());
+        let table = open_existing(config)?.table()?;
+        let address = (network.prefix_len() == network.max_prefix_len()).then(|| network.addr());
+        let registration = match address {
+            Some(ip) => table.registration(ip),
+            None => table.registrations().iter().find(|r| r.network == network),
+        }
+        .cloned();
+        let block = match address {
+            Some(ip) => table.block(ip),
+            None => table.blocks().iter().find(|b| b.network == network),
+        }
+        .cloned();
         Ok::<_, anyhow::Error>((registration, block))
     })();
     match result {
@@ -178,15 +177,9 @@ pub fn remove(config: &Config, what: &str) -> ExitCode {
         open(config)?.unregister(&network)
     })();
     match result {
-        Ok(Some(r)) => {
-            tell_relay(config);
-            println!(
-                "removed {} ({}, {})",
-                display(&r.network),
-                r.department,
-                r.admin
-            );
-            ExitCode::SUCCESS
+        Ok(Some((department, admin))) => {
+            println!("removed {what} ({department}, {admin})");
+            told(config)
         }
         Ok(None) => fail(anyhow::anyhow!(
             "{what} is not registered (see sluice registry list)"
@@ -207,9 +200,8 @@ pub fn block(config: &Config, what: &str, reason: &str) -> ExitCode {
     })();
     match result {
         Ok(network) => {
-            tell_relay(config);
             println!("blocked {}", display(&network));
-            ExitCode::SUCCESS
+            told(config)
         }
         Err(e) => fail(e),
     }
@@ -223,9 +215,8 @@ pub fn unblock(config: &Config, what: &str) -> ExitCode {
     })();
     match result {
         Ok((network, true)) => {
-            tell_relay(config);
             println!("unblocked {}", display(&network));
-            ExitCode::SUCCESS
+            told(config)
         }
         Ok((_, false)) => fail(anyhow::anyhow!("{what} is not blocked")),
         Err(e) => fail(e),
@@ -233,26 +224,64 @@ pub fn unblock(config: &Config, what: &str) -> ExitCode {
 }
 
 fn open(config: &Config) -> anyhow::Result<Store> {
-    let db = config.registry_db();
-    Store::open(&db).map_err(|e| e.context(format!("registry {}", db.display())))
+    let db = config.store_db();
+    Store::open(&db).map_err(|e| e.context(format!("store {}", db.display())))
 }
 
-/// Tells the running relay that the registry changed; false when no relay answered.
-fn tell_relay(config: &Config) -> bool {
-    crate::admin::request(&config.admin_socket(), "registry changed")
-        .is_ok_and(|answer| answer.starts_with("ok"))
+/// The registry for reading: an error, not an empty registry, where there is none.
+fn open_existing(config: &Config) -> anyhow::Result<Store> {
+    let db = config.store_db();
+    Store::open_existing(&db)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no store at {} (nothing registered yet, or another --config?)",
+            db.display()
+        )
+    })
+}
+
+/// What the running relay said to a change.
+enum Told {
+    /// It has read the registry: the change is in force.
+    Done,
+    NotRunning,
+    /// It answered with an error.
+    Failed,
+}
+
+/// Tells the running relay that the registry changed, and waits until it has read it.
+fn tell_relay(config: &Config) -> Told {
+    match crate::admin::request(&config.admin_socket(), "registry changed") {
+        Ok(answer) if answer.starts_with("ok") => Told::Done,
+        Ok(answer) => {
+            eprintln!("sluice: the relay: {answer}");
+            Told::Failed
+        }
+        Err(_) => Told::NotRunning,
+    }
+}
+
+/// Tells the relay of a change and says what came of it: a change the running relay
+/// could not take is a failure, though it is in the database.
+fn told(config: &Config) -> ExitCode {
+    match tell_relay(config) {
+        Told::Done => ExitCode::SUCCESS,
+        Told::NotRunning => {
+            println!("(the relay is not running: in force when it starts)");
+            ExitCode::SUCCESS
+        }
+        Told::Failed => {
+            eprintln!("sluice: recorded, but the running relay has not read it (see its log)");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn day(unix: u64) -> String {
-    chrono::DateTime::from_timestamp(unix as i64, 0)
-        .map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_default()
+    notice::date_as(unix, "%Y-%m-%d")
 }
 
 fn time(unix: u64) -> String {
-    chrono::DateTime::from_timestamp(unix as i64, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_default()
+    notice::date_as(unix, "%Y-%m-%d %H:%M:%S UTC")
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {

@@ -38,9 +38,11 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut engine = PolicyEngine::new()?;
     // The registry as it stands, so a registered or blocked client is seen as such.
-    let db = config.registry_db();
-    if db.exists() {
-        let table = Store::open(&db)?.table()?;
+    let db = config.store_db();
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_existing(&db)?.map(|s| s.table()).transpose()
+    });
+    if let Some(table) = store.await?? {
         engine = engine.with_registry(Arc::new(ArcSwap::from_pointee(table)));
     }
     let dir = config.policies.dir.clone();

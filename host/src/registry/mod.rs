@@ -20,7 +20,7 @@ use crate::queue::{self, Queue};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use notice::{Notice, Wording};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,12 +40,14 @@ pub struct Registry {
     check_interval: Duration,
     /// One round of book-keeping at a time, so a notice is never queued twice by two.
     round: tokio::sync::Mutex<()>,
+    /// Outbox rows queued by this process.
+    queued: Mutex<HashSet<i64>>,
 }
 
 impl Registry {
     /// Opens the registry database named by the configuration and loads the table.
     pub fn open(config: &Config) -> anyhow::Result<Registry> {
-        let path = config.registry_db();
+        let path = config.store_db();
         let mut store = Store::open(&path)?;
         store.changed()?;
         let table = store.table()?;
@@ -59,6 +61,7 @@ impl Registry {
             expire_after: config.registry.expire_after,
             check_interval: config.registry.check_interval,
             round: tokio::sync::Mutex::new(()),
+            queued: Mutex::default(),
         })
     }
 
@@ -72,44 +75,60 @@ impl Registry {
     pub fn relayed(&self, ip: IpAddr) {
         let table = self.table.load();
         if let Some(registration) = table.registration(ip) {
-            self.uses
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(registration.network, queue::now());
+            self.uses().insert(registration.network, queue::now());
         }
+    }
+
+    fn uses(&self) -> std::sync::MutexGuard<'_, HashMap<IpNet, u64>> {
+        self.uses.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queued(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.queued.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keeps the books every `check_interval` until the process ends: see the module's
     /// documentation.
     pub async fn run(self: Arc<Self>, queue: Queue) {
         loop {
-            self.catch_up(&queue).await;
+            let _ = self.catch_up(&queue).await;
             tokio::time::sleep(self.check_interval).await;
         }
     }
 
-    /// One round of book-keeping now; when it returns, the relay decides by the database
-    /// as it is (`sluice registry` waits for this, so a block is in force when it returns).
-    pub async fn catch_up(self: &Arc<Self>, queue: &Queue) {
+    /// One round of book-keeping now; when it returns `Ok`, the relay decides by the
+    /// database as it is (`sluice registry` waits for this, so a block is in force when it
+    /// returns).
+    pub async fn catch_up(self: &Arc<Self>, queue: &Queue) -> Result<(), String> {
         let _round = self.round.lock().await;
         let registry = self.clone();
-        match tokio::task::spawn_blocking(move || registry.keep_books()).await {
-            Ok(Ok(outbox)) => self.send(queue, outbox).await,
-            Ok(Err(e)) => tracing::error!(target: "sluice::registry", "registry: {e:#}"),
-            Err(e) => tracing::error!(target: "sluice::registry", "registry task failed: {e}"),
-        }
+        let failure = match tokio::task::spawn_blocking(move || registry.keep_books()).await {
+            Ok(Ok(outbox)) => {
+                self.send(queue, outbox).await;
+                return Ok(());
+            }
+            Ok(Err(e)) => format!("registry: {e:#}"),
+            Err(e) => format!("registry task failed: {e}"),
+        };
+        tracing::error!(target: "sluice::registry", "{failure}");
+        Err(failure)
     }
 
     /// One round: writes the uses seen, expires unused registrations, reloads the table
     /// if the database changed, and returns the notices waiting to be queued.
     fn keep_books(&self) -> anyhow::Result<Vec<(i64, Notice)>> {
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        let uses: Vec<(IpNet, u64)> =
-            std::mem::take(&mut *self.uses.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .collect();
-        if !uses.is_empty() {
-            store.record_relayed(&uses)?;
+        let uses: Vec<(IpNet, u64)> = std::mem::take(&mut *self.uses()).into_iter().collect();
+        if !uses.is_empty()
+            && let Err(e) = store.record_relayed(&uses)
+        {
+            // Kept for the next round: a lost use could expire a registration in use.
+            let mut pending = self.uses();
+            for (network, at) in uses {
+                let seen = pending.entry(network).or_insert(at);
+                *seen = (*seen).max(at);
+            }
+            return Err(e);
         }
         // What this connection wrote itself does not show in `changed()`.
         let mut reload = !uses.is_empty();
@@ -119,7 +138,9 @@ impl Registry {
                 hostname: &self.hostname,
                 how_to_change: &self.how_to_change,
             };
-            for r in store.expire(before, |r| notice::expired(r, &wording))? {
+            // Uses seen since this round began are not written yet, but count.
+            let in_use: HashSet<IpNet> = self.uses().keys().copied().collect();
+            for r in store.expire(before, &in_use, |r| notice::expired(r, &wording))? {
                 reload = true;
                 tracing::warn!(
                     target: "sluice::registry",
@@ -147,15 +168,20 @@ impl Registry {
     }
 
     /// Queues the outbox's notices, forgetting each once it is safely in the spool (a
-    /// crash in between sends it twice, never not at all).
+    /// crash in between sends it twice, never not at all). A row this process queued is
+    /// never queued again by it, even if it could not be forgotten.
     async fn send(self: &Arc<Self>, queue: &Queue, outbox: Vec<(i64, Notice)>) {
         for (row, notice) in outbox {
+            if self.queued().contains(&row) {
+                continue;
+            }
             let (envelope, text) = notice::message(&notice, &self.notices_from, &self.hostname);
             let id = envelope.id.clone();
             if let Err(e) = queue.enqueue(envelope, text).await {
-                tracing::error!(target: "sluice::registry", error = %e, "registry: cannot queue a notice; trying again later");
-                return;
+                tracing::error!(target: "sluice::registry", error = %e, "registry: cannot queue a notice to <{}>; trying again later", notice.recipient);
+                continue;
             }
+            self.queued().insert(row);
             tracing::info!(
                 target: "sluice::registry",
                 "{id}: registry notice to=<{}>, subject={:?}",

@@ -91,10 +91,15 @@ pub fn expired(r: &Registration, w: &Wording<'_>) -> Notice {
     }
 }
 
-fn date(unix: u64) -> String {
+/// Unix seconds as a UTC date and time, in `format` (chrono's).
+pub fn date_as(unix: u64, format: &str) -> String {
     chrono::DateTime::from_timestamp(unix as i64, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .map(|t| t.format(format).to_string())
         .unwrap_or_default()
+}
+
+fn date(unix: u64) -> String {
+    date_as(unix, "%Y-%m-%d %H:%M UTC")
 }
 
 /// The envelope and text that put `notice` in the queue, from `from`.
@@ -111,7 +116,7 @@ pub fn message(notice: &Notice, from: &str, hostname: &str) -> (Envelope, Vec<u8
          Content-Type: text/plain; charset=utf-8\r\n\
          Content-Transfer-Encoding: 8bit\r\n\
          \r\n",
-        to = notice.recipient,
+        to = one_line(&notice.recipient),
         subject = one_line(&notice.subject),
         date = chrono::Utc::now().to_rfc2822(),
     );

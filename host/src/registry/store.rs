@@ -1,9 +1,5 @@
-//! The registry on disk: one SQLite database, shared by the running relay and the
-//! `sluice registry` commands.
-//!
-//! SQLite because a registry is a small table that two processes change (the postmaster's
-//! commands, the relay recording use and expiring entries): its locking and transactions
-//! give that for free, and a postmaster can read or back it up with the `sqlite3` tool.
+//! The registry on disk: tables in the embedded store (see [`crate::store`]), shared by
+//! the running relay and the `sluice registry` commands.
 //!
 //! # Tables
 //! ```text
@@ -20,10 +16,9 @@ use super::notice::Notice;
 use super::table::{Block, Registration, Table, display, parse_network};
 use anyhow::{Context, bail};
 use ipnet::IpNet;
-use rusqlite::{Connection, OptionalExtension, params};
-use std::os::unix::fs::PermissionsExt;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashSet;
 use std::path::Path;
-use std::time::Duration;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS registrations (
@@ -56,23 +51,24 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the database at `path`, creating it (readable by its owner only: it holds
-    /// contact details) with its tables if needed.
+    /// Opens the registry in the store at `path`, creating its tables if needed.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-        }
-        let conn = Connection::open(path).with_context(|| path.display().to_string())?;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        // The relay and a postmaster's command may write at once: wait for each other.
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let conn = crate::store::open(path)?;
         conn.execute_batch(SCHEMA)
-            .with_context(|| format!("{}: creating the tables", path.display()))?;
+            .with_context(|| format!("{}: creating the registry's tables", path.display()))?;
         Ok(Store {
             conn,
             data_version: None,
         })
+    }
+
+    /// The registry in the store at `path`, if there is a store there: a command that only
+    /// reads must not create an empty one where a wrong `--config` points.
+    pub fn open_existing(path: &Path) -> anyhow::Result<Option<Store>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Store::open(path).map(Some)
     }
 
     /// Has anyone else changed the database since the last call? (True the first time.)
@@ -93,8 +89,11 @@ impl Store {
         let mut rows = query.query([])?;
         while let Some(row) = rows.next()? {
             let network: String = row.get(0)?;
+            let Some(network) = network_of(&network) else {
+                continue;
+            };
             registrations.push(Registration {
-                network: network_of(&network)?,
+                network,
                 admin: row.get(1)?,
                 contact: row.get(2)?,
                 department: row.get(3)?,
@@ -110,8 +109,11 @@ impl Store {
         let mut rows = query.query([])?;
         while let Some(row) = rows.next()? {
             let network: String = row.get(0)?;
+            let Some(network) = network_of(&network) else {
+                continue;
+            };
             blocks.push(Block {
-                network: network_of(&network)?,
+                network,
                 reason: row.get(1)?,
                 blocked_at: row.get::<_, i64>(2)? as u64,
             });
@@ -119,21 +121,16 @@ impl Store {
         Ok(Table::new(registrations, blocks))
     }
 
-    /// The registration of exactly `network`.
-    pub fn registration(&self, network: &IpNet) -> anyhow::Result<Option<Registration>> {
-        Ok(self
-            .table()?
-            .registrations()
-            .iter()
-            .find(|r| r.network == *network)
-            .cloned())
-    }
-
     /// Registers `registration.network` and queues `notice`, together; an address already
     /// registered is refused (remove it first), so a registration never changes hands
     /// silently.
     pub fn register(&mut self, registration: &Registration, notice: &Notice) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
+        // Immediate: the write lock from the start, so the check and the insert see the
+        // same database (a deferred transaction would fail, not wait, if the relay wrote
+        // in between).
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let network = registration.network.to_string();
         let holder: Option<String> = tx
             .query_row(
@@ -166,14 +163,16 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the registration of exactly `network`, returning it.
-    pub fn unregister(&mut self, network: &IpNet) -> anyhow::Result<Option<Registration>> {
-        let found = self.registration(network)?;
-        self.conn.execute(
-            "DELETE FROM registrations WHERE network = ?1",
-            [network.to_string()],
-        )?;
-        Ok(found)
+    /// Removes the registration of exactly `network`, returning its department and admin.
+    pub fn unregister(&mut self, network: &IpNet) -> anyhow::Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "DELETE FROM registrations WHERE network = ?1 RETURNING department, admin",
+                [network.to_string()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
     }
 
     /// Blocks `network` (replacing the reason of an existing block).
@@ -209,37 +208,45 @@ impl Store {
     }
 
     /// Removes the registrations unused since `before` (Unix seconds; a registration never
-    /// used counts from when it was made), queueing `notice(registration)` for each, and
-    /// returns them.
+    /// used counts from when it was made), except those in `in_use`, queueing
+    /// `notice(registration)` for each, and returns those removed.
     pub fn expire(
         &mut self,
         before: u64,
+        in_use: &HashSet<IpNet>,
         notice: impl Fn(&Registration) -> Notice,
     ) -> anyhow::Result<Vec<Registration>> {
-        let expired: Vec<Registration> = self
+        let candidates: Vec<Registration> = self
             .table()?
             .registrations()
             .iter()
-            .filter(|r| r.last_relayed_at.unwrap_or(r.registered_at) < before)
+            .filter(|r| {
+                r.last_relayed_at.unwrap_or(r.registered_at) < before
+                    && !in_use.contains(&r.network)
+            })
             .cloned()
             .collect();
-        if expired.is_empty() {
-            return Ok(expired);
+        if candidates.is_empty() {
+            return Ok(candidates);
         }
-        let tx = self.conn.transaction()?;
-        for registration in &expired {
-            // Only if still unused: the relay's own record of a use may have come since.
-            let removed = tx.execute(
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut removed = Vec::new();
+        for registration in candidates {
+            // Only if still unused: `sluice registry` or another round may have changed it.
+            let deleted = tx.execute(
                 "DELETE FROM registrations
                  WHERE network = ?1 AND COALESCE(last_relayed_at, registered_at) < ?2",
                 params![registration.network.to_string(), before as i64],
             )?;
-            if removed > 0 {
-                queue_notice(&tx, &notice(registration))?;
+            if deleted > 0 {
+                queue_notice(&tx, &notice(&registration))?;
+                removed.push(registration);
             }
         }
         tx.commit()?;
-        Ok(expired)
+        Ok(removed)
     }
 
     /// The notices waiting to be queued, oldest first, with their row ids.
@@ -275,8 +282,14 @@ fn queue_notice(tx: &rusqlite::Transaction<'_>, notice: &Notice) -> rusqlite::Re
     )
 }
 
-fn network_of(text: &str) -> anyhow::Result<IpNet> {
-    parse_network(text).map_err(|e| anyhow::anyhow!("registry database: {e}"))
+/// A row's network; a row edited by hand into something else is skipped (and logged)
+/// rather than making the whole registry unreadable.
+fn network_of(text: &str) -> Option<IpNet> {
+    parse_network(text)
+        .map_err(
+            |e| tracing::error!(target: "sluice::registry", "registry database: row skipped: {e}"),
+        )
+        .ok()
 }
 
 #[cfg(test)]
@@ -351,7 +364,9 @@ mod tests {
         store
             .record_relayed(&[(parse_network("10.0.0.2").unwrap(), 800)])
             .unwrap();
-        let expired = store.expire(500, |r| notice(&r.contact)).unwrap();
+        let expired = store
+            .expire(500, &HashSet::new(), |r| notice(&r.contact))
+            .unwrap();
         assert_eq!(
             expired
                 .iter()
@@ -362,13 +377,17 @@ mod tests {
         assert_eq!(store.outbox().unwrap().len(), 4);
         let left = store.table().unwrap();
         assert_eq!(left.registrations().len(), 2);
-        assert_eq!(
+        let used = left.registration("10.0.0.2".parse().unwrap()).unwrap();
+        assert_eq!(used.last_relayed_at, Some(800));
+        // A use the relay has seen but not written yet also keeps a registration.
+        let in_use = HashSet::from([parse_network("10.0.0.3").unwrap()]);
+        assert!(
             store
-                .registration(&parse_network("10.0.0.2").unwrap())
+                .expire(1000, &in_use, |r| notice(&r.contact))
                 .unwrap()
-                .unwrap()
-                .last_relayed_at,
-            Some(800)
+                .len()
+                == 1
         );
+        assert_eq!(store.table().unwrap().registrations().len(), 1);
     }
 }

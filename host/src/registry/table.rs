@@ -88,6 +88,21 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
             .parse::<IpNet>()
             .map_err(|_| format!("{text:?} is neither an IP address nor a network (CIDR)"))?,
     };
+    // An IPv4-mapped IPv6 network is the IPv4 network it maps (the relay sees clients
+    // in their IPv4 form): stored as such, or it would never match.
+    let network = match network {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 && v6.addr().to_ipv4_mapped().is_some() => {
+            let v4 = v6
+                .addr()
+                .to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+            IpNet::V4(
+                ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map_err(|e| format!("{text}: {e}"))?,
+            )
+        }
+        other => other,
+    };
     if network.trunc() != network {
         return Err(format!(
             "{text} has host bits set; the network is {}",
@@ -154,5 +169,13 @@ mod tests {
         );
         assert!(parse_network("mail.example.edu").is_err());
         assert!(parse_network("10.0.0.0/33").is_err());
+        assert_eq!(
+            display(&parse_network("::ffff:10.0.0.0/104").unwrap()),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            display(&parse_network("::ffff:10.1.2.3").unwrap()),
+            "10.1.2.3"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! MAIL FROM (RFC 5321 4.1.1.2), with SIZE (RFC 1870), BODY (RFC 6152) and SMTPUTF8 (RFC 6531).
 
 use super::Reply;
-use super::session::{Next, Session, Transaction, param, valid_address};
+use super::session::{Next, Session, Transaction, param};
+use super::valid_address;
 use crate::policy::Verdict;
 use crate::queue;
 use smtp_proto::{

@@ -44,3 +44,15 @@ pub struct ServerContext {
     /// where nothing is delivered (`sluice session`).
     pub registry: Option<Arc<Registry>>,
 }
+
+/// An envelope address the relay will pass on: something@something, and nothing that
+/// could break the SMTP dialogue with the next hop. smtp-proto takes the quotes off a
+/// quoted local part, so `"a@b> X=y"@ours` would otherwise reach the next hop as
+/// `<a@b> X=y@ours>`: an address that smuggles another recipient or a parameter.
+pub fn valid_address(address: &str) -> bool {
+    address.len() <= 320
+        && address.contains('@')
+        && !address
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+}

@@ -1,7 +1,8 @@
 //! RCPT TO (RFC 5321 4.1.1.3): a recipient is accepted only when a policy accepts it.
 
 use super::Reply;
-use super::session::{Next, Session, valid_address};
+use super::session::{Next, Session};
+use super::valid_address;
 use crate::policy::Verdict;
 use smtp_proto::RcptTo;
 use std::borrow::Cow;

@@ -7,7 +7,7 @@
 
 use super::data_reader::DataReader;
 use super::stream::Stream;
-use super::{Reply, ServerContext};
+use super::{Reply, ServerContext, valid_address};
 use crate::policy::{Rewrite, SessionChain, SessionFacts, Verdict};
 use smtp_proto::{Error as ParseError, Request};
 use std::borrow::Cow;
@@ -490,18 +490,6 @@ impl Session {
             f.recipients = recipients;
         });
     }
-}
-
-/// An envelope address the relay will pass on: something@something, and nothing that
-/// could break the SMTP dialogue with the next hop. smtp-proto takes the quotes off a
-/// quoted local part, so `"a@b> X=y"@ours` would otherwise reach the next hop as
-/// `<a@b> X=y@ours>`: an address that smuggles another recipient or a parameter.
-pub(super) fn valid_address(address: &str) -> bool {
-    address.len() <= 320
-        && address.contains('@')
-        && !address
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
 }
 
 fn valid_header_edit(edit: &Rewrite) -> bool {

@@ -1,0 +1,33 @@
+//! The embedded store: one SQLite database for what the postmaster's commands and the
+//! running relay both change (the relay registry, the users of the submission listeners).
+//!
+//! SQLite because these are small tables that two processes write: its locking and
+//! transactions give that for free, and a postmaster can read or back it up with the
+//! `sqlite3` tool. Each part creates its own tables (see `registry::store`, `auth::users`).
+
+use anyhow::Context;
+use rusqlite::Connection;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// Opens the database at `path`, creating it (readable by its owner only: it holds
+/// contact details and password hashes) if needed.
+pub fn open(path: &Path) -> anyhow::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    // Created private before SQLite opens it: SQLite gives its -wal and -shm files the
+    // database's permissions.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
+    let conn = Connection::open(path).with_context(|| path.display().to_string())?;
+    // The relay and a postmaster's command may write at once: wait for each other.
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    Ok(conn)
+}
