@@ -53,6 +53,13 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// The users who may authenticate on the submission and smtps listeners.
+    User {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Try policy modules before they go live.
     Policy {
         #[command(subcommand)]
@@ -133,6 +140,18 @@ enum RegistryCommand {
 }
 
 #[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from standard input.
+    Add { name: String },
+    /// Remove a user.
+    Remove { name: String },
+    /// Every user (never a password or hash).
+    List,
+    /// Change a user's password, read from standard input.
+    Passwd { name: String },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Load a module as the relay would; print what it is, or why it is refused.
     Check { module: PathBuf },
@@ -150,7 +169,8 @@ fn main() -> ExitCode {
         | Command::Status { .. }
         | Command::Reload { .. }
         | Command::Queue { .. }
-        | Command::Registry { .. } => "warn",
+        | Command::Registry { .. }
+        | Command::User { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -240,6 +260,17 @@ fn main() -> ExitCode {
                     cli::registry::block(&config, &ip, &reason)
                 }
                 RegistryCommand::Unblock { ip } => cli::registry::unblock(&config, &ip),
+            }
+        }
+        Command::User { config, command } => {
+            let Some(config) = load_config(config) else {
+                return ExitCode::from(2);
+            };
+            match command {
+                UserCommand::Add { name } => cli::user::add(&config, &name),
+                UserCommand::Remove { name } => cli::user::remove(&config, &name),
+                UserCommand::List => cli::user::list(&config),
+                UserCommand::Passwd { name } => cli::user::passwd(&config, &name),
             }
         }
         Command::Policy {

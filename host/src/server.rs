@@ -1,6 +1,7 @@
 //! `sluice serve`: starts the policy engine, the spool and its runner, and the listeners.
 
 use crate::admin;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::policy::reload::{self, Reloader};
@@ -28,6 +29,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let registry = Arc::new(
         Registry::open(&config)
             .with_context(|| format!("store.db {}", config.store_db().display()))?,
+    );
+    let auth = Arc::new(
+        Auth::open(&config).with_context(|| format!("store.db {}", config.store_db().display()))?,
     );
     let policies = &config.policies;
     std::fs::create_dir_all(&policies.dir)
@@ -77,6 +81,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         chain,
         queue: Queue::new(spool, orders),
         registry: Some(registry.clone()),
+        auth: Some(auth),
     });
     tokio::spawn(registry.clone().run(ctx.queue.clone()));
 

@@ -17,4 +17,5 @@ mod relaying;
 mod reload;
 mod sandbox;
 mod smuggling;
+mod submission;
 mod tools;

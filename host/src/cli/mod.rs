@@ -4,6 +4,7 @@
 //!   `sluice policy test` (run scenarios through a module, check what it decides).
 //! - [`queue`] — `sluice queue list|show|flush|hold|release|delete`.
 //! - [`registry`] — `sluice registry add|list|show|remove|block|unblock`.
+//! - [`user`] — `sluice user add|remove|list|passwd`.
 //! - [`status`] — `sluice status` and `sluice reload`, asking the running relay.
 //! - [`session`] — `sluice session`: an SMTP session on the terminal, as if from a given
 //!   client, through the configured chain, delivering nothing (as Exim's `-bh`).
@@ -13,6 +14,7 @@ pub mod queue;
 pub mod registry;
 pub mod session;
 pub mod status;
+pub mod user;
 
 use crate::config::Config;
 use std::process::ExitCode;

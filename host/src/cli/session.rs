@@ -74,6 +74,7 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
         chain: Arc::new(ArcSwap::from_pointee(chain)),
         queue: Queue::new(spool, new_messages),
         registry: None,
+        auth: None,
     });
     let local = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 25);
     let mut facts = SessionFacts::new(SocketAddr::new(client.peer, 40000), local, &listener);

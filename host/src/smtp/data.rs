@@ -281,11 +281,24 @@ impl Session {
             .chars()
             .map(|c| if c.is_ascii_graphic() { c } else { '?' })
             .collect();
-        let protocol = match (self.esmtp, self.facts.tls.is_some()) {
-            (false, _) => "SMTP",
-            (true, false) => "ESMTP",
-            (true, true) => "ESMTPS",
+        // RFC 3848's protocol names; an authenticated session also names its user.
+        let authenticated = self.facts.authenticated_user.as_deref();
+        let protocol = match (self.esmtp, self.facts.tls.is_some(), authenticated) {
+            (false, _, _) => "SMTP",
+            (true, false, None) => "ESMTP",
+            (true, true, None) => "ESMTPS",
+            (true, false, Some(_)) => "ESMTPA",
+            (true, true, Some(_)) => "ESMTPSA",
         };
+        let auth = authenticated
+            .map(|user| {
+                let user: String = user
+                    .chars()
+                    .filter(|c| c.is_ascii_graphic() && !"()\\".contains(*c))
+                    .collect();
+                format!("\r\n\t(authenticated as {user})")
+            })
+            .unwrap_or_default();
         let tls = self
             .facts
             .tls
@@ -298,7 +311,7 @@ impl Session {
             _ => String::new(),
         };
         let mut top = format!(
-            "Received: from {helo} ([{ip}]){tls}\r\n\tby {hostname} (Sluice) with {protocol} id {id}{for_clause};\r\n\t{now}\r\n",
+            "Received: from {helo} ([{ip}]){tls}{auth}\r\n\tby {hostname} (Sluice) with {protocol} id {id}{for_clause};\r\n\t{now}\r\n",
             ip = self.peer.ip(),
         );
         let mut remove = Vec::new();

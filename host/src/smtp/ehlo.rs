@@ -58,6 +58,9 @@ impl Session {
         ];
         if self.facts.tls.is_none() {
             lines.push("STARTTLS".into());
+        } else if self.kind.authenticates() && self.facts.authenticated_user.is_none() {
+            // Only over TLS (RFC 4954 4: no password in clear).
+            lines.push("AUTH PLAIN LOGIN".into());
         }
         let last = lines.len() - 1;
         for (i, line) in lines.iter().enumerate() {

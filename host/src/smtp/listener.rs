@@ -1,9 +1,11 @@
 //! Accepting SMTP connections, within the limits on connections in all and per client IP.
 
 use super::ServerContext;
+use super::proxy;
 use super::session::Session;
 use super::stream::Stream;
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, ListenerKind};
+use crate::policy::SessionFacts;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -52,28 +54,35 @@ impl PerIp {
 }
 
 /// Binds every configured listener; an address that cannot be bound is an error at start-up.
-pub async fn bind(listeners: &[ListenerConfig]) -> anyhow::Result<Vec<(TcpListener, String)>> {
+pub async fn bind(
+    listeners: &[ListenerConfig],
+) -> anyhow::Result<Vec<(TcpListener, ListenerConfig)>> {
     let mut bound = Vec::new();
     for l in listeners {
         let socket = TcpListener::bind(l.addr)
             .await
             .map_err(|e| anyhow::anyhow!("listener {}: cannot listen: {e}", l.addr))?;
-        tracing::info!("listening on {}", socket.local_addr()?);
-        bound.push((socket, l.name()));
+        tracing::info!(
+            kind = l.kind.as_str(),
+            proxy_protocol = l.proxy_protocol,
+            "listening on {}",
+            socket.local_addr()?
+        );
+        bound.push((socket, l.clone()));
     }
     Ok(bound)
 }
 
 /// Accepts connections on every listener until the process ends.
-pub async fn serve(ctx: Arc<ServerContext>, listeners: Vec<(TcpListener, String)>) {
+pub async fn serve(ctx: Arc<ServerContext>, listeners: Vec<(TcpListener, ListenerConfig)>) {
     let total = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
     let per_ip = Arc::new(PerIp::default());
     let mut tasks = tokio::task::JoinSet::new();
-    for (listener, name) in listeners {
+    for (listener, config) in listeners {
         tasks.spawn(accept_loop(
             ctx.clone(),
             listener,
-            Arc::<str>::from(name),
+            Arc::new(config),
             total.clone(),
             per_ip.clone(),
         ));
@@ -84,10 +93,11 @@ pub async fn serve(ctx: Arc<ServerContext>, listeners: Vec<(TcpListener, String)
 async fn accept_loop(
     ctx: Arc<ServerContext>,
     listener: TcpListener,
-    name: Arc<str>,
+    config: Arc<ListenerConfig>,
     total: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
 ) {
+    let name: Arc<str> = Arc::from(config.name());
     let mut backoff = Duration::from_millis(10);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -103,7 +113,6 @@ async fn accept_loop(
                 continue;
             }
         };
-        let ip = peer.ip().to_canonical();
         let Ok(permit) = total.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: limits.max_connections reached");
             refuse(
@@ -112,26 +121,70 @@ async fn accept_loop(
             );
             continue;
         };
-        let Some(slot) = per_ip.try_take(ip, ctx.config.limits.max_connections_per_ip) else {
-            tracing::warn!(%peer, "connection refused: limits.max_connections_per_ip reached");
-            refuse(
-                stream,
-                "421 4.7.0 Too many connections from your address, try again later\r\n",
-            );
-            continue;
-        };
-        let ctx = ctx.clone();
-        let name = name.clone();
+        let (ctx, config, name, per_ip) =
+            (ctx.clone(), config.clone(), name.clone(), per_ip.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let _slot = slot;
-            let _ = stream.set_nodelay(true);
-            match Session::facts_for(&stream, &name) {
-                Ok(facts) => Session::new(ctx, Stream::Plain(stream), facts).run().await,
-                Err(e) => tracing::warn!(%peer, error = %e, "cannot start session"),
-            }
+            start(ctx, stream, &config, &name, &per_ip).await;
         });
     }
+}
+
+/// Everything between accepting a connection and the SMTP session: the PROXY header, the
+/// per-client limit (on the real client, behind a balancer), implicit TLS.
+async fn start(
+    ctx: Arc<ServerContext>,
+    mut stream: TcpStream,
+    config: &ListenerConfig,
+    name: &str,
+    per_ip: &Arc<PerIp>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut facts = match Session::facts_for(&stream, name) {
+        Ok(facts) => facts,
+        Err(e) => return tracing::warn!(error = %e, "cannot start session"),
+    };
+    if config.proxy_protocol {
+        let balancer = facts.peer;
+        match proxy::read_header(&mut stream).await {
+            Ok(Some((client, destination))) => {
+                facts = SessionFacts::new(client, destination, name);
+                tracing::debug!(%balancer, %client, "PROXY header");
+            }
+            // The balancer's own connection (a health check): it is the client.
+            Ok(None) => {}
+            Err(e) => {
+                return tracing::warn!(peer = %balancer, listener = name, "connection refused: {e}");
+            }
+        }
+    }
+    let peer = facts.peer;
+    let Some(_slot) = per_ip.try_take(peer.ip(), ctx.config.limits.max_connections_per_ip) else {
+        tracing::warn!(%peer, "connection refused: limits.max_connections_per_ip reached");
+        refuse(
+            stream,
+            "421 4.7.0 Too many connections from your address, try again later\r\n",
+        );
+        return;
+    };
+    let stream = if config.kind == ListenerKind::Smtps {
+        let handshake = ctx.tls.accept(stream);
+        match tokio::time::timeout(ctx.config.limits.command_timeout, handshake).await {
+            Ok(Ok(tls)) => {
+                let stream = Stream::Tls(Box::new(tls));
+                facts.tls = stream.tls_info();
+                stream
+            }
+            Ok(Err(e)) => return tracing::info!(%peer, "disconnect: TLS handshake failed: {e}"),
+            Err(_) => return tracing::info!(%peer, "disconnect: TLS handshake timed out"),
+        }
+    } else {
+        Stream::Plain(stream)
+    };
+    Session::new(ctx, stream, facts)
+        .on_listener(config.kind)
+        .run()
+        .await;
 }
 
 /// Answers a connection over the limits and closes it, without holding up the accept loop.

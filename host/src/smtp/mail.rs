@@ -20,6 +20,14 @@ impl Session {
         if self.tx.is_some() {
             return self.error(Reply::new(503, "5.5.1", "Nested MAIL command"));
         }
+        if self.kind.authenticates() && self.facts.authenticated_user.is_none() {
+            let reply = if self.facts.tls.is_none() {
+                Reply::new(530, "5.7.0", "Must issue a STARTTLS command first")
+            } else {
+                Reply::new(530, "5.7.0", "Authentication required")
+            };
+            return self.error(reply);
+        }
         let max = self.ctx.config.limits.max_message_size;
         if from.size > max {
             self.reply(Reply::new(

@@ -2,8 +2,9 @@
 //!
 //! - [`listener`] — accepting connections within the connection limits.
 //! - [`session`] — the per-connection state machine, reading pipelined commands and
-//!   batching the replies; the stages are in [`ehlo`], [`mail`], [`rcpt`], [`data`] and
-//!   [`starttls`].
+//!   batching the replies; the stages are in [`ehlo`], [`starttls`], [`auth`], [`mail`],
+//!   [`rcpt`] and [`data`].
+//! - [`proxy`] — the PROXY protocol header of a listener behind a load balancer.
 //! - [`data_reader`]: strict reading of the message text (no SMTP smuggling).
 //! - [`headers`] — the header section: fields for the data hook, edits, trace fields.
 //! - [`reply`] — SMTP replies.
@@ -11,12 +12,14 @@
 //! The session enforces protocol and limits only; whether to relay, and every content
 //! rule, is the policy chain's.
 
+pub mod auth;
 pub mod data;
 pub mod data_reader;
 pub mod ehlo;
 pub mod headers;
 pub mod listener;
 pub mod mail;
+pub mod proxy;
 pub mod rcpt;
 pub mod reply;
 pub mod session;
@@ -25,6 +28,7 @@ pub mod stream;
 
 pub use reply::Reply;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::policy::Chain;
 use crate::queue::Queue;
@@ -43,6 +47,8 @@ pub struct ServerContext {
     /// Told when a message is accepted, so registrations in use do not expire; `None`
     /// where nothing is delivered (`sluice session`).
     pub registry: Option<Arc<Registry>>,
+    /// The users AUTH checks against; `None` where nobody authenticates (`sluice session`).
+    pub auth: Option<Arc<Auth>>,
 }
 
 /// An envelope address the relay will pass on: something@something, and nothing that

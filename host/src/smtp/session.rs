@@ -5,9 +5,11 @@
 //! complete commands (one write per pipelined batch). Each stage's handler is in its
 //! own file (`ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`).
 
+use super::auth::{Credentials, SaslStep};
 use super::data_reader::DataReader;
 use super::stream::Stream;
 use super::{Reply, ServerContext, valid_address};
+use crate::config::ListenerKind;
 use crate::policy::{Rewrite, SessionChain, SessionFacts, Verdict};
 use smtp_proto::{Error as ParseError, Request};
 use std::borrow::Cow;
@@ -25,6 +27,8 @@ pub(super) enum Next {
     StartTls,
     /// A message is complete: spool it (asynchronous) and answer.
     Message(DataReader),
+    /// AUTH credentials to check (asynchronous: the hash is slow on purpose).
+    Authenticate(Credentials),
     /// Flush and hang up.
     Close,
 }
@@ -37,6 +41,8 @@ pub(super) enum State {
     SkipLine,
     /// Reading DATA text up to CRLF.CRLF.
     Data(DataReader),
+    /// Reading the client's next line of an AUTH exchange.
+    Auth(SaslStep),
     /// Reading `remaining` bytes of a BDAT chunk.
     Bdat {
         remaining: usize,
@@ -75,6 +81,8 @@ pub struct Session {
     pub(super) tx: Option<Transaction>,
     /// Header edits from the connect and helo hooks: they apply to every message.
     pub(super) session_edits: Vec<Rewrite>,
+    /// What the listener is for: whether AUTH is offered, and required before MAIL.
+    pub(super) kind: ListenerKind,
     errors: usize,
 }
 
@@ -100,8 +108,15 @@ impl Session {
             esmtp: false,
             tx: None,
             session_edits: Vec::new(),
+            kind: ListenerKind::Relay,
             errors: 0,
         }
+    }
+
+    /// The session is on a listener of this kind (`relay` unless told).
+    pub fn on_listener(mut self, kind: ListenerKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// The facts at the start of a TCP connection.
@@ -206,6 +221,13 @@ impl Session {
                     }
                     continue;
                 }
+                Next::Authenticate(credentials) => {
+                    if let Some(Next::Close) = self.authenticate(credentials).await {
+                        let _ = self.flush().await;
+                        return "authentication refused".into();
+                    }
+                    continue;
+                }
                 Next::StartTls => {
                     if let Err(e) = self.flush().await {
                         return format!("write error: {e}");
@@ -275,7 +297,7 @@ impl Session {
                     }
                     None => at = input.len(),
                 },
-                State::Command => {
+                State::Command | State::Auth(_) => {
                     let max = self.ctx.config.limits.command_line_length;
                     let Some(pos) = memchr::memchr(b'\n', rest) else {
                         if rest.len() > max {
@@ -292,7 +314,10 @@ impl Session {
                     let line = &rest[..=pos];
                     at += pos + 1;
                     let next = if line.len() > max {
+                        self.state = State::Command;
                         self.error(Reply::new(500, "5.5.2", "Line too long"))
+                    } else if matches!(self.state, State::Auth(_)) {
+                        self.sasl_line(line)
                     } else {
                         self.command(line)
                     };
@@ -359,9 +384,10 @@ impl Session {
                 self.reply(Reply::new(221, "2.0.0", "Bye"));
                 Some(Next::Close)
             }
-            Request::Auth { .. } => {
-                self.error(Reply::new(502, "5.5.1", "AUTH is not offered here"))
-            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response),
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 self.error(Reply::new(502, "5.5.1", "Command not implemented"))
             }

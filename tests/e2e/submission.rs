@@ -1,0 +1,303 @@
+//! The listener kinds (relay, submission, smtps), SMTP AUTH against `sluice user`, the
+//! PROXY protocol, and the TLS versions offered: through the real relay, with Python's
+//! smtplib and a raw client, from several 127.x addresses.
+
+use crate::support::relay::RelayOptions;
+use crate::support::{Conn, Relay, Sink, free_port};
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+
+/// The campus is 127.0.0.0/16; 127.5.x.x is off campus.
+const CHAIN: &str = r#"
+[[policy]]
+name = "campus-access"
+module = "builtin:campus-access"
+[policy.config]
+campus = ["127.0.0.0/16"]
+internal_domains = ["example.edu"]
+"#;
+
+const OFF_CAMPUS: &str = "127.5.0.1";
+
+struct Relays {
+    relay: Relay,
+    submission: SocketAddr,
+    smtps: SocketAddr,
+    proxied: SocketAddr,
+}
+
+async fn start(sink: &Sink) -> Relays {
+    let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (submission, smtps, proxied) = (port(0), port(1), port(2));
+    let relay = Relay::start_with(RelayOptions {
+        smarthost: Some(sink.addr),
+        policies: Some(CHAIN.into()),
+        extra: format!(
+            "[[listener]]\naddr = \"{submission}\"\nkind = \"submission\"\n\
+             [[listener]]\naddr = \"{smtps}\"\nkind = \"smtps\"\n\
+             [[listener]]\naddr = \"{proxied}\"\nname = \"behind-balancer\"\nproxy_protocol = true\n\
+             [auth]\nmax_failures = 3\nfailure_delay = \"50ms\"\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    let added = relay.command_with_input(&["user", "add", "jdoe"], "correct horse\n");
+    assert!(added.status.success(), "{added:?}");
+    Relays {
+        relay,
+        submission,
+        smtps,
+        proxied,
+    }
+}
+
+/// Runs a Python smtplib script; `{ADDR}` is replaced by the (host, port) tuple and
+/// `{SOURCE}` by the client's address. Returns what it printed.
+async fn python(script: &str, addr: SocketAddr, source: &str) -> String {
+    let script = format!(
+        "import smtplib, ssl\n\
+         ctx = ssl.create_default_context()\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         ADDR = ('{}', {})\n\
+         SOURCE = ('{source}', 0)\n\
+         {script}",
+        addr.ip(),
+        addr.port()
+    );
+    let output =
+        tokio::task::spawn_blocking(move || Command::new("python3").args(["-c", &script]).output())
+            .await
+            .unwrap()
+            .expect("run python3");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "python failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+const SEND: &str =
+    "msg = 'From: jdoe@example.edu\\r\\nSubject: submitted\\r\\n\\r\\nhello\\r\\n'\n";
+
+#[tokio::test]
+async fn an_authenticated_client_relays_from_off_campus_over_submission() {
+    let sink = Sink::start().await;
+    let r = start(&sink).await;
+    let said = python(
+        &format!(
+            "{SEND}s = smtplib.SMTP(*ADDR, source_address=SOURCE)\n\
+             s.ehlo()\n\
+             print('auth before tls:', 'auth' in s.esmtp_features)\n\
+             s.starttls(context=ctx)\n\
+             s.ehlo()\n\
+             print('auth after tls:', s.esmtp_features.get('auth'))\n\
+             print(s.login('jdoe', 'correct horse'))\n\
+             s.sendmail('jdoe@example.edu', ['someone@gmail.com'], msg)\n\
+             s.quit()\n"
+        ),
+        r.submission,
+        OFF_CAMPUS,
+    )
+    .await;
+    assert!(said.contains("auth before tls: False"), "{said}");
+    assert!(said.contains("auth after tls:  PLAIN LOGIN"), "{said}");
+    assert!(
+        said.contains("(235, b'2.7.0 Authentication successful')"),
+        "{said}"
+    );
+    let received = sink.wait_for(1).await;
+    assert_eq!(received[0].recipients, ["someone@gmail.com"]);
+    let text = String::from_utf8_lossy(&received[0].data);
+    assert!(
+        text.contains("(authenticated as jdoe)") && text.contains("with ESMTPSA"),
+        "{text}"
+    );
+    assert!(
+        !r.relay.log().contains("correct horse"),
+        "a password in the log"
+    );
+
+    // Without authenticating: refused at MAIL on submission, at connect on the relay port.
+    let mut conn = Conn::connect_from(OFF_CAMPUS.parse().unwrap(), r.submission).await;
+    conn.expect(220).await;
+    conn.cmd("EHLO client.test", 250).await;
+    conn.cmd("MAIL FROM:<jdoe@example.edu>", 530).await;
+    let refused = conn
+        .cmd("AUTH PLAIN AGpkb2UAY29ycmVjdCBob3JzZQ==", 538)
+        .await;
+    assert!(refused.contains("Encryption required"), "{refused}");
+    let mut conn = Conn::connect_from(OFF_CAMPUS.parse().unwrap(), r.relay.addr).await;
+    conn.expect(554).await;
+}
+
+#[tokio::test]
+async fn wrong_passwords_fail_and_repeated_failures_lock_the_address_out() {
+    let sink = Sink::start().await;
+    let r = start(&sink).await;
+    let said = python(
+        "for password in ['wrong', 'Correct horse', 'correct horse ', 'correct horse']:\n\
+         \x20   s = smtplib.SMTP(*ADDR, source_address=SOURCE)\n\
+         \x20   s.starttls(context=ctx)\n\
+         \x20   s.ehlo()\n\
+         \x20   s.esmtp_features['auth'] = 'PLAIN'  # one attempt per login, not one per mechanism\n\
+         \x20   try:\n\
+         \x20       print(s.login('jdoe', password))\n\
+         \x20   except smtplib.SMTPAuthenticationError as e:\n\
+         \x20       print('refused', e.smtp_code)\n\
+         \x20   except smtplib.SMTPServerDisconnected:\n\
+         \x20       print('disconnected')\n",
+        r.submission,
+        "127.0.7.7",
+    )
+    .await;
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(
+        lines,
+        ["refused 535", "refused 535", "refused 535", "refused 454"],
+        "{said}"
+    );
+    r.relay
+        .wait_for_log("ip=127.0.7.7 mechanism=PLAIN failures=3")
+        .await;
+    r.relay
+        .wait_for_log("authentication refused: too many failures from this address")
+        .await;
+    // Another address is not locked out.
+    let said = python(
+        "s = smtplib.SMTP(*ADDR, source_address=SOURCE)\ns.starttls(context=ctx)\nprint(s.login('jdoe', 'correct horse')[0])\n",
+        r.submission,
+        "127.0.7.8",
+    )
+    .await;
+    assert_eq!(said.trim(), "235");
+    assert!(!r.relay.log().contains("Correct horse"));
+}
+
+#[tokio::test]
+async fn smtps_speaks_tls_from_the_first_byte_and_requires_auth() {
+    let sink = Sink::start().await;
+    let r = start(&sink).await;
+    let said = python(
+        &format!(
+            "{SEND}s = smtplib.SMTP_SSL(*ADDR, source_address=SOURCE, context=ctx)\n\
+             print(s.sock.version())\n\
+             s.ehlo()\n\
+             try:\n\
+             \x20   s.sendmail('jdoe@example.edu', ['someone@gmail.com'], msg)\n\
+             except smtplib.SMTPSenderRefused as e:\n\
+             \x20   print('refused', e.smtp_code)\n\
+             s.login('jdoe', 'correct horse')\n\
+             s.sendmail('jdoe@example.edu', ['someone@gmail.com'], msg)\n\
+             s.quit()\n"
+        ),
+        r.smtps,
+        OFF_CAMPUS,
+    )
+    .await;
+    assert!(said.starts_with("TLSv1.3"), "{said}");
+    assert!(said.contains("refused 530"), "{said}");
+    let received = sink.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&received[0].data).contains("with ESMTPSA"));
+}
+
+/// A PROXY v2 header for a TCP/IPv4 connection from `client` (built by hand, so the test
+/// does not share the relay's parser).
+fn proxy_v2(client: [u8; 4], port: u16) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    header.extend_from_slice(&client);
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&25u16.to_be_bytes());
+    header
+}
+
+#[tokio::test]
+async fn the_proxy_header_names_the_client_policies_see() {
+    let sink = Sink::start().await;
+    let r = start(&sink).await;
+    // v1 from off campus: campus-access sees 127.5.0.1 and refuses it.
+    let mut conn = Conn::connect(r.proxied).await;
+    conn.send("PROXY TCP4 127.5.0.1 127.0.0.1 40000 25\r\n")
+        .await;
+    let refused = conn.expect(554).await;
+    assert!(
+        refused.contains("127.5.0.1 is outside the campus"),
+        "{refused}"
+    );
+
+    // v2 from a campus machine: it may send inside, and Received names it.
+    let mut conn = Conn::connect(r.proxied).await;
+    conn.send(proxy_v2([127, 0, 3, 4], 40001)).await;
+    conn.expect(220).await;
+    conn.envelope("app@example.edu", &["dean@example.edu"])
+        .await;
+    conn.cmd("RCPT TO:<someone@gmail.com>", 550).await;
+    conn.cmd("DATA", 354).await;
+    conn.send("Subject: proxied\r\n\r\nhi\r\n.\r\n").await;
+    conn.expect(250).await;
+    let received = sink.wait_for(1).await;
+    let text = String::from_utf8_lossy(&received[0].data);
+    assert!(text.contains("([127.0.3.4])"), "{text}");
+
+    // Without a header: closed without a word.
+    let mut conn = Conn::connect(r.proxied).await;
+    conn.send("EHLO client.test\r\n").await;
+    assert!(conn.read_reply().await.is_none());
+    r.relay
+        .wait_for_log("connection refused: the connection did not start with a PROXY header")
+        .await;
+}
+
+/// A TLS 1.1 ClientHello: record version 3.1, client version 3.2, no extensions (so no
+/// supported_versions offering 1.2 or 1.3).
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 4, 0xc0, 0x13, 0x00, 0x2f]); // ECDHE-RSA-AES128-SHA, AES128-SHA
+    body.extend_from_slice(&[1, 0]); // null compression
+    let mut handshake = vec![1, 0, 0, body.len() as u8];
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01, 0, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[tokio::test]
+async fn a_tls_1_1_client_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sink = Sink::start().await;
+    let r = start(&sink).await;
+    for addr in [r.smtps, r.relay.addr] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if addr == r.relay.addr {
+            // By STARTTLS on the relay port.
+            let mut conn_buf = [0u8; 512];
+            let _ = tcp.read(&mut conn_buf).await.unwrap();
+            tcp.write_all(b"EHLO client.test\r\n").await.unwrap();
+            let _ = tcp.read(&mut conn_buf).await.unwrap();
+            tcp.write_all(b"STARTTLS\r\n").await.unwrap();
+            let n = tcp.read(&mut conn_buf).await.unwrap();
+            assert!(conn_buf[..n].starts_with(b"220"), "{:?}", &conn_buf[..n]);
+        }
+        tcp.write_all(&tls11_client_hello()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tcp.read_to_end(&mut answer),
+        )
+        .await;
+        // A fatal (2) alert (21): handshake_failure (40) or protocol_version (70); never a
+        // ServerHello (22).
+        assert_eq!(answer.first(), Some(&21), "{addr}: {answer:?}");
+        assert!(
+            answer.get(5) == Some(&2) && matches!(answer.get(6), Some(40 | 70)),
+            "{addr}: {answer:?}"
+        );
+    }
+    let _: IpAddr = OFF_CAMPUS.parse().unwrap();
+}
