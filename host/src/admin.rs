@@ -8,6 +8,7 @@
 use crate::policy::reload::Reloader;
 use crate::queue::{MessageOrder, Queue};
 use crate::registry::Registry;
+use crate::reloadable::Reloadable;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ pub struct Controls {
     pub reloader: Arc<Reloader>,
     pub queue: Queue,
     pub registry: Arc<Registry>,
+    pub reloadable: Arc<Reloadable>,
 }
 
 /// Answers commands until the process ends.
@@ -77,7 +79,14 @@ impl Controls {
         match words.as_slice() {
             ["status"] => serde_json::to_string(&self.reloader.status())
                 .unwrap_or_else(|e| format!("error: {e}")),
-            ["reload"] => done(self.reloader.reload("sluice reload").await),
+            ["reload"] => {
+                let policies = self.reloader.reload("sluice reload").await;
+                let rest = self.reloadable.reload();
+                done(match (policies, rest) {
+                    (Ok(p), Ok(r)) => Ok(format!("{p}; {r}")),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                })
+            }
             ["queue", "flush"] => {
                 self.queue.flush();
                 done(Ok("every waiting message is being tried".into()))

@@ -46,6 +46,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub store: StoreConfig,
     pub auth: AuthConfig,
+    /// DKIM signing of every accepted message; absent, nothing is signed.
+    pub dkim: Option<DkimConfig>,
 }
 
 /// One listening socket.
@@ -99,6 +101,61 @@ impl ListenerConfig {
             ListenerKind::Relay => self.addr.to_string(),
             kind => kind.as_str().to_string(),
         })
+    }
+}
+
+/// DKIM signing (RFC 6376) for the relay's own domain. `sluice reload` (or SIGHUP) reads
+/// this section again, so a key rotation needs no restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The selector signing now (`s=`).
+    pub selector: String,
+    /// The key of `selector` (PKCS#8 PEM, RSA or Ed25519), unless `keys` names it.
+    pub key: Option<PathBuf>,
+    /// Keys by selector, for rotation: every one is loaded and checked, `selector` signs.
+    #[serde(default)]
+    pub keys: BTreeMap<String, PathBuf>,
+    /// Header fields signed (those absent are signed as absent, so they cannot be added).
+    #[serde(default = "DkimConfig::default_headers")]
+    pub headers: Vec<String>,
+    /// `relaxed/relaxed` (the default), `simple/simple`, `relaxed/simple` or `simple/relaxed`.
+    #[serde(default = "DkimConfig::default_canonicalization")]
+    pub canonicalization: String,
+}
+
+impl DkimConfig {
+    fn default_headers() -> Vec<String> {
+        [
+            "From",
+            "Sender",
+            "Reply-To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "To",
+            "Cc",
+            "MIME-Version",
+            "Content-Type",
+            "Content-Transfer-Encoding",
+            "In-Reply-To",
+            "References",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn default_canonicalization() -> String {
+        "relaxed/relaxed".into()
+    }
+
+    /// The key file of the selector signing now.
+    pub fn active_key(&self) -> Option<&PathBuf> {
+        self.keys.get(&self.selector).or(self.key.as_ref())
     }
 }
 
@@ -370,6 +427,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
+            dkim: None,
         }
     }
 }
@@ -493,6 +551,22 @@ impl Config {
                 "delivery.connections_per_destination",
                 "must be at least 1",
             ));
+        }
+        if let Some(dkim) = &self.dkim {
+            if dkim.active_key().is_none() {
+                return Err(invalid(
+                    "dkim.key",
+                    &format!(
+                        "no key for selector {:?}: set `key`, or `keys.{0}`",
+                        dkim.selector
+                    ),
+                ));
+            }
+            if dkim.headers.is_empty()
+                || !dkim.headers.iter().any(|h| h.eq_ignore_ascii_case("From"))
+            {
+                return Err(invalid("dkim.headers", "must include From (RFC 6376 5.4)"));
+            }
         }
         if self.auth.max_failures == 0 {
             return Err(invalid("auth.max_failures", "must be at least 1"));

@@ -16,7 +16,9 @@
 //! - [`smtp`] — the SMTP server: sessions, one file per stage, strict DATA reading.
 //! - [`policy`] — the wasmtime runtime, the chain, the host functions modules import.
 //! - [`queue`] — the spool on disk and the scheduler of delivery attempts.
+//! - [`dkim`] — DKIM signing of accepted messages.
 //! - [`delivery`] — the outbound SMTP client and the per-attempt log.
+//! - [`reloadable`] — what `sluice reload` reloads besides policies: DKIM keys, the certificate.
 //! - [`registry`] — the addresses registered to relay, and those blocked.
 //! - [`store`] — the embedded SQLite store (registry, users).
 //! - [`tls`] — certificates for STARTTLS.
@@ -27,9 +29,11 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod policy;
 pub mod queue;
 pub mod registry;
+pub mod reloadable;
 pub mod server;
 pub mod smtp;
 pub mod store;

@@ -182,12 +182,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Serve { config } => {
-            let Some(config) = load_config(config) else {
+        Command::Serve { config: path } => {
+            let Some(config) = load_config(path.clone()) else {
                 return ExitCode::from(2);
             };
             run(|| async {
-                match sluice::server::serve(config).await {
+                match sluice::server::serve(config, path).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("sluice: {e:#}");

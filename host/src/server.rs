@@ -4,19 +4,24 @@ use crate::admin;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::delivery::Delivery;
+use crate::dkim::Dkim;
 use crate::policy::reload::{self, Reloader};
 use crate::policy::{Chain, PolicyEngine};
 use crate::queue::{Queue, Spool, runner};
 use crate::registry::Registry;
+use crate::reloadable::Reloadable;
 use crate::smtp::{ServerContext, listener};
+use crate::tls::Certificates;
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-/// Runs the relay until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the relay until SIGINT or SIGTERM. `config_path` is where `config` came from (as
+/// given with `--config`), read again by `sluice reload` for the `[dkim]` section.
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
 
@@ -59,7 +64,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .watch
         .then(|| reload::watch(reloader.clone(), config.policies.settle))
         .flatten();
-    let tls = crate::tls::acceptor(&config.tls, &config.hostname)?;
+    let certificates = Certificates::load(&config.tls, &config.hostname)?;
+    let tls = crate::tls::acceptor(certificates.clone())?;
+    let reloadable = Arc::new(Reloadable {
+        config_path,
+        dkim: Arc::new(Dkim::new(config.dkim.as_ref())?),
+        certificates,
+    });
+    let watching_certificates = reloadable.watch_certificates();
     let listeners = listener::bind(&config.listeners).await?;
 
     let (orders, runner_orders) = mpsc::unbounded_channel();
@@ -82,14 +94,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         queue: Queue::new(spool, orders),
         registry: Some(registry.clone()),
         auth: Some(auth),
+        dkim: reloadable.dkim.clone(),
     });
     tokio::spawn(registry.clone().run(ctx.queue.clone()));
 
-    tokio::spawn(reload_on_sighup(reloader.clone()));
+    tokio::spawn(reload_on_sighup(reloader.clone(), reloadable.clone()));
+    if let Some(watching) = watching_certificates {
+        tokio::spawn(watching);
+    }
     let controls = admin::Controls {
         reloader: reloader.clone(),
         queue: ctx.queue.clone(),
         registry,
+        reloadable,
     };
     tokio::spawn(admin::serve(admin, Arc::new(controls)));
     if let Some(watching) = watching {
@@ -105,13 +122,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP reloads the policy chain (see [`reload`]).
-async fn reload_on_sighup(reloader: Arc<Reloader>) {
+/// SIGHUP reloads the policy chain (see [`reload`]), the DKIM keys and the certificate.
+async fn reload_on_sighup(reloader: Arc<Reloader>, reloadable: Arc<Reloadable>) {
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload with sluice reload");
         return;
     };
     while hangup.recv().await.is_some() {
         let _ = reloader.reload("SIGHUP").await;
+        let _ = reloadable.reload();
     }
 }

@@ -1,10 +1,19 @@
 //! TLS for the SMTP listeners: the certificate from the configuration, or a self-signed
 //! one made at start-up. TLS 1.2 and 1.3 only.
+//!
+//! The certificate is reloaded when its files change (watched like the policies
+//! directory) and on `sluice reload` or SIGHUP: new handshakes get the new one, sessions
+//! already encrypted keep theirs. A pair that does not load (a half-copied file, a key
+//! that does not match) leaves the running one in place.
 
 use crate::config::TlsConfig;
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
@@ -13,50 +22,90 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the acceptor offered with STARTTLS.
-pub fn acceptor(config: &TlsConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
-    let (certs, key) = match (&config.cert, &config.key) {
-        (Some(cert), Some(key)) => {
-            let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-                std::fs::File::open(cert)
-                    .with_context(|| format!("tls.cert: {}", cert.display()))?,
-            ))
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| {
-                format!("tls.cert: {}: not a PEM certificate chain", cert.display())
-            })?;
-            if certs.is_empty() {
-                anyhow::bail!("tls.cert: {}: no certificate in the file", cert.display());
+/// The certificate the listeners offer, replaced whole on reload.
+#[derive(Debug)]
+pub struct Certificates {
+    files: Option<(PathBuf, PathBuf)>,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl Certificates {
+    /// The configured certificate, or a self-signed one for `hostname`.
+    pub fn load(config: &TlsConfig, hostname: &str) -> anyhow::Result<Arc<Certificates>> {
+        let files = config.cert.clone().zip(config.key.clone());
+        let current = match &files {
+            Some((cert, key)) => read_pair(cert, key)?,
+            None => {
+                tracing::warn!(
+                    hostname,
+                    "no [tls] cert and key configured: STARTTLS uses a self-signed certificate made at start-up"
+                );
+                self_signed(hostname)?
             }
-            let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-                std::fs::File::open(key).with_context(|| format!("tls.key: {}", key.display()))?,
-            ))
-            .with_context(|| format!("tls.key: {}: not a PEM private key", key.display()))?
-            .ok_or_else(|| {
-                anyhow::anyhow!("tls.key: {}: no private key in the file", key.display())
-            })?;
-            (certs, key)
-        }
-        _ => {
-            tracing::warn!(
-                hostname,
-                "no [tls] cert and key configured: STARTTLS uses a self-signed certificate made at start-up"
-            );
-            let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
-                .context("making a self-signed certificate")?;
-            let key =
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.key_pair.serialize_der()));
-            (
-                vec![CertificateDer::from(generated.cert.der().to_vec())],
-                key,
-            )
-        }
-    };
+        };
+        Ok(Arc::new(Certificates {
+            files,
+            current: ArcSwap::from_pointee(current),
+        }))
+    }
+
+    /// The certificate and key files, when configured (what the watcher watches).
+    pub fn files(&self) -> Option<&(PathBuf, PathBuf)> {
+        self.files.as_ref()
+    }
+
+    /// Reads the files again; on an error the running certificate stays.
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let Some((cert, key)) = &self.files else {
+            return Ok("TLS: self-signed certificate (none configured)".into());
+        };
+        self.current.store(Arc::new(read_pair(cert, key)?));
+        Ok(format!("TLS certificate {} loaded", cert.display()))
+    }
+}
+
+fn read_pair(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<CertifiedKey> {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("tls.cert: {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("tls.cert: {}: not a PEM certificate chain", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("tls.cert: {}: no certificate in the file", cert.display());
+    }
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("tls.key: {}", key.display()))?,
+    ))
+    .with_context(|| format!("tls.key: {}: not a PEM private key", key.display()))?
+    .ok_or_else(|| anyhow::anyhow!("tls.key: {}: no private key in the file", key.display()))?;
+    CertifiedKey::from_der(certs, key, &provider())
+        .context("TLS certificate and key do not fit together")
+}
+
+fn self_signed(hostname: &str) -> anyhow::Result<CertifiedKey> {
+    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
+        .context("making a self-signed certificate")?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.key_pair.serialize_der()));
+    CertifiedKey::from_der(
+        vec![CertificateDer::from(generated.cert.der().to_vec())],
+        key,
+        &provider(),
+    )
+    .context("the self-signed certificate")
+}
+
+/// The acceptor for STARTTLS and implicit TLS, offering whatever `certificates` holds.
+pub fn acceptor(certificates: Arc<Certificates>) -> anyhow::Result<TlsAcceptor> {
     let server = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .context("TLS protocol versions")?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("TLS certificate and key do not fit together")?;
+        .with_cert_resolver(certificates);
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

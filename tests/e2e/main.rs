@@ -8,6 +8,7 @@ mod clients;
 mod config;
 mod contract;
 mod delivery;
+mod dkim;
 mod durability;
 mod example_policy;
 mod protocol;

@@ -69,7 +69,11 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
         .map(|l| l.name())
         .unwrap_or_else(|| "session".into());
     let ctx = Arc::new(ServerContext {
-        tls: crate::tls::acceptor(&config.tls, &config.hostname)?,
+        tls: crate::tls::acceptor(crate::tls::Certificates::load(
+            &config.tls,
+            &config.hostname,
+        )?)?,
+        dkim: Arc::new(crate::dkim::Dkim::new(config.dkim.as_ref())?),
         config: Arc::new(config),
         chain: Arc::new(ArcSwap::from_pointee(chain)),
         queue: Queue::new(spool, new_messages),

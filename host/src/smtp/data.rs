@@ -216,7 +216,11 @@ impl Session {
             return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
         }
         let hold = decision.verdict == Verdict::Quarantine;
-        let message = self.build_message(&id, &tx.recipients, &tx.header_edits, body, &fields);
+        let mut message = self.build_message(&id, &tx.recipients, &tx.header_edits, body, &fields);
+        // Signed as it will be relayed, on a thread where a millisecond of RSA may block.
+        if let Some(signature) = tokio::task::block_in_place(|| self.ctx.dkim.sign(&message)) {
+            message.splice(0..0, signature.into_bytes());
+        }
         let envelope = Envelope {
             id: id.clone(),
             sender: tx.sender.clone(),

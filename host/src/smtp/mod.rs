@@ -30,6 +30,7 @@ pub use reply::Reply;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::dkim::Dkim;
 use crate::policy::Chain;
 use crate::queue::Queue;
 use crate::registry::Registry;
@@ -49,6 +50,8 @@ pub struct ServerContext {
     pub registry: Option<Arc<Registry>>,
     /// The users AUTH checks against; `None` where nobody authenticates (`sluice session`).
     pub auth: Option<Arc<Auth>>,
+    /// Signs every accepted message (when `[dkim]` is configured).
+    pub dkim: Arc<Dkim>,
 }
 
 /// An envelope address the relay will pass on: something@something, and nothing that

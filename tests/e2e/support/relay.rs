@@ -112,7 +112,8 @@ impl Relay {
         relay
     }
 
-    fn config_path(&self) -> PathBuf {
+    /// The relay's configuration file.
+    pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("sluice.toml")
     }
 

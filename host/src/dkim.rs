@@ -1,0 +1,187 @@
+//! DKIM signing (RFC 6376; Ed25519 by RFC 8463) of every message the relay accepts, for
+//! the relay's own domain, before it is spooled: what the next hop receives carries the
+//! signature. Signing is mail-auth's, with ring's RSA and Ed25519 (already in the build
+//! for TLS).
+//!
+//! Rotation: every key in `[dkim]` is loaded and checked, `selector` signs; `sluice
+//! reload` (or SIGHUP) reads the section again and switches at once, without a restart.
+//! A section that fails to load keeps the signer that was running.
+
+use crate::config::DkimConfig;
+use anyhow::{Context, bail};
+use arc_swap::ArcSwapOption;
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A loaded key, ready to sign.
+enum Key {
+    Rsa(Box<DkimSigner<RsaKey<Sha256>, Done>>),
+    Ed25519(Box<DkimSigner<Ed25519Key, Done>>),
+}
+
+/// The signer of one selector.
+pub struct Signer {
+    key: Key,
+    selector: String,
+    domain: String,
+}
+
+impl Signer {
+    /// Loads every key of the section and builds the signer of `selector`.
+    pub fn load(config: &DkimConfig) -> anyhow::Result<Signer> {
+        let (header_c, body_c) = canonicalization(&config.canonicalization)?;
+        let mut signing = None;
+        let mut selectors: Vec<(&String, &Path)> = config
+            .keys
+            .iter()
+            .map(|(selector, path)| (selector, path.as_path()))
+            .collect();
+        if let Some(key) = &config.key
+            && !config.keys.contains_key(&config.selector)
+        {
+            selectors.push((&config.selector, key.as_path()));
+        }
+        for (selector, path) in selectors {
+            let key = load_key(
+                path,
+                &config.domain,
+                selector,
+                &config.headers,
+                header_c,
+                body_c,
+            )
+            .with_context(|| format!("dkim: selector {selector}: {}", path.display()))?;
+            if *selector == config.selector {
+                signing = Some(key);
+            }
+        }
+        let Some(key) = signing else {
+            bail!("dkim: no key for selector {}", config.selector);
+        };
+        Ok(Signer {
+            key,
+            selector: config.selector.clone(),
+            domain: config.domain.clone(),
+        })
+    }
+
+    /// The `DKIM-Signature` field for `message`, CRLF-terminated.
+    pub fn sign(&self, message: &[u8]) -> anyhow::Result<String> {
+        let signature = match &self.key {
+            Key::Rsa(signer) => signer.sign(message),
+            Key::Ed25519(signer) => signer.sign(message),
+        }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(signature.to_header())
+    }
+
+    /// `d=DOMAIN s=SELECTOR (rsa-sha256|ed25519-sha256)`, for the log and `sluice reload`.
+    pub fn describe(&self) -> String {
+        let algorithm = match self.key {
+            Key::Rsa(_) => "rsa-sha256",
+            Key::Ed25519(_) => "ed25519-sha256",
+        };
+        format!("d={} s={} {algorithm}", self.domain, self.selector)
+    }
+}
+
+fn canonicalization(text: &str) -> anyhow::Result<(Canonicalization, Canonicalization)> {
+    let one = |c: &str| match c {
+        "relaxed" => Ok(Canonicalization::Relaxed),
+        "simple" => Ok(Canonicalization::Simple),
+        other => bail!("dkim.canonicalization: {other:?} is neither relaxed nor simple"),
+    };
+    let (header, body) = text.split_once('/').unwrap_or((text, "simple"));
+    Ok((one(header)?, one(body)?))
+}
+
+fn load_key(
+    path: &Path,
+    domain: &str,
+    selector: &str,
+    headers: &[String],
+    header_c: Canonicalization,
+    body_c: Canonicalization,
+) -> anyhow::Result<Key> {
+    let pem = std::fs::read(path)?;
+    let der = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| anyhow::anyhow!("not a PEM private key: {e}"))?;
+    let ed25519 = match &der {
+        // OpenSSL writes PKCS#8 v1 (without the public key), which ring checks only so far.
+        PrivateKeyDer::Pkcs8(pkcs8) => {
+            Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der()).ok()
+        }
+        _ => None,
+    };
+    Ok(match ed25519 {
+        Some(key) => Key::Ed25519(Box::new(
+            DkimSigner::from_key(key)
+                .domain(domain)
+                .selector(selector)
+                .headers(headers.iter().cloned())
+                .header_canonicalization(header_c)
+                .body_canonicalization(body_c),
+        )),
+        None => {
+            let key = match &der {
+                PrivateKeyDer::Pkcs8(pkcs8) => {
+                    RsaKey::<Sha256>::from_pkcs8_der(pkcs8.secret_pkcs8_der())
+                }
+                PrivateKeyDer::Pkcs1(pkcs1) => RsaKey::<Sha256>::from_der(pkcs1.secret_pkcs1_der()),
+                _ => bail!("an EC key: DKIM signs with RSA or Ed25519"),
+            }
+            .map_err(|e| anyhow::anyhow!("neither an Ed25519 nor an RSA key: {e}"))?;
+            Key::Rsa(Box::new(
+                DkimSigner::from_key(key)
+                    .domain(domain)
+                    .selector(selector)
+                    .headers(headers.iter().cloned())
+                    .header_canonicalization(header_c)
+                    .body_canonicalization(body_c),
+            ))
+        }
+    })
+}
+
+/// The relay's signer, replaced whole on reload.
+#[derive(Default)]
+pub struct Dkim {
+    current: ArcSwapOption<Signer>,
+}
+
+impl Dkim {
+    /// The signer for `config` (none: nothing is signed).
+    pub fn new(config: Option<&DkimConfig>) -> anyhow::Result<Dkim> {
+        let dkim = Dkim::default();
+        dkim.reload(config)?;
+        Ok(dkim)
+    }
+
+    /// Loads `config` and signs with it from now on; on an error the running signer stays.
+    pub fn reload(&self, config: Option<&DkimConfig>) -> anyhow::Result<String> {
+        let signer = config.map(Signer::load).transpose()?;
+        let described = signer.as_ref().map_or("DKIM signing off".to_string(), |s| {
+            format!("DKIM signing {}", s.describe())
+        });
+        self.current.store(signer.map(Arc::new));
+        Ok(described)
+    }
+
+    /// The `DKIM-Signature` field for `message`, or `None` when not signing (or when
+    /// signing failed, which is logged: the message goes unsigned rather than not at all).
+    pub fn sign(&self, message: &[u8]) -> Option<String> {
+        let signer = self.current.load_full()?;
+        match signer.sign(message) {
+            Ok(field) => Some(field),
+            Err(e) => {
+                tracing::error!(target: "sluice::dkim", "DKIM signing failed ({}): {e}", signer.describe());
+                None
+            }
+        }
+    }
+}
