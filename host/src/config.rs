@@ -240,14 +240,29 @@ impl Default for Limits {
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
+    /// How an accepted message is made durable before its 250 (see `queue::spool`).
+    pub sync: SpoolSync,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("var/spool"),
+            sync: SpoolSync::Filesystem,
         }
     }
+}
+
+/// How the spool makes accepted messages durable. Both are as safe; they differ in cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolSync {
+    /// One syncfs(2) of the spool's filesystem for each batch of messages (group commit of
+    /// the data, not only of the renames): the fastest, best with the spool on a filesystem
+    /// of its own, as a busy neighbour's writes are flushed too.
+    Filesystem,
+    /// An fsync of every message file, then one of the queue directory for each batch.
+    Files,
 }
 
 /// How the queue runner reaches the next hop.

@@ -162,6 +162,17 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A policy module's write to stderr makes wasmtime-wasi panic on the session's thread;
+    // the chain catches it and logs the module's failure, so the panic message is noise.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let from_wasi = info
+            .location()
+            .is_some_and(|l| l.file().contains("wasmtime-wasi"));
+        if !from_wasi {
+            default_hook(info);
+        }
+    }));
     // A test session shows every module's decision as it goes; the relay logs what matters.
     let default_log = match cli.command {
         Command::Session { .. } => "warn,sluice::policy=debug",

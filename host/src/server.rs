@@ -29,7 +29,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     // (cleaning up files, taking the control socket, delivering).
     let spool = Arc::new(
         Spool::open(&config.spool.dir)
-            .with_context(|| format!("spool.dir {}", config.spool.dir.display()))?,
+            .with_context(|| format!("spool.dir {}", config.spool.dir.display()))?
+            .syncing(config.spool.sync),
     );
     let registry = Arc::new(
         Registry::open(&config)

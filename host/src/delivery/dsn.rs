@@ -133,6 +133,7 @@ pub fn bounce(
         attempts: 0,
         next_attempt: 0,
         last_error: None,
+        checksum: None,
     };
     Some((envelope, bytes))
 }
@@ -194,6 +195,7 @@ mod tests {
             attempts: 1,
             next_attempt: 0,
             last_error: None,
+            checksum: None,
         }
     }
 

@@ -109,6 +109,23 @@ impl Delivery {
                     bounce: None,
                 };
             }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let spool = self.spool.clone();
+                let owned_id = id.to_string();
+                let moved = tokio::task::spawn_blocking(move || spool.set_aside(&owned_id)).await;
+                match moved {
+                    Ok(Ok(path)) => {
+                        tracing::error!(queue_id = id, error = %e, "not delivered: set aside as {}", path.display())
+                    }
+                    _ => {
+                        tracing::error!(queue_id = id, error = %e, "not delivered, and cannot be set aside")
+                    }
+                }
+                return Attempted {
+                    retry_in: None,
+                    bounce: None,
+                };
+            }
             Ok(Err(e)) => {
                 tracing::error!(queue_id = id, error = %e, "cannot read queued message; will retry");
                 return retry_soon;

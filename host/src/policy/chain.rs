@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
@@ -256,6 +256,24 @@ pub struct Chain {
     modules: Vec<LoadedModule>,
     /// When this chain was loaded.
     loaded_at: SystemTime,
+    /// Its hooks run on the session's own worker thread (see [`SessionChain::run`]) until
+    /// one of its calls has taken longer than [`INLINE_LIMIT`].
+    inline: AtomicBool,
+}
+
+/// The most CPU time a chain's hook call may take on the session's own worker thread:
+/// past it, the chain's calls move to where blocking is allowed.
+const INLINE_LIMIT: Duration = Duration::from_millis(2);
+
+/// CPU time used by the calling thread so far.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given, and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 impl Chain {
@@ -318,6 +336,7 @@ impl Chain {
             engine: engine.clone(),
             modules,
             loaded_at: SystemTime::now(),
+            inline: AtomicBool::new(true),
         })
     }
 
@@ -521,16 +540,35 @@ impl SessionChain {
     }
 
     fn run(&mut self, hook: Hook, subject: Option<&str>, call: &mut HookCall<'_>) -> ChainDecision {
-        // A module may run for its whole time limit, and its WASI calls (a panic message on
-        // stderr) block on tokio inside wasmtime-wasi, which panics on an async worker: so on
-        // the relay's runtime the chain runs where blocking is allowed, never holding a worker
-        // that other sessions need.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+        // Hook calls take microseconds, and handing the worker thread over to another for
+        // each (block_in_place) cost a sixth of the relay's throughput: so a chain runs on
+        // the session's worker while its calls are quick. A module may, though, run for its
+        // whole time limit, holding a worker other sessions need: a chain that has once made
+        // a call longer than INLINE_LIMIT runs where blocking is allowed from then on. (A
+        // WASI call that blocks on tokio, a module writing to stderr, panics on a worker;
+        // that panic is caught in `run_modules` and the module fails, as it would anyway:
+        // stdio is closed to modules.)
+        let inline = self.chain.inline.load(Ordering::Relaxed);
+        // CPU time, not wall time: on a busy machine a quick call may wait for a core.
+        let started = thread_cpu_time();
+        let decision = match tokio::runtime::Handle::try_current() {
+            Ok(rt)
+                if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread && !inline =>
+            {
                 tokio::task::block_in_place(|| self.run_modules(hook, subject, call))
             }
             _ => self.run_modules(hook, subject, call),
+        };
+        let spent = thread_cpu_time().saturating_sub(started);
+        if inline && spent > INLINE_LIMIT {
+            self.chain.inline.store(false, Ordering::Relaxed);
+            tracing::info!(
+                hook = hook.as_str(),
+                cpu_millis = spent.as_millis() as u64,
+                "a slow policy call: this chain runs off the session threads from now on"
+            );
         }
+        decision
     }
 
     fn run_modules(
@@ -546,9 +584,20 @@ impl SessionChain {
             let outcome = match slot {
                 Some(instance) => {
                     instance.store.set_epoch_deadline(module.deadline_ticks);
-                    call(&instance.bindings, &mut instance.store)
-                        .map_err(|e| failure(&e, module.timeout))
-                        .and_then(|d| check_decision(d).map_err(Failure::Broken))
+                    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        call(&instance.bindings, &mut instance.store)
+                    }));
+                    match called {
+                        Ok(result) => result
+                            .map_err(|e| failure(&e, module.timeout))
+                            .and_then(|d| check_decision(d).map_err(Failure::Broken)),
+                        // Only a WASI call that blocks on tokio panics here: a write to
+                        // stderr, which is closed to modules, so that std would trap next.
+                        Err(_) => Err(Failure::Broken(
+                            "trapped: it wrote to stderr (a panic message?), which is closed to modules"
+                                .into(),
+                        )),
+                    }
                 }
                 None => Err(Failure::FailedEarlier),
             };

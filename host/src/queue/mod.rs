@@ -39,6 +39,10 @@ pub struct Envelope {
     pub next_attempt: u64,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// CRC-32 of the message bytes, set by the spool when it writes them: a message that
+    /// does not match was never made durable whole (see `spool`), and is never delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<u32>,
 }
 
 /// One recipient and where its delivery stands.

@@ -11,10 +11,17 @@
 //! ```
 //!
 //! # Order of writes
-//! Accepting: write `tmp/ID`, fsync it, rename it to `queue/ID`, fsync `queue/`; only
-//! then does the client get 250. One fsync of `queue/` makes every rename before it
-//! durable, so messages arriving together share it (group commit). A crash before the
-//! rename leaves a file in `tmp/` (removed at start-up); after it, the message is queued.
+//! Accepting: write `tmp/ID`, rename it to `queue/ID`, make both durable; only then does
+//! the client get 250. Messages arriving together share the last step (group commit):
+//! - `sync = "filesystem"` (the default): one syncfs(2) of the spool's filesystem for the
+//!   batch flushes every message's data and every rename at once;
+//! - `sync = "files"`: each `tmp/ID` is fsync'd before its rename, and one fsync of
+//!   `queue/` makes the batch's renames durable.
+//!
+//! A crash before the rename leaves a file in `tmp/` (removed at start-up). A crash after
+//! it but before the batch was made durable may leave `queue/ID` incomplete or missing:
+//! its client never saw 250 (and saw the connection drop), so it sends the message again;
+//! a file that survives with a bad header is set aside at start-up (see `list`).
 //!
 //! Updating: write `tmp/ID.state`, fsync, rename over `queue/ID.state`. A crash leaves
 //! the previous state, so at worst an attempt is repeated (delivery is at-least-once).
@@ -28,6 +35,7 @@
 
 use super::Envelope;
 use super::runner::MessageOrder;
+use crate::config::SpoolSync;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,6 +47,7 @@ const MAGIC: &str = "SLUICE-SPOOL 1";
 pub struct Spool {
     tmp: PathBuf,
     queue: PathBuf,
+    sync: SpoolSync,
     /// `SPOOL/lock`, locked (flock) while a relay owns the spool: held for the life of the
     /// relay's `Spool`, so a second relay on the same spool refuses to start.
     _lock: Option<File>,
@@ -60,6 +69,7 @@ impl Spool {
         let spool = Spool {
             tmp: dir.join("tmp"),
             queue: dir.join("queue"),
+            sync: SpoolSync::Files,
             _lock: Some(lock),
         };
         for d in [&spool.tmp, &spool.queue] {
@@ -92,6 +102,7 @@ impl Spool {
         Ok(Spool {
             tmp: dir.join("tmp"),
             queue,
+            sync: SpoolSync::Files,
             _lock: None,
         })
     }
@@ -123,25 +134,48 @@ impl Spool {
         self.sync_queue()
     }
 
-    /// Writes a new message and fsyncs it, then renames it into the queue; it is durable
-    /// once the queue directory has been fsync'd too ([`sync_queue`](Self::sync_queue)),
+    /// Writes a new message (with its checksum; fsync'd in the `files` mode) and renames
+    /// it into the queue; it is durable once [`sync_queue`](Self::sync_queue) has run,
     /// which several messages may share (group commit).
     pub fn store_unsynced(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
         let tmp = self.tmp.join(&envelope.id);
         let mut file = File::create(&tmp).map_err(|e| with_path(e, &tmp))?;
         let mut head = format!("{MAGIC}\n").into_bytes();
-        serde_json::to_writer(&mut head, envelope)?;
+        let envelope = Envelope {
+            checksum: Some(crc32fast::hash(message)),
+            ..envelope.clone()
+        };
+        serde_json::to_writer(&mut head, &envelope)?;
         head.push(b'\n');
         file.write_all(&head)?;
         file.write_all(message)?;
-        file.sync_all()?;
+        if self.sync == SpoolSync::Files {
+            file.sync_all()?;
+        }
         drop(file);
         fs::rename(&tmp, self.queue.join(&envelope.id))
     }
 
-    /// Makes every rename into the queue so far durable.
+    /// Makes every message stored so far durable, and its rename into the queue.
     pub fn sync_queue(&self) -> io::Result<()> {
-        sync_dir(&self.queue)
+        match self.sync {
+            SpoolSync::Files => sync_dir(&self.queue),
+            SpoolSync::Filesystem => {
+                use std::os::fd::AsRawFd;
+                let dir = File::open(&self.queue)?;
+                // SAFETY: syncfs on a descriptor we own, open for the duration of the call.
+                if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets how accepted messages are made durable (`Files` unless told).
+    pub fn syncing(mut self, sync: SpoolSync) -> Spool {
+        self.sync = sync;
+        self
     }
 
     /// The ids of every queued message.
@@ -207,8 +241,33 @@ impl Spool {
         let mut message = Vec::new();
         if with_body {
             reader.read_to_end(&mut message)?;
+            let envelope: &Envelope = &envelope;
+            if envelope
+                .checksum
+                .is_some_and(|sum| sum != crc32fast::hash(&message))
+            {
+                return Err(with_path(
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the message does not match its checksum: never made durable whole (a crash before its 250), or damaged on disk",
+                    ),
+                    &path,
+                ));
+            }
         }
         Ok((envelope, message))
+    }
+
+    /// Moves a message that cannot be delivered as it is (it does not match its checksum)
+    /// to `SPOOL/damaged/`, out of the queue but kept for a postmaster to look at.
+    pub fn set_aside(&self, id: &str) -> io::Result<PathBuf> {
+        check_id(id)?;
+        let damaged = self.queue.with_file_name("damaged");
+        fs::create_dir_all(&damaged)?;
+        fs::rename(self.queue.join(id), damaged.join(id))?;
+        let _ = fs::remove_file(self.queue.join(format!("{id}.state")));
+        sync_dir(&self.queue)?;
+        Ok(damaged.join(id))
     }
 
     /// Records a delivery attempt's outcome durably.
@@ -295,6 +354,7 @@ mod tests {
             attempts: 0,
             next_attempt: 0,
             last_error: None,
+            checksum: None,
         }
     }
 
@@ -317,6 +377,26 @@ mod tests {
         );
         spool.remove("A1").unwrap();
         assert!(spool.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_message_that_does_not_match_its_checksum_is_never_loaded() {
+        for sync in [SpoolSync::Files, SpoolSync::Filesystem] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(dir.path()).unwrap().syncing(sync);
+            spool.store(&envelope("D1"), b"hello\r\n").unwrap();
+            assert!(spool.load("D1").unwrap().0.checksum.is_some());
+            // What a crash can leave of a message whose batch was not yet made durable.
+            let path = dir.path().join("queue/D1");
+            let mut text = fs::read(&path).unwrap();
+            let len = text.len();
+            text[len - 3..].copy_from_slice(b"\0\0\0");
+            fs::write(&path, &text).unwrap();
+            let err = spool.load("D1").unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            let aside = spool.set_aside("D1").unwrap();
+            assert!(aside.exists() && spool.list().unwrap().is_empty());
+        }
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub fn message(notice: &Notice, from: &str, hostname: &str) -> (Envelope, Vec<u8
         attempts: 0,
         next_attempt: 0,
         last_error: None,
+        checksum: None,
     };
     (envelope, bytes)
 }

@@ -239,6 +239,7 @@ impl Session {
             attempts: 0,
             next_attempt: 0,
             last_error: None,
+            checksum: None,
         };
         let size = message.len();
         if let Err(e) = self.ctx.queue.enqueue(envelope, message).await {
