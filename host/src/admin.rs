@@ -81,10 +81,14 @@ impl Controls {
                 .unwrap_or_else(|e| format!("error: {e}")),
             ["reload"] => {
                 let policies = self.reloader.reload("sluice reload").await;
-                let rest = self.reloadable.reload();
+                let reloadable = self.reloadable.clone();
+                let rest = tokio::task::spawn_blocking(move || reloadable.reload())
+                    .await
+                    .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
                 done(match (policies, rest) {
                     (Ok(p), Ok(r)) => Ok(format!("{p}; {r}")),
-                    (Err(e), _) | (_, Err(e)) => Err(e),
+                    (Err(p), Err(r)) => Err(format!("{p}; {r}")),
+                    (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
                 })
             }
             ["queue", "flush"] => {

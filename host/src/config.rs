@@ -64,6 +64,10 @@ pub struct ListenerConfig {
     /// balancer, naming the real client; a connection without one is refused.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// The load balancers allowed to send that header (CIDRs): a PROXY header names any
+    /// address it likes, so it is believed from these and refused from anyone else.
+    #[serde(default)]
+    pub proxy_from: Vec<ipnet::IpNet>,
 }
 
 /// What a listener is for.
@@ -432,6 +436,7 @@ impl Default for Config {
                 name: None,
                 kind: ListenerKind::Relay,
                 proxy_protocol: false,
+                proxy_from: Vec::new(),
             }],
             tls: TlsConfig::default(),
             limits: Limits::default(),
@@ -582,6 +587,19 @@ impl Config {
             {
                 return Err(invalid("dkim.headers", "must include From (RFC 6376 5.4)"));
             }
+        }
+        if let Some(l) = self
+            .listeners
+            .iter()
+            .find(|l| l.proxy_protocol && l.proxy_from.is_empty())
+        {
+            return Err(invalid(
+                "listener.proxy_from",
+                &format!(
+                    "listener {}: proxy_protocol needs proxy_from, the load balancers' addresses",
+                    l.addr
+                ),
+            ));
         }
         if self.auth.max_failures == 0 {
             return Err(invalid("auth.max_failures", "must be at least 1"));

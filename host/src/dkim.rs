@@ -10,7 +10,7 @@
 use crate::config::DkimConfig;
 use anyhow::{Context, bail};
 use arc_swap::ArcSwapOption;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls::pki_types::PrivateKeyDer;
@@ -35,6 +35,12 @@ impl Signer {
     /// Loads every key of the section and builds the signer of `selector`.
     pub fn load(config: &DkimConfig) -> anyhow::Result<Signer> {
         let (header_c, body_c) = canonicalization(&config.canonicalization)?;
+        let template = Template {
+            domain: &config.domain,
+            headers: &config.headers,
+            header_c,
+            body_c,
+        };
         let mut signing = None;
         let mut selectors: Vec<(&String, &Path)> = config
             .keys
@@ -47,15 +53,8 @@ impl Signer {
             selectors.push((&config.selector, key.as_path()));
         }
         for (selector, path) in selectors {
-            let key = load_key(
-                path,
-                &config.domain,
-                selector,
-                &config.headers,
-                header_c,
-                body_c,
-            )
-            .with_context(|| format!("dkim: selector {selector}: {}", path.display()))?;
+            let key = load_key(path, selector, &template)
+                .with_context(|| format!("dkim: selector {selector}: {}", path.display()))?;
             if *selector == config.selector {
                 signing = Some(key);
             }
@@ -100,14 +99,28 @@ fn canonicalization(text: &str) -> anyhow::Result<(Canonicalization, Canonicaliz
     Ok((one(header)?, one(body)?))
 }
 
-fn load_key(
-    path: &Path,
-    domain: &str,
-    selector: &str,
-    headers: &[String],
+/// What every signer of the section shares.
+struct Template<'a> {
+    domain: &'a str,
+    headers: &'a [String],
     header_c: Canonicalization,
     body_c: Canonicalization,
-) -> anyhow::Result<Key> {
+}
+
+impl Template<'_> {
+    fn signer<K: SigningKey>(&self, key: K, selector: &str) -> Box<DkimSigner<K, Done>> {
+        Box::new(
+            DkimSigner::from_key(key)
+                .domain(self.domain)
+                .selector(selector)
+                .headers(self.headers.iter().cloned())
+                .header_canonicalization(self.header_c)
+                .body_canonicalization(self.body_c),
+        )
+    }
+}
+
+fn load_key(path: &Path, selector: &str, template: &Template<'_>) -> anyhow::Result<Key> {
     let pem = std::fs::read(path)?;
     let der = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| anyhow::anyhow!("not a PEM private key: {e}"))?;
@@ -118,34 +131,16 @@ fn load_key(
         }
         _ => None,
     };
-    Ok(match ed25519 {
-        Some(key) => Key::Ed25519(Box::new(
-            DkimSigner::from_key(key)
-                .domain(domain)
-                .selector(selector)
-                .headers(headers.iter().cloned())
-                .header_canonicalization(header_c)
-                .body_canonicalization(body_c),
-        )),
-        None => {
-            let key = match &der {
-                PrivateKeyDer::Pkcs8(pkcs8) => {
-                    RsaKey::<Sha256>::from_pkcs8_der(pkcs8.secret_pkcs8_der())
-                }
-                PrivateKeyDer::Pkcs1(pkcs1) => RsaKey::<Sha256>::from_der(pkcs1.secret_pkcs1_der()),
-                _ => bail!("an EC key: DKIM signs with RSA or Ed25519"),
-            }
-            .map_err(|e| anyhow::anyhow!("neither an Ed25519 nor an RSA key: {e}"))?;
-            Key::Rsa(Box::new(
-                DkimSigner::from_key(key)
-                    .domain(domain)
-                    .selector(selector)
-                    .headers(headers.iter().cloned())
-                    .header_canonicalization(header_c)
-                    .body_canonicalization(body_c),
-            ))
-        }
-    })
+    if let Some(key) = ed25519 {
+        return Ok(Key::Ed25519(template.signer(key, selector)));
+    }
+    let key = match &der {
+        PrivateKeyDer::Pkcs8(pkcs8) => RsaKey::<Sha256>::from_pkcs8_der(pkcs8.secret_pkcs8_der()),
+        PrivateKeyDer::Pkcs1(pkcs1) => RsaKey::<Sha256>::from_der(pkcs1.secret_pkcs1_der()),
+        _ => bail!("an EC key: DKIM signs with RSA or Ed25519"),
+    }
+    .map_err(|e| anyhow::anyhow!("neither an Ed25519 nor an RSA key: {e}"))?;
+    Ok(Key::Rsa(template.signer(key, selector)))
 }
 
 /// The relay's signer, replaced whole on reload.

@@ -58,25 +58,21 @@ impl Reloadable {
     pub fn watch_certificates(&self) -> Option<impl std::future::Future<Output = ()> + use<>> {
         let (cert, key) = self.certificates.files()?.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let files = [cert.clone(), key.clone()];
+        // Any change in the directories counts: a secret volume swaps a symbolic link
+        // that names neither file. What did not change the files' contents reloads nothing.
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event
-                && !event.kind.is_access()
-                && event.paths.iter().any(|p| files.iter().any(|f| p == f))
-            {
+            if event.is_ok_and(|e| !e.kind.is_access()) {
                 let _ = tx.send(());
             }
         })
         .map_err(|e| tracing::warn!(error = %e, "cannot watch the TLS certificate; reload with SIGHUP or sluice reload"))
         .ok()?;
-        // The directories, not the files: a deployment replaces files by renaming.
+        // The directories, not the files (a deployment replaces files by renaming), and
+        // those the files really are in when they are symbolic links.
         let dirs: std::collections::BTreeSet<PathBuf> = [&cert, &key]
-            .iter()
-            .map(|f| {
-                f.parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("."))
-            })
+            .into_iter()
+            .flat_map(|f| [f.clone(), f.canonicalize().unwrap_or_else(|_| f.clone())])
+            .map(|f| f.parent().map(PathBuf::from).unwrap_or_default())
             .map(|d| {
                 if d.as_os_str().is_empty() {
                     PathBuf::from(".")
@@ -96,11 +92,14 @@ impl Reloadable {
             let _watcher = watcher;
             while rx.recv().await.is_some() {
                 while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
-                match certificates.reload() {
-                    Ok(said) => tracing::info!("certificate files changed: {said}"),
-                    Err(e) => tracing::warn!(
+                let certificates = certificates.clone();
+                match tokio::task::spawn_blocking(move || certificates.reload_if_changed()).await {
+                    Ok(Ok(Some(said))) => tracing::info!("certificate files changed: {said}"),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::warn!(
                         "certificate files changed, but: {e:#}; the running certificate stays"
                     ),
+                    Err(e) => tracing::warn!("certificate reload task failed: {e}"),
                 }
             }
         })

@@ -131,6 +131,7 @@ async fn reload_on_sighup(reloader: Arc<Reloader>, reloadable: Arc<Reloadable>) 
     };
     while hangup.recv().await.is_some() {
         let _ = reloader.reload("SIGHUP").await;
-        let _ = reloadable.reload();
+        let reloadable = reloadable.clone();
+        let _ = tokio::task::spawn_blocking(move || reloadable.reload()).await;
     }
 }

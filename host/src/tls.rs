@@ -27,6 +27,9 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub struct Certificates {
     files: Option<(PathBuf, PathBuf)>,
     current: ArcSwap<CertifiedKey>,
+    /// A checksum of the files' contents as last loaded, so an event that changed nothing
+    /// (a touch, another file in the directory) reloads nothing.
+    loaded: std::sync::Mutex<u32>,
 }
 
 impl ResolvesServerCert for Certificates {
@@ -39,8 +42,12 @@ impl Certificates {
     /// The configured certificate, or a self-signed one for `hostname`.
     pub fn load(config: &TlsConfig, hostname: &str) -> anyhow::Result<Arc<Certificates>> {
         let files = config.cert.clone().zip(config.key.clone());
+        let mut loaded = 0;
         let current = match &files {
-            Some((cert, key)) => read_pair(cert, key)?,
+            Some((cert, key)) => {
+                loaded = contents(cert, key);
+                read_pair(cert, key)?
+            }
             None => {
                 tracing::warn!(
                     hostname,
@@ -52,6 +59,7 @@ impl Certificates {
         Ok(Arc::new(Certificates {
             files,
             current: ArcSwap::from_pointee(current),
+            loaded: std::sync::Mutex::new(loaded),
         }))
     }
 
@@ -65,8 +73,32 @@ impl Certificates {
         let Some((cert, key)) = &self.files else {
             return Ok("TLS: self-signed certificate (none configured)".into());
         };
+        let sum = contents(cert, key);
         self.current.store(Arc::new(read_pair(cert, key)?));
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = sum;
         Ok(format!("TLS certificate {} loaded", cert.display()))
+    }
+
+    /// Reloads when the files' contents differ from what was loaded; `Ok(None)` when not.
+    pub fn reload_if_changed(&self) -> anyhow::Result<Option<String>> {
+        let Some((cert, key)) = &self.files else {
+            return Ok(None);
+        };
+        if contents(cert, key) == *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(None);
+        }
+        self.reload().map(Some)
+    }
+}
+
+/// A checksum of both files (0 when either cannot be read).
+fn contents(cert: &PathBuf, key: &PathBuf) -> u32 {
+    match (std::fs::read(cert), std::fs::read(key)) {
+        (Ok(mut both), Ok(key)) => {
+            both.extend_from_slice(&key);
+            crc32fast::hash(&both)
+        }
+        _ => 0,
     }
 }
 

@@ -65,12 +65,8 @@ async fn python_smtplib_sends_over_starttls() {
     require("python3");
     let sink = Sink::start().await;
     let relay = Relay::start(sink.addr).await;
-    let script = format!(
+    crate::support::python(&format!(
         r#"
-import smtplib, ssl
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
 with smtplib.SMTP("127.0.0.1", {port}) as s:
     s.starttls(context=ctx)
     refused = s.sendmail("app@example.edu", ["a@example.org", "b@example.org"],
@@ -78,17 +74,8 @@ with smtplib.SMTP("127.0.0.1", {port}) as s:
     assert refused == {{}}, refused
 "#,
         port = relay.addr.port()
-    );
-    let output =
-        tokio::task::spawn_blocking(move || Command::new("python3").args(["-c", &script]).output())
-            .await
-            .unwrap()
-            .expect("run python3");
-    assert!(
-        output.status.success(),
-        "smtplib failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ))
+    .await;
     let received = sink.wait_for(1).await;
     assert_eq!(received[0].recipients, ["a@example.org", "b@example.org"]);
     assert!(String::from_utf8_lossy(&received[0].data).contains("hello from smtplib"));

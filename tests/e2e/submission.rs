@@ -4,8 +4,7 @@
 
 use crate::support::relay::RelayOptions;
 use crate::support::{Conn, Relay, Sink, free_port};
-use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
+use std::net::SocketAddr;
 
 /// The campus is 127.0.0.0/16; 127.5.x.x is off campus.
 const CHAIN: &str = r#"
@@ -36,6 +35,7 @@ async fn start(sink: &Sink) -> Relays {
             "[[listener]]\naddr = \"{submission}\"\nkind = \"submission\"\n\
              [[listener]]\naddr = \"{smtps}\"\nkind = \"smtps\"\n\
              [[listener]]\naddr = \"{proxied}\"\nname = \"behind-balancer\"\nproxy_protocol = true\n\
+             proxy_from = [\"127.0.0.1/32\"]\n\
              [auth]\nmax_failures = 3\nfailure_delay = \"50ms\"\n"
         ),
         ..Default::default()
@@ -51,32 +51,15 @@ async fn start(sink: &Sink) -> Relays {
     }
 }
 
-/// Runs a Python smtplib script; `{ADDR}` is replaced by the (host, port) tuple and
-/// `{SOURCE}` by the client's address. Returns what it printed.
+/// Runs a Python smtplib script with `ADDR`, the (host, port) tuple, and `SOURCE`, the
+/// client's address, defined. Returns what it printed.
 async fn python(script: &str, addr: SocketAddr, source: &str) -> String {
-    let script = format!(
-        "import smtplib, ssl\n\
-         ctx = ssl.create_default_context()\n\
-         ctx.check_hostname = False\n\
-         ctx.verify_mode = ssl.CERT_NONE\n\
-         ADDR = ('{}', {})\n\
-         SOURCE = ('{source}', 0)\n\
-         {script}",
+    crate::support::python(&format!(
+        "ADDR = ('{}', {})\nSOURCE = ('{source}', 0)\n{script}",
         addr.ip(),
         addr.port()
-    );
-    let output =
-        tokio::task::spawn_blocking(move || Command::new("python3").args(["-c", &script]).output())
-            .await
-            .unwrap()
-            .expect("run python3");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    ))
+    .await
 }
 
 const SEND: &str =
@@ -243,6 +226,21 @@ async fn the_proxy_header_names_the_client_policies_see() {
     let text = String::from_utf8_lossy(&received[0].data);
     assert!(text.contains("([127.0.3.4])"), "{text}");
 
+    // v2 LOCAL (the balancer's own health check): the balancer is the client.
+    let mut conn = Conn::connect(r.proxied).await;
+    conn.send(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00").await;
+    conn.expect(220).await;
+    conn.cmd("QUIT", 221).await;
+
+    // From an address that is not a balancer's: closed, whatever it claims.
+    let mut conn = Conn::connect_from("127.0.0.2".parse().unwrap(), r.proxied).await;
+    conn.send("PROXY TCP4 127.0.3.4 127.0.0.1 40000 25\r\n")
+        .await;
+    assert!(conn.read_reply().await.is_none());
+    r.relay
+        .wait_for_log("connection refused: not a load balancer named in proxy_from")
+        .await;
+
     // Without a header: closed without a word.
     let mut conn = Conn::connect(r.proxied).await;
     conn.send("EHLO client.test\r\n").await;
@@ -273,17 +271,15 @@ async fn a_tls_1_1_client_is_refused() {
     let sink = Sink::start().await;
     let r = start(&sink).await;
     for addr in [r.smtps, r.relay.addr] {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        if addr == r.relay.addr {
+        let mut tcp = if addr == r.relay.addr {
             // By STARTTLS on the relay port.
-            let mut conn_buf = [0u8; 512];
-            let _ = tcp.read(&mut conn_buf).await.unwrap();
-            tcp.write_all(b"EHLO client.test\r\n").await.unwrap();
-            let _ = tcp.read(&mut conn_buf).await.unwrap();
-            tcp.write_all(b"STARTTLS\r\n").await.unwrap();
-            let n = tcp.read(&mut conn_buf).await.unwrap();
-            assert!(conn_buf[..n].starts_with(b"220"), "{:?}", &conn_buf[..n]);
-        }
+            let mut conn = Conn::greeted(addr).await;
+            conn.cmd("EHLO client.test", 250).await;
+            conn.cmd("STARTTLS", 220).await;
+            conn.into_stream()
+        } else {
+            tokio::net::TcpStream::connect(addr).await.unwrap()
+        };
         tcp.write_all(&tls11_client_hello()).await.unwrap();
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(
@@ -299,5 +295,4 @@ async fn a_tls_1_1_client_is_refused() {
             "{addr}: {answer:?}"
         );
     }
-    let _: IpAddr = OFF_CAMPUS.parse().unwrap();
 }

@@ -6,7 +6,10 @@
 //! Failed attempts are counted per client address: each failure is answered only after
 //! `failure_delay` times the failures so far (at most five times), and after
 //! `max_failures` within `failure_window` every attempt from that address is refused
-//! without being checked until the window has passed. Passwords are never logged.
+//! without being checked until the window has passed (an attempt is counted before it is
+//! checked, so parallel attempts cannot slip under the limit; a success forgets the
+//! address's failures). At most one check per core runs at once. Passwords are never
+//! logged.
 
 pub mod users;
 
@@ -15,7 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use users::Users;
 
@@ -27,6 +30,7 @@ pub struct Auth {
     users: Users,
     config: AuthConfig,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    checking: Arc<tokio::sync::Semaphore>,
 }
 
 /// Failed attempts from one address in the current window.
@@ -45,6 +49,8 @@ pub enum Outcome {
     Failed { count: u32, delay: Duration },
     /// Too many failures from this address: not even checked.
     Locked,
+    /// The users could not be read (logged); nothing counted.
+    Unavailable,
 }
 
 impl Auth {
@@ -54,48 +60,64 @@ impl Auth {
             users: Users::open(&config.store_db())?,
             config: config.auth.clone(),
             failures: Mutex::default(),
+            checking: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         })
     }
 
     /// Checks `user`'s `password` for a client at `ip`. Slow (argon2): call it where
-    /// blocking is allowed.
+    /// blocking is allowed, holding a permit of [`Auth::checking`].
     pub fn check(&self, ip: IpAddr, user: &str, password: &str) -> Outcome {
         let ip = key(ip);
-        if self
-            .failures_of(ip)
-            .is_some_and(|f| f.count >= self.config.max_failures)
-        {
+        // Counted before the check, so that attempts made in parallel from one address
+        // cannot each slip in under the limit.
+        let Some(count) = self.count_attempt(ip) else {
             return Outcome::Locked;
-        }
+        };
         match self.users.verify(user, password) {
-            Ok(true) => return Outcome::Authenticated,
-            Ok(false) => {}
-            Err(e) => tracing::error!(target: "sluice::auth", "users: {e:#}"),
-        }
-        let count = self.count_failure(ip);
-        Outcome::Failed {
-            count,
-            delay: self.config.failure_delay * count.min(5),
+            Ok(true) => {
+                self.failures().remove(&ip);
+                Outcome::Authenticated
+            }
+            Ok(false) => Outcome::Failed {
+                count,
+                delay: self.config.failure_delay * count.min(5),
+            },
+            Err(e) => {
+                tracing::error!(target: "sluice::auth", "users: {e:#}");
+                if let Some(f) = self.failures().get_mut(&ip) {
+                    f.count = f.count.saturating_sub(1);
+                }
+                Outcome::Unavailable
+            }
         }
     }
 
-    fn failures_of(&self, ip: IpAddr) -> Option<Failures> {
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures
-            .get(&ip)
-            .filter(|f| f.since.elapsed() < self.config.failure_window)
-            .copied()
+    /// At most this many checks at once: argon2 takes memory and a core each.
+    pub fn checking(&self) -> Arc<tokio::sync::Semaphore> {
+        self.checking.clone()
     }
 
-    fn count_failure(&self, ip: IpAddr) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts an attempt from `ip`; `None` when the address is locked out.
+    fn count_attempt(&self, ip: IpAddr) -> Option<u32> {
         let window = self.config.failure_window;
-        if failures.len() >= MAX_TRACKED {
+        let max = self.config.max_failures;
+        let mut failures = self.failures();
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&ip) {
             failures.retain(|_, f| f.since.elapsed() < window);
             if failures.len() >= MAX_TRACKED {
+                // Forget the oldest address not locked out, so that cycling through
+                // addresses cannot free a locked one; the oldest of all if every one is.
                 let oldest = failures
                     .iter()
+                    .filter(|(_, f)| f.count < max)
                     .min_by_key(|(_, f)| f.since)
+                    .or_else(|| failures.iter().min_by_key(|(_, f)| f.since))
                     .map(|(ip, _)| *ip);
                 if let Some(oldest) = oldest {
                     failures.remove(&oldest);
@@ -112,8 +134,11 @@ impl Auth {
                 since: Instant::now(),
             };
         }
+        if entry.count >= max {
+            return None;
+        }
         entry.count += 1;
-        entry.count
+        Some(entry.count)
     }
 }
 
@@ -240,6 +265,17 @@ mod tests {
             Outcome::Failed { count: 2, .. }
         ));
         assert_eq!(auth.check(ip, "jdoe", "right"), Outcome::Locked);
+        // A success forgets the failures of its address.
+        let other: IpAddr = "192.0.2.9".parse().unwrap();
+        assert!(matches!(
+            auth.check(other, "jdoe", "wrong"),
+            Outcome::Failed { count: 1, .. }
+        ));
+        assert_eq!(auth.check(other, "jdoe", "right"), Outcome::Authenticated);
+        assert!(matches!(
+            auth.check(other, "jdoe", "wrong"),
+            Outcome::Failed { count: 1, .. }
+        ));
         assert_eq!(
             auth.check("192.0.2.1".parse().unwrap(), "jdoe", "right"),
             Outcome::Authenticated

@@ -22,7 +22,7 @@ pub fn add(config: &Config, name: &str) -> ExitCode {
 /// `sluice user passwd NAME`.
 pub fn passwd(config: &Config, name: &str) -> ExitCode {
     let result = (|| {
-        let users = open(config)?;
+        let users = open_existing(config)?;
         let password = read_password(name)?;
         if !users.set_password(name, &password)? {
             anyhow::bail!("no user {name}");
@@ -35,7 +35,7 @@ pub fn passwd(config: &Config, name: &str) -> ExitCode {
 /// `sluice user remove NAME`.
 pub fn remove(config: &Config, name: &str) -> ExitCode {
     let result = (|| {
-        if !open(config)?.remove(name)? {
+        if !open_existing(config)?.remove(name)? {
             anyhow::bail!("no user {name}");
         }
         Ok(format!("removed {name}"))
@@ -45,7 +45,7 @@ pub fn remove(config: &Config, name: &str) -> ExitCode {
 
 /// `sluice user list`.
 pub fn list(config: &Config) -> ExitCode {
-    let users = match open(config).and_then(|u| u.list()) {
+    let users = match open_existing(config).and_then(|u| u.list()) {
         Ok(users) => users,
         Err(e) => return done(Err(e)),
     };
@@ -65,6 +65,19 @@ pub fn list(config: &Config) -> ExitCode {
 fn open(config: &Config) -> anyhow::Result<Users> {
     let db = config.store_db();
     Users::open(&db).map_err(|e| e.context(format!("store {}", db.display())))
+}
+
+/// The users of an existing store: a command that only reads or removes must not create
+/// an empty store where a wrong `--config` points.
+fn open_existing(config: &Config) -> anyhow::Result<Users> {
+    let db = config.store_db();
+    if !db.exists() {
+        anyhow::bail!(
+            "no store at {} (no users yet, or another --config?)",
+            db.display()
+        );
+    }
+    open(config)
 }
 
 fn done(result: anyhow::Result<String>) -> ExitCode {

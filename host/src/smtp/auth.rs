@@ -10,6 +10,9 @@ use super::session::{Next, Session, State};
 use crate::auth::{self, Mechanism, Outcome, SaslError};
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 
+/// How long an AUTH waits for a free check (argon2 runs one per core at most).
+const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where an AUTH exchange is.
 pub(super) enum SaslStep {
     /// PLAIN, waiting for the response to an empty challenge.
@@ -151,13 +154,15 @@ impl Session {
             password,
         } = credentials;
         let checked_user = user.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || users.check(ip, &checked_user, &password))
-                .await
-                .unwrap_or(Outcome::Failed {
-                    count: 0,
-                    delay: std::time::Duration::ZERO,
-                });
+        let permit = tokio::time::timeout(CHECK_WAIT, users.checking().acquire_owned()).await;
+        let outcome = match permit {
+            Ok(Ok(_permit)) => {
+                tokio::task::spawn_blocking(move || users.check(ip, &checked_user, &password))
+                    .await
+                    .unwrap_or(Outcome::Unavailable)
+            }
+            _ => Outcome::Unavailable,
+        };
         match outcome {
             Outcome::Authenticated => {
                 tracing::info!(target: "sluice::auth", session = self.id, peer = %self.peer, mechanism = %mechanism.as_str(), user = %user, "authenticated");
@@ -174,6 +179,14 @@ impl Session {
                     "5.7.8",
                     "Authentication credentials invalid",
                 ))
+            }
+            Outcome::Unavailable => {
+                self.reply(Reply::new(
+                    454,
+                    "4.7.0",
+                    "Temporary authentication failure, try again later",
+                ));
+                None
             }
             Outcome::Locked => {
                 tracing::warn!(target: "sluice::auth", session = self.id, ip = %ip, "authentication refused: too many failures from this address");

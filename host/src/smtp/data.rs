@@ -217,8 +217,8 @@ impl Session {
         }
         let hold = decision.verdict == Verdict::Quarantine;
         let mut message = self.build_message(&id, &tx.recipients, &tx.header_edits, body, &fields);
-        // Signed as it will be relayed, on a thread where a millisecond of RSA may block.
-        if let Some(signature) = tokio::task::block_in_place(|| self.ctx.dkim.sign(&message)) {
+        // Signed as it will be relayed (a millisecond of RSA at most).
+        if let Some(signature) = self.ctx.dkim.sign(&message) {
             message.splice(0..0, signature.into_bytes());
         }
         let envelope = Envelope {

@@ -146,6 +146,13 @@ async fn start(
     };
     if config.proxy_protocol {
         let balancer = facts.peer;
+        if !config
+            .proxy_from
+            .iter()
+            .any(|n| n.contains(&balancer.ip().to_canonical()))
+        {
+            return tracing::warn!(peer = %balancer, listener = name, "connection refused: not a load balancer named in proxy_from");
+        }
         match proxy::read_header(&mut stream).await {
             Ok(Some((client, destination))) => {
                 facts = SessionFacts::new(client, destination, name);
@@ -169,7 +176,7 @@ async fn start(
     };
     let stream = if config.kind == ListenerKind::Smtps {
         let handshake = ctx.tls.accept(stream);
-        match tokio::time::timeout(ctx.config.limits.command_timeout, handshake).await {
+        match tokio::time::timeout(super::TLS_HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(tls)) => {
                 let stream = Stream::Tls(Box::new(tls));
                 facts.tls = stream.tls_info();

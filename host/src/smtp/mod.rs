@@ -28,6 +28,10 @@ pub mod stream;
 
 pub use reply::Reply;
 
+/// Time for a TLS handshake: a client that stalls in one holds a connection slot, and a
+/// real one takes milliseconds.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::dkim::Dkim;

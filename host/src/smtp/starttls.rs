@@ -27,8 +27,7 @@ impl Session {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
             return Err("not a plain connection".into());
         };
-        let timeout = self.ctx.config.limits.command_timeout;
-        let tls = tokio::time::timeout(timeout, self.ctx.tls.accept(tcp))
+        let tls = tokio::time::timeout(super::TLS_HANDSHAKE_TIMEOUT, self.ctx.tls.accept(tcp))
             .await
             .map_err(|_| "timed out".to_string())?
             .map_err(|e| e.to_string())?;

@@ -131,6 +131,11 @@ impl Conn {
         }
     }
 
+    /// The TCP stream, for what follows in another protocol (a raw TLS handshake).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream.into_inner()
+    }
+
     /// True once the relay has closed the connection: the stream ends, or is reset (as it
     /// is when the relay hangs up on input it did not read).
     pub async fn closed(&mut self) -> bool {

@@ -16,6 +16,34 @@ use std::time::Duration;
 /// How long a test waits for something that should happen at once (generous, for slow CI).
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Runs a Python script (smtplib is the client a great many applications use) and returns
+/// what it printed; panics, with its errors, unless it succeeds. `ctx` is defined for the
+/// script: a TLS context that accepts the relay's self-signed certificate.
+pub async fn python(script: &str) -> String {
+    let script = format!(
+        "import smtplib, ssl, hashlib\n\
+         ctx = ssl.create_default_context()\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         {script}"
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run python3 (apt-get install python3)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "python failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
