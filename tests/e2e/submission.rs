@@ -3,7 +3,7 @@
 //! smtplib and a raw client, from several 127.x addresses.
 
 use crate::support::relay::RelayOptions;
-use crate::support::{Conn, Relay, Sink, free_port};
+use crate::support::{Conn, Relay, Sink};
 use std::net::SocketAddr;
 
 /// The campus is 127.0.0.0/16; 127.5.x.x is off campus.
@@ -26,28 +26,26 @@ struct Relays {
 }
 
 async fn start(sink: &Sink) -> Relays {
-    let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (submission, smtps, proxied) = (port(0), port(1), port(2));
+    // Port 0: the relay picks, and says where in its log.
     let relay = Relay::start_with(RelayOptions {
         smarthost: Some(sink.addr),
         policies: Some(CHAIN.into()),
-        extra: format!(
-            "[[listener]]\naddr = \"{submission}\"\nkind = \"submission\"\n\
-             [[listener]]\naddr = \"{smtps}\"\nkind = \"smtps\"\n\
-             [[listener]]\naddr = \"{proxied}\"\nname = \"behind-balancer\"\nproxy_protocol = true\n\
+        extra: "[[listener]]\naddr = \"127.0.0.1:0\"\nkind = \"submission\"\n\
+             [[listener]]\naddr = \"127.0.0.1:0\"\nkind = \"smtps\"\n\
+             [[listener]]\naddr = \"127.0.0.1:0\"\nname = \"behind-balancer\"\nproxy_protocol = true\n\
              proxy_from = [\"127.0.0.1/32\"]\n\
              [auth]\nmax_failures = 3\nfailure_delay = \"50ms\"\n"
-        ),
+            .into(),
         ..Default::default()
     })
     .await;
     let added = relay.command_with_input(&["user", "add", "jdoe"], "correct horse\n");
     assert!(added.status.success(), "{added:?}");
     Relays {
+        submission: relay.listening("submission"),
+        smtps: relay.listening("smtps"),
+        proxied: relay.listening("behind-balancer"),
         relay,
-        submission,
-        smtps,
-        proxied,
     }
 }
 

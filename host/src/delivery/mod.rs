@@ -365,7 +365,9 @@ impl Delivery {
             match conn.send(sender, recipients, message).await {
                 Ok(results) => {
                     let tls = conn.tls.clone();
-                    self.pool.put(hop, rule, conn);
+                    if conn.reusable {
+                        self.pool.put(hop, rule, conn);
+                    }
                     return Ok((tls, results));
                 }
                 // A reused connection the server had closed: once more on a new one.

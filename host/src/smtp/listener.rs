@@ -63,6 +63,7 @@ pub async fn bind(
             .await
             .map_err(|e| anyhow::anyhow!("listener {}: cannot listen: {e}", l.addr))?;
         tracing::info!(
+            name = %l.name(),
             kind = l.kind.as_str(),
             proxy_protocol = l.proxy_protocol,
             "listening on {}",

@@ -222,6 +222,18 @@ impl Relay {
         }
     }
 
+    /// Where the listener named `name` listens, as the relay logged it (for listeners
+    /// configured on port 0, which cannot be taken by another test in between).
+    pub fn listening(&self, name: &str) -> SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!(" name={name} ")) && l.contains("listening on "))
+            .unwrap_or_else(|| panic!("no listener {name} in the log:\n{log}"));
+        let addr = line.split("listening on ").nth(1).unwrap();
+        addr.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// Messages waiting in the spool.
     pub fn queued(&self) -> usize {
         std::fs::read_dir(self.dir.path().join("spool/queue"))

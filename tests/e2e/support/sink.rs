@@ -94,6 +94,7 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<State>) {
     let mut stream = BufReader::new(stream);
     let mut sender = String::new();
     let mut recipients = Vec::new();
+    let mut in_transaction = false;
     macro_rules! say {
         ($text:expr) => {
             if stream.get_mut().write_all($text.as_bytes()).await.is_err() {
@@ -119,8 +120,13 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<State>) {
             "MAIL" => {
                 sender = angle(&line);
                 recipients.clear();
+                in_transaction = true;
                 say!("250 2.1.0 Ok\r\n");
             }
+            // As real servers do: no RCPT without MAIL, no DATA without a recipient (which
+            // matters to a client that pipelines DATA).
+            "RCPT" if !in_transaction => say!("503 5.5.1 Need MAIL command\r\n"),
+            "DATA" if recipients.is_empty() => say!("554 5.5.1 No valid recipients\r\n"),
             // A mailbox that does not exist, for the tests of bounces.
             "RCPT" if angle(&line).starts_with("unknown") => {
                 say!("550 5.1.1 User unknown\r\n")
@@ -150,11 +156,13 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<State>) {
                     data,
                 });
                 state.arrived.notify_waiters();
+                in_transaction = false;
                 say!("250 2.0.0 Ok: received\r\n");
             }
             "RSET" => {
                 sender.clear();
                 recipients.clear();
+                in_transaction = false;
                 say!("250 2.0.0 Ok\r\n");
             }
             "NOOP" => say!("250 2.0.0 Ok\r\n"),
