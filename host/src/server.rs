@@ -32,8 +32,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             .with_context(|| format!("spool.dir {}", config.spool.dir.display()))?
             .syncing(config.spool.sync),
     );
+    // Signs what the relay accepts, and what it writes itself (bounces, registry notices).
+    let dkim = Arc::new(Dkim::new(config.dkim.as_ref())?);
     let registry = Arc::new(
-        Registry::open(&config)
+        Registry::open(&config, dkim.clone())
             .with_context(|| format!("store.db {}", config.store_db().display()))?,
     );
     let auth = Arc::new(
@@ -69,7 +71,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let tls = crate::tls::acceptor(certificates.clone())?;
     let reloadable = Arc::new(Reloadable {
         config_path,
-        dkim: Arc::new(Dkim::new(config.dkim.as_ref())?),
+        dkim: dkim.clone(),
         certificates,
     });
     let watching_certificates = reloadable.watch_certificates();
@@ -80,6 +82,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         spool.clone(),
         config.delivery.clone(),
         config.hostname.clone(),
+        dkim.clone(),
     )?);
     tokio::spawn(runner::run(
         spool.clone(),

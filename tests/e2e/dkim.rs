@@ -152,6 +152,25 @@ async fn signatures_verify_after_delivery_and_rotate_on_reload() {
     );
     assert_eq!(dns.verify(&second.data).await, [DkimResult::Pass], "{text}");
 
+    // What the relay writes itself is signed too: a registry confirmation.
+    let out = relay.command(&[
+        "registry",
+        "add",
+        "127.0.0.9",
+        "--admin",
+        "jdoe",
+        "--contact",
+        "jdoe@example.edu",
+        "--dept",
+        "IT",
+        "--purpose",
+        "test",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let notice = &sink.wait_for(3).await[2];
+    assert_eq!(notice.recipients, ["jdoe@example.edu"]);
+    assert_eq!(dns.verify(&notice.data).await, [DkimResult::Pass]);
+
     // A broken section is refused and the running signer stays.
     let config = std::fs::read_to_string(relay.config_path()).unwrap();
     std::fs::write(
@@ -162,8 +181,8 @@ async fn signatures_verify_after_delivery_and_rotate_on_reload() {
     let out = relay.command(&["reload"]);
     assert!(!out.status.success());
     send(&relay, "still s2").await;
-    let third = &sink.wait_for(3).await[2];
-    assert!(String::from_utf8_lossy(&third.data).contains("s=s2"));
+    let fourth = &sink.wait_for(4).await[3];
+    assert!(String::from_utf8_lossy(&fourth.data).contains("s=s2"));
 }
 
 /// A self-signed certificate for `name`, written as PEM to `dir/cert.pem` and

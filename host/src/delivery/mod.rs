@@ -17,6 +17,7 @@ pub mod route;
 pub use route::NextHop;
 
 use crate::config::{DeliveryConfig, TlsRule};
+use crate::dkim::Dkim;
 use crate::queue::{self, Envelope, RecipientStatus, Spool};
 use client::{Connection, Connectors, Pool, RecipientResult};
 use route::{Route, Router};
@@ -40,6 +41,8 @@ pub struct Delivery {
     router: Router,
     hostname: String,
     pool: Pool,
+    /// Signs the bounces the relay writes.
+    dkim: Arc<Dkim>,
     connectors: Connectors,
     /// `tls_policy` by normalised domain (see [`route::normalise`]).
     tls_policy: HashMap<String, TlsRule>,
@@ -60,6 +63,7 @@ impl Delivery {
         spool: Arc<Spool>,
         config: DeliveryConfig,
         hostname: String,
+        dkim: Arc<Dkim>,
     ) -> anyhow::Result<Self> {
         let router = Router::new(&config).map_err(|e| anyhow::anyhow!(e))?;
         let connectors = Connectors {
@@ -79,6 +83,7 @@ impl Delivery {
             router,
             hostname,
             pool: Pool::default(),
+            dkim,
             connectors,
             per_destination: Mutex::default(),
         })
@@ -262,10 +267,16 @@ impl Delivery {
                 expired: *expired,
             })
             .collect();
-        let Some((bounce, text)) = dsn::bounce(&self.hostname, envelope, &failures, message) else {
+        let Some((mut bounce, mut text)) =
+            dsn::bounce(&self.hostname, envelope, &failures, message)
+        else {
             tracing::info!(target: "sluice::delivery", "{}: failed recipients of a bounce (null sender): dropped, never bounced", envelope.id);
             return None;
         };
+        if let Some(signature) = self.dkim.sign(&text) {
+            text.splice(0..0, signature.into_bytes());
+            bounce.size = text.len();
+        }
         let id = bounce.id.clone();
         let spool = self.spool.clone();
         match tokio::task::spawn_blocking(move || spool.store(&bounce, &text)).await {

@@ -16,6 +16,7 @@ pub mod store;
 pub mod table;
 
 use crate::config::Config;
+use crate::dkim::Dkim;
 use crate::queue::{self, Queue};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
@@ -42,11 +43,13 @@ pub struct Registry {
     round: tokio::sync::Mutex<()>,
     /// Outbox rows queued by this process.
     queued: Mutex<HashSet<i64>>,
+    /// Signs the notices.
+    dkim: Arc<Dkim>,
 }
 
 impl Registry {
     /// Opens the registry database named by the configuration and loads the table.
-    pub fn open(config: &Config) -> anyhow::Result<Registry> {
+    pub fn open(config: &Config, dkim: Arc<Dkim>) -> anyhow::Result<Registry> {
         let path = config.store_db();
         let mut store = Store::open(&path)?;
         store.changed()?;
@@ -62,6 +65,7 @@ impl Registry {
             check_interval: config.registry.check_interval,
             round: tokio::sync::Mutex::new(()),
             queued: Mutex::default(),
+            dkim,
         })
     }
 
@@ -175,7 +179,12 @@ impl Registry {
             if self.queued().contains(&row) {
                 continue;
             }
-            let (envelope, text) = notice::message(&notice, &self.notices_from, &self.hostname);
+            let (mut envelope, mut text) =
+                notice::message(&notice, &self.notices_from, &self.hostname);
+            if let Some(signature) = self.dkim.sign(&text) {
+                text.splice(0..0, signature.into_bytes());
+                envelope.size = text.len();
+            }
             let id = envelope.id.clone();
             if let Err(e) = queue.enqueue(envelope, text).await {
                 tracing::error!(target: "sluice::registry", error = %e, "registry: cannot queue a notice to <{}>; trying again later", notice.recipient);
