@@ -122,19 +122,7 @@ pub fn bounce(
     }
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
 
-    let envelope = Envelope {
-        id,
-        sender: String::new(),
-        recipients: vec![Recipient::pending(&original.sender)],
-        received: queue::now(),
-        client: "127.0.0.1".into(),
-        size: bytes.len(),
-        hold: false,
-        attempts: 0,
-        next_attempt: 0,
-        last_error: None,
-        checksum: None,
-    };
+    let envelope = Envelope::local(id, "", &original.sender, bytes.len());
     Some((envelope, bytes))
 }
 

@@ -58,6 +58,26 @@ pub struct Recipient {
     pub require_tls: bool,
 }
 
+impl Envelope {
+    /// The envelope of a message the relay writes itself (a bounce, a notice) to one
+    /// recipient: `size` bytes, due now.
+    pub fn local(id: String, sender: &str, recipient: &str, size: usize) -> Envelope {
+        Envelope {
+            id,
+            sender: sender.to_string(),
+            recipients: vec![Recipient::pending(recipient)],
+            received: now(),
+            client: "127.0.0.1".into(),
+            size,
+            hold: false,
+            attempts: 0,
+            next_attempt: 0,
+            last_error: None,
+            checksum: None,
+        }
+    }
+}
+
 impl Recipient {
     /// A recipient not delivered yet.
     pub fn pending(address: &str) -> Self {

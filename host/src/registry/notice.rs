@@ -2,7 +2,7 @@
 //! address is registered, and the notice when an unused one is removed.
 
 use super::table::{Registration, display};
-use crate::queue::{self, Envelope, Recipient};
+use crate::queue::{self, Envelope};
 
 /// A message to queue: written to the store's outbox with the change it tells of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,20 +126,10 @@ pub fn message(notice: &Notice, from: &str, hostname: &str) -> (Envelope, Vec<u8
         text.push_str("\r\n");
     }
     let bytes = text.into_bytes();
-    let envelope = Envelope {
-        id,
-        sender: from.to_string(),
-        recipients: vec![Recipient::pending(&notice.recipient)],
-        received: queue::now(),
-        client: "127.0.0.1".into(),
-        size: bytes.len(),
-        hold: false,
-        attempts: 0,
-        next_attempt: 0,
-        last_error: None,
-        checksum: None,
-    };
-    (envelope, bytes)
+    (
+        Envelope::local(id, from, &notice.recipient, bytes.len()),
+        bytes,
+    )
 }
 
 /// Header text on one line: what a postmaster typed must not add header fields.
