@@ -257,7 +257,8 @@ impl Default for SpoolConfig {
     }
 }
 
-/// How the spool makes accepted messages durable. Both are as safe; they differ in cost.
+/// How the spool makes accepted messages durable. Both are as safe (`filesystem` on Linux
+/// 5.8 or later, whose syncfs reports write errors); they differ in cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpoolSync {

@@ -162,14 +162,15 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A policy module's write to stderr makes wasmtime-wasi panic on the session's thread;
-    // the chain catches it and logs the module's failure, so the panic message is noise.
+    // A policy module's write to stderr makes wasmtime-wasi panic on the session's thread
+    // (tokio refuses to block there); the chain catches that one panic and logs the
+    // module's failure, so its message would be noise. Every other panic is printed.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let from_wasi = info
             .location()
             .is_some_and(|l| l.file().contains("wasmtime-wasi"));
-        if !from_wasi {
+        if !(from_wasi && sluice::policy::chain::blocking_in_runtime(info.payload())) {
             default_hook(info);
         }
     }));

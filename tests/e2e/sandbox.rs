@@ -82,7 +82,19 @@ async fn a_module_that_eats_memory_is_stopped_at_its_limit() {
 
 #[tokio::test]
 async fn a_module_that_traps_is_stopped() {
-    fails_closed("trap", "trapped").await;
+    let sink = Sink::start().await;
+    let relay = relay_with_hostile(&sink, "trap", "tempfail").await;
+    // Its panic message goes to stderr, which blocks on tokio: on a session's thread that
+    // fails the call, and moves the chain off the session threads.
+    let (code, text, _conn) = rcpt_bad(&relay).await;
+    assert_eq!(code, 451, "{text}");
+    relay.wait_for_log("used blocking WASI I/O").await;
+    // From then on the message is written (and discarded) and the module traps.
+    let (code, text, _conn) = rcpt_bad(&relay).await;
+    assert_eq!(code, 451, "{text}");
+    relay.wait_for_log("trapped").await;
+    normal_session(&relay).await;
+    assert_eq!(sink.wait_for(1).await[0].recipients, ["good@example.org"]);
 }
 
 #[tokio::test]

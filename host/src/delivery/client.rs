@@ -49,9 +49,17 @@ pub enum RecipientResult {
     Failed(String),
 }
 
-/// A failure of the connection itself: every recipient is deferred.
+/// A failure of the connection itself: every recipient is deferred. The flag says the
+/// message had been sent whole when it happened (so the next hop may have it: trying again
+/// at once, on another connection, could deliver it twice).
 #[derive(Debug)]
-pub struct ConnectionError(pub String);
+pub struct ConnectionError(pub String, pub bool);
+
+impl ConnectionError {
+    fn before_data(text: String) -> Self {
+        ConnectionError(text, false)
+    }
+}
 
 /// A next hop's reply as one line of text: its lines joined and control characters
 /// replaced, so that what a next hop says can never forge a line of the relay's log.
@@ -101,7 +109,8 @@ impl Connection {
         rule: TlsRule,
         connectors: &Connectors,
     ) -> Result<Connection, ConnectionError> {
-        let fail = |what: &str, e: String| ConnectionError(format!("{what} {hop}: {e}"));
+        let fail =
+            |what: &str, e: String| ConnectionError::before_data(format!("{what} {hop}: {e}"));
         let (client, ehlo) = greet(hop, helo, timeout).await?;
         if !ehlo.has_capability(EXT_START_TLS) {
             if rule != TlsRule::Opportunistic {
@@ -180,7 +189,7 @@ async fn greet(
     helo: &str,
     timeout: Duration,
 ) -> Result<(SmtpClient<TcpStream>, EhloResponse<String>), ConnectionError> {
-    let fail = |what: &str, e: String| ConnectionError(format!("{what} {hop}: {e}"));
+    let fail = |what: &str, e: String| ConnectionError::before_data(format!("{what} {hop}: {e}"));
     let tcp = tokio::time::timeout(timeout, TcpStream::connect((hop.host.as_str(), hop.port)))
         .await
         .map_err(|_| fail("timed out connecting to", String::new()))?
@@ -211,7 +220,7 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     recipients: &[String],
     message: &[u8],
 ) -> Result<(Vec<RecipientResult>, bool), ConnectionError> {
-    let io = |e: mail_send::Error| ConnectionError(error_text(e));
+    let io = |e: mail_send::Error| ConnectionError::before_data(error_text(e));
     let offers = |ext: u32| extensions & ext != 0;
     // Say onward what the message is (RFC 6152, RFC 6531), where the next hop offers it.
     // 8-bit text to a next hop without 8BITMIME goes as it is, as most MTAs do; UTF-8
@@ -284,22 +293,46 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     }
     let go_ahead = match pipelined_data {
         Some(reply) => reply,
-        None if pipelining => return Err(ConnectionError("no reply to DATA".into())),
+        None if pipelining => {
+            return Err(ConnectionError::before_data("no reply to DATA".into()));
+        }
         None => client.cmd("DATA\r\n").await.map_err(io)?,
     };
-    let final_reply = if go_ahead.code == 354 {
-        let text = data_text(message);
-        tokio::time::timeout(client.timeout * 5, async {
-            client.stream.write_all(&text).await?;
-            client.stream.flush().await?;
-            client.read().await
-        })
+    if go_ahead.code != 354 {
+        // No message was sent: the accepted recipients get DATA's refusal (a 2xx here is
+        // nonsense, taken as a temporary failure), and the transaction is ended.
+        let outcome = if go_ahead.code < 300 {
+            RecipientResult::Deferred(format!(
+                "unexpected reply to DATA: {}",
+                reply_text(&go_ahead)
+            ))
+        } else {
+            classify(&go_ahead)
+        };
+        let _ = client.cmd("RSET\r\n").await;
+        return Ok((
+            results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| outcome.clone()))
+                .collect(),
+            true,
+        ));
+    }
+    let text = data_text(message);
+    // Writing: the usual timeout for every 64 KiB, so a large message on a slow link has
+    // the time it needs; then up to 10 minutes for the final reply (RFC 5321 4.5.3.2.6).
+    let writing = client.timeout * (1 + (text.len() / 65536) as u32);
+    tokio::time::timeout(writing, async {
+        client.stream.write_all(&text).await?;
+        client.stream.flush().await
+    })
+    .await
+    .map_err(|_| ConnectionError::before_data("timed out sending the message".into()))?
+    .map_err(|e| ConnectionError::before_data(format!("sending the message: {e}")))?;
+    let final_reply = tokio::time::timeout(FINAL_REPLY_TIMEOUT, client.read())
         .await
-        .map_err(|_| ConnectionError("timed out after sending the message".into()))?
-        .map_err(io)?
-    } else {
-        go_ahead
-    };
+        .map_err(|_| ConnectionError("no reply after the message".into(), true))?
+        .map_err(|e| ConnectionError(error_text(e), true))?;
     let outcome = if final_reply.code < 300 {
         RecipientResult::Sent(reply_text(&final_reply))
     } else {
@@ -313,6 +346,9 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
         true,
     ))
 }
+
+/// How long the next hop may take to answer the end of a message (RFC 5321 4.5.3.2.6).
+const FINAL_REPLY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Sends a group of commands in one write (mail-send's `cmds` writes each apart, and with
 /// TCP_NODELAY each is a packet), then reads a reply to each.

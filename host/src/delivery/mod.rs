@@ -18,7 +18,7 @@ pub use route::NextHop;
 
 use crate::config::{DeliveryConfig, TlsRule};
 use crate::dkim::Dkim;
-use crate::queue::{self, Envelope, RecipientStatus, Spool};
+use crate::queue::{self, Envelope, RecipientStatus, Spool, spool};
 use client::{Connection, Connectors, Pool, RecipientResult};
 use route::{Route, Router};
 use std::collections::{BTreeMap, HashMap};
@@ -114,7 +114,7 @@ impl Delivery {
                     bounce: None,
                 };
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Ok(Err(e)) if spool::is_damaged(&e) => {
                 let spool = self.spool.clone();
                 let owned_id = id.to_string();
                 let moved = tokio::task::spawn_blocking(move || spool.set_aside(&owned_id)).await;
@@ -381,8 +381,9 @@ impl Delivery {
                     }
                     return Ok((tls, results));
                 }
-                // A reused connection the server had closed: once more on a new one.
-                Err(_) if was_reused => continue,
+                // A reused connection the server had closed: once more on a new one (unless
+                // the message went out whole: the next hop may have it).
+                Err(e) if was_reused && !e.1 => continue,
                 Err(e) => {
                     let results = recipients
                         .iter()

@@ -265,6 +265,16 @@ pub struct Chain {
 /// past it, the chain's calls move to where blocking is allowed.
 const INLINE_LIMIT: Duration = Duration::from_millis(2);
 
+/// Is this panic tokio's refusal to block a worker thread (from wasmtime-wasi's `in_tokio`)?
+pub fn blocking_in_runtime(panic: &(dyn std::any::Any + Send)) -> bool {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    text.contains("Cannot start a runtime from within a runtime")
+}
+
 /// CPU time used by the calling thread so far.
 fn thread_cpu_time() -> Duration {
     let mut now = libc::timespec {
@@ -543,11 +553,11 @@ impl SessionChain {
         // Hook calls take microseconds, and handing the worker thread over to another for
         // each (block_in_place) cost a sixth of the relay's throughput: so a chain runs on
         // the session's worker while its calls are quick. A module may, though, run for its
-        // whole time limit, holding a worker other sessions need: a chain that has once made
-        // a call longer than INLINE_LIMIT runs where blocking is allowed from then on. (A
-        // WASI call that blocks on tokio, a module writing to stderr, panics on a worker;
-        // that panic is caught in `run_modules` and the module fails, as it would anyway:
-        // stdio is closed to modules.)
+        // whole time limit, holding a worker other sessions need (once per chain, 50 ms by
+        // default): a chain that has once made a call longer than INLINE_LIMIT runs where
+        // blocking is allowed from then on. So does one whose module used a WASI call that
+        // blocks on tokio (writing to stdout or stderr, which discard what they get): that
+        // panics on a worker, and the call fails (see `run_modules`).
         let inline = self.chain.inline.load(Ordering::Relaxed);
         // CPU time, not wall time: on a busy machine a quick call may wait for a core.
         let started = thread_cpu_time();
@@ -591,12 +601,18 @@ impl SessionChain {
                         Ok(result) => result
                             .map_err(|e| failure(&e, module.timeout))
                             .and_then(|d| check_decision(d).map_err(Failure::Broken)),
-                        // Only a WASI call that blocks on tokio panics here: a write to
-                        // stderr, which is closed to modules, so that std would trap next.
-                        Err(_) => Err(Failure::Broken(
-                            "trapped: it wrote to stderr (a panic message?), which is closed to modules"
-                                .into(),
-                        )),
+                        // A WASI call that blocks on tokio (stdout, stderr, sleep) cannot
+                        // run on a session's thread: this call fails, and the chain runs
+                        // where blocking is allowed from now on. Any other panic is a bug
+                        // and goes on.
+                        Err(panic) if blocking_in_runtime(&*panic) => {
+                            self.chain.inline.store(false, Ordering::Relaxed);
+                            Err(Failure::Broken(
+                                "used blocking WASI I/O (stdout, stderr?) on a session's thread; this chain runs off the session threads from now on"
+                                    .into(),
+                            ))
+                        }
+                        Err(panic) => std::panic::resume_unwind(panic),
                     }
                 }
                 None => Err(Failure::FailedEarlier),

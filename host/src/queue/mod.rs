@@ -195,8 +195,10 @@ impl Queue {
     }
 }
 
-/// Group commit: one fsync of the queue directory for every message renamed into it
-/// before the fsync began, however many sessions wait for it.
+/// Group commit: one sync (of the queue directory, or of the spool's filesystem) for every
+/// message renamed into the queue before it began, however many sessions wait for it. A
+/// sync that fails fails every message it was to cover: a later sync may succeed without
+/// having written them (the kernel reports a write error once).
 #[derive(Default)]
 struct GroupCommit {
     state: std::sync::Mutex<CommitState>,
@@ -209,6 +211,9 @@ struct CommitState {
     asked: u64,
     /// Every rename up to this number is durable.
     durable: u64,
+    /// Ranges of renames `(after, up to]` whose sync failed (rare: kept until the process
+    /// ends, a few numbers each).
+    failed: Vec<(u64, u64)>,
     /// An fsync is under way.
     syncing: bool,
 }
@@ -229,6 +234,16 @@ impl GroupCommit {
             done.as_mut().enable();
             let covers = {
                 let mut state = lock();
+                // A failed sync's renames stay failed, whatever a later sync says.
+                if state
+                    .failed
+                    .iter()
+                    .any(|&(after, upto)| after < ticket && ticket <= upto)
+                {
+                    return Err(std::io::Error::other(
+                        "the spool could not be made durable (see the log)",
+                    ));
+                }
                 if state.durable >= ticket {
                     return Ok(());
                 }
@@ -236,10 +251,10 @@ impl GroupCommit {
                     None
                 } else {
                     state.syncing = true;
-                    Some(state.asked)
+                    Some((state.durable, state.asked))
                 }
             };
-            let Some(covers) = covers else {
+            let Some((after, covers)) = covers else {
                 // Someone else's fsync is under way; the next one may cover this rename.
                 done.await;
                 continue;
@@ -252,9 +267,15 @@ impl GroupCommit {
                 .await
                 .map_err(std::io::Error::other)
                 .and_then(|r| r);
-            if result.is_ok() {
+            {
                 let mut state = lock();
-                state.durable = state.durable.max(covers);
+                match &result {
+                    Ok(()) => state.durable = state.durable.max(covers),
+                    Err(e) => {
+                        tracing::error!(error = %e, "spool: cannot make accepted messages durable; their clients are told to try again");
+                        state.failed.push((after, covers));
+                    }
+                }
             }
             drop(turn);
             return result;

@@ -20,8 +20,12 @@
 //!
 //! A crash before the rename leaves a file in `tmp/` (removed at start-up). A crash after
 //! it but before the batch was made durable may leave `queue/ID` incomplete or missing:
-//! its client never saw 250 (and saw the connection drop), so it sends the message again;
-//! a file that survives with a bad header is set aside at start-up (see `list`).
+//! its client never saw 250 (and saw the connection drop), so it sends the message again.
+//! Such a file is caught by the CRC-32 in its envelope when it is read for delivery, and
+//! moved to `SPOOL/damaged/` (logged, never delivered, and not bounced: its sender was
+//! told nothing but to try again); one whose header cannot be read is logged at start-up
+//! and left in place for a postmaster. `filesystem` relies on syncfs reporting write
+//! errors, which Linux does since 5.8.
 //!
 //! Updating: write `tmp/ID.state`, fsync, rename over `queue/ID.state`. A crash leaves
 //! the previous state, so at worst an attempt is repeated (delivery is at-least-once).
@@ -48,6 +52,9 @@ pub struct Spool {
     tmp: PathBuf,
     queue: PathBuf,
     sync: SpoolSync,
+    /// The queue directory, open for the life of the spool: syncfs reports a write error
+    /// to descriptors opened before it, so one opened for each sync could miss it.
+    queue_fd: File,
     /// `SPOOL/lock`, locked (flock) while a relay owns the spool: held for the life of the
     /// relay's `Spool`, so a second relay on the same spool refuses to start.
     _lock: Option<File>,
@@ -66,15 +73,17 @@ impl Spool {
                 dir,
             )
         })?;
+        let (tmp, queue) = (dir.join("tmp"), dir.join("queue"));
+        for d in [&tmp, &queue] {
+            fs::create_dir_all(d).map_err(|e| with_path(e, d))?;
+        }
         let spool = Spool {
-            tmp: dir.join("tmp"),
-            queue: dir.join("queue"),
+            queue_fd: File::open(&queue).map_err(|e| with_path(e, &queue))?,
+            tmp,
+            queue,
             sync: SpoolSync::Files,
             _lock: Some(lock),
         };
-        for d in [&spool.tmp, &spool.queue] {
-            fs::create_dir_all(d).map_err(|e| with_path(e, d))?;
-        }
         for entry in fs::read_dir(&spool.tmp)? {
             let path = entry?.path();
             tracing::info!(path = %path.display(), "spool: removing a file left half-written by a crash");
@@ -100,6 +109,7 @@ impl Spool {
             ));
         }
         Ok(Spool {
+            queue_fd: File::open(&queue).map_err(|e| with_path(e, &queue))?,
             tmp: dir.join("tmp"),
             queue,
             sync: SpoolSync::Files,
@@ -159,12 +169,11 @@ impl Spool {
     /// Makes every message stored so far durable, and its rename into the queue.
     pub fn sync_queue(&self) -> io::Result<()> {
         match self.sync {
-            SpoolSync::Files => sync_dir(&self.queue),
+            SpoolSync::Files => self.queue_fd.sync_all(),
             SpoolSync::Filesystem => {
                 use std::os::fd::AsRawFd;
-                let dir = File::open(&self.queue)?;
-                // SAFETY: syncfs on a descriptor we own, open for the duration of the call.
-                if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                // SAFETY: syncfs on a descriptor the spool owns and keeps open.
+                if unsafe { libc::syncfs(self.queue_fd.as_raw_fd()) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -246,12 +255,9 @@ impl Spool {
                 .checksum
                 .is_some_and(|sum| sum != crc32fast::hash(&message))
             {
-                return Err(with_path(
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the message does not match its checksum: never made durable whole (a crash before its 250), or damaged on disk",
-                    ),
-                    &path,
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    Damaged(path.display().to_string()),
                 ));
             }
         }
@@ -266,6 +272,7 @@ impl Spool {
         fs::create_dir_all(&damaged)?;
         fs::rename(self.queue.join(id), damaged.join(id))?;
         let _ = fs::remove_file(self.queue.join(format!("{id}.state")));
+        sync_dir(&damaged)?;
         sync_dir(&self.queue)?;
         Ok(damaged.join(id))
     }
@@ -299,6 +306,27 @@ impl Spool {
             _ => Ok(()),
         }
     }
+}
+
+/// A message that does not match its checksum (see [`Spool::load`]).
+#[derive(Debug)]
+pub struct Damaged(String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: the message does not match its checksum: never made durable whole (a crash before its 250), or damaged on disk",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// Is `e` a message that does not match its checksum (and only that)?
+pub fn is_damaged(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Damaged>())
 }
 
 /// A queue id names a file: letters and digits only, so no id reaches outside the spool.
@@ -393,7 +421,7 @@ mod tests {
             text[len - 3..].copy_from_slice(b"\0\0\0");
             fs::write(&path, &text).unwrap();
             let err = spool.load("D1").unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            assert!(is_damaged(&err), "{err}");
             let aside = spool.set_aside("D1").unwrap();
             assert!(aside.exists() && spool.list().unwrap().is_empty());
         }
