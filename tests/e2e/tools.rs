@@ -2,8 +2,7 @@
 //! run as a postmaster runs them.
 
 use crate::support::modules::module;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn sluice(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -77,21 +76,12 @@ fn policy_test_runs_a_departments_scenarios() {
 /// Runs `sluice session` with `input` typed at it (LF line ends, as at a terminal).
 fn session(peer: &str, input: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["session", "--peer", peer])
-        .current_dir(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sluice session");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = crate::support::run_with_input(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["session", "--peer", peer])
+            .current_dir(dir.path()),
+        input,
+    );
     (
         stdout(&out),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -134,23 +134,13 @@ impl Relay {
 
     /// Runs `sluice ARGS --config ...` with `input` on its standard input (a password).
     pub fn command_with_input(&self, args: &[&str], input: &str) -> std::process::Output {
-        use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
-            .arg("--config")
-            .arg(self.config_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run sluice");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().expect("run sluice")
+        super::run_with_input(
+            Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(args)
+                .arg("--config")
+                .arg(self.config_path()),
+            input,
+        )
     }
 
     /// Starts the binary and waits until it accepts connections.
