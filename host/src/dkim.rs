@@ -41,27 +41,19 @@ impl Signer {
             header_c,
             body_c,
         };
-        let mut signing = None;
-        let mut selectors: Vec<(&String, &Path)> = config
-            .keys
-            .iter()
-            .map(|(selector, path)| (selector, path.as_path()))
-            .collect();
-        if let Some(key) = &config.key
-            && !config.keys.contains_key(&config.selector)
-        {
-            selectors.push((&config.selector, key.as_path()));
+        let load = |selector: &str, path: &Path| {
+            load_key(path, selector, &template)
+                .with_context(|| format!("dkim: selector {selector}: {}", path.display()))
+        };
+        // The other selectors' keys are loaded too, so that a broken one is found before
+        // anyone switches to it.
+        for (selector, path) in config.keys.iter().filter(|(s, _)| **s != config.selector) {
+            load(selector, path)?;
         }
-        for (selector, path) in selectors {
-            let key = load_key(path, selector, &template)
-                .with_context(|| format!("dkim: selector {selector}: {}", path.display()))?;
-            if *selector == config.selector {
-                signing = Some(key);
-            }
-        }
-        let Some(key) = signing else {
+        let Some(path) = config.active_key() else {
             bail!("dkim: no key for selector {}", config.selector);
         };
+        let key = load(&config.selector, path)?;
         Ok(Signer {
             key,
             selector: config.selector.clone(),

@@ -11,6 +11,19 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+/// The configured store's path, if there is a store there: a command that only reads (or
+/// removes) must not create an empty one where a wrong `--config` points.
+pub fn existing(config: &crate::config::Config) -> anyhow::Result<std::path::PathBuf> {
+    let db = config.store_db();
+    if !db.exists() {
+        anyhow::bail!(
+            "no store at {} (nothing in it yet, or another --config?)",
+            db.display()
+        );
+    }
+    Ok(db)
+}
+
 /// Opens the database at `path`, creating it (readable by its owner only: it holds
 /// contact details and password hashes) if needed.
 pub fn open(path: &Path) -> anyhow::Result<Connection> {

@@ -70,24 +70,28 @@ impl Certificates {
 
     /// Reads the files again; on an error the running certificate stays.
     pub fn reload(&self) -> anyhow::Result<String> {
-        let Some((cert, key)) = &self.files else {
-            return Ok("TLS: self-signed certificate (none configured)".into());
-        };
-        let sum = contents(cert, key);
-        self.current.store(Arc::new(read_pair(cert, key)?));
-        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = sum;
-        Ok(format!("TLS certificate {} loaded", cert.display()))
+        self.load_files(true).map(|said| {
+            said.unwrap_or_else(|| "TLS: self-signed certificate (none configured)".into())
+        })
     }
 
     /// Reloads when the files' contents differ from what was loaded; `Ok(None)` when not.
     pub fn reload_if_changed(&self) -> anyhow::Result<Option<String>> {
+        self.load_files(false)
+    }
+
+    fn load_files(&self, always: bool) -> anyhow::Result<Option<String>> {
         let Some((cert, key)) = &self.files else {
             return Ok(None);
         };
-        if contents(cert, key) == *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) {
+        let sum = contents(cert, key);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if !always && sum == *loaded {
             return Ok(None);
         }
-        self.reload().map(Some)
+        self.current.store(Arc::new(read_pair(cert, key)?));
+        *loaded = sum;
+        Ok(Some(format!("TLS certificate {} loaded", cert.display())))
     }
 }
 

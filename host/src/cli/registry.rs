@@ -230,13 +230,7 @@ fn open(config: &Config) -> anyhow::Result<Store> {
 
 /// The registry for reading: an error, not an empty registry, where there is none.
 fn open_existing(config: &Config) -> anyhow::Result<Store> {
-    let db = config.store_db();
-    Store::open_existing(&db)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "no store at {} (nothing registered yet, or another --config?)",
-            db.display()
-        )
-    })
+    Store::open(&crate::store::existing(config)?)
 }
 
 /// What the running relay said to a change.

@@ -67,16 +67,9 @@ fn open(config: &Config) -> anyhow::Result<Users> {
     Users::open(&db).map_err(|e| e.context(format!("store {}", db.display())))
 }
 
-/// The users of an existing store: a command that only reads or removes must not create
-/// an empty store where a wrong `--config` points.
+/// The users of an existing store (see [`crate::store::existing`]).
 fn open_existing(config: &Config) -> anyhow::Result<Users> {
-    let db = config.store_db();
-    if !db.exists() {
-        anyhow::bail!(
-            "no store at {} (no users yet, or another --config?)",
-            db.display()
-        );
-    }
+    crate::store::existing(config)?;
     open(config)
 }
 

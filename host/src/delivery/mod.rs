@@ -279,7 +279,7 @@ impl Delivery {
         }
         let id = bounce.id.clone();
         let spool = self.spool.clone();
-        match tokio::task::spawn_blocking(move || spool.store(&bounce, &text)).await {
+        match tokio::task::spawn_blocking(move || spool.store(bounce, &text)).await {
             Ok(Ok(())) => {
                 tracing::info!(target: "sluice::delivery", "{}: sender non-delivery notification: {id}", envelope.id);
                 Some(id)

@@ -146,7 +146,7 @@ impl Queue {
         let spool = self.spool.clone();
         let id = envelope.id.clone();
         let hold = envelope.hold;
-        tokio::task::spawn_blocking(move || spool.store_unsynced(&envelope, &message))
+        tokio::task::spawn_blocking(move || spool.store_unsynced(envelope, &message))
             .await
             .map_err(std::io::Error::other)??;
         if let Err(e) = self.commit.sync(&self.spool).await {

@@ -139,7 +139,7 @@ impl Spool {
     }
 
     /// Writes a new message durably; when this returns Ok the message survives a crash.
-    pub fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
+    pub fn store(&self, envelope: Envelope, message: &[u8]) -> io::Result<()> {
         self.store_unsynced(envelope, message)?;
         self.sync_queue()
     }
@@ -147,14 +147,11 @@ impl Spool {
     /// Writes a new message (with its checksum; fsync'd in the `files` mode) and renames
     /// it into the queue; it is durable once [`sync_queue`](Self::sync_queue) has run,
     /// which several messages may share (group commit).
-    pub fn store_unsynced(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
+    pub fn store_unsynced(&self, mut envelope: Envelope, message: &[u8]) -> io::Result<()> {
         let tmp = self.tmp.join(&envelope.id);
         let mut file = File::create(&tmp).map_err(|e| with_path(e, &tmp))?;
         let mut head = format!("{MAGIC}\n").into_bytes();
-        let envelope = Envelope {
-            checksum: Some(crc32fast::hash(message)),
-            ..envelope.clone()
-        };
+        envelope.checksum = Some(crc32fast::hash(message));
         serde_json::to_writer(&mut head, &envelope)?;
         head.push(b'\n');
         file.write_all(&head)?;
@@ -390,7 +387,7 @@ mod tests {
     fn stores_updates_and_removes() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        spool.store(&envelope("A1"), b"hello\r\n").unwrap();
+        spool.store(envelope("A1"), b"hello\r\n").unwrap();
         assert_eq!(spool.list().unwrap(), ["A1"]);
         let (mut env, body) = spool.load("A1").unwrap();
         assert_eq!(body, b"hello\r\n");
@@ -412,7 +409,7 @@ mod tests {
         for sync in [SpoolSync::Files, SpoolSync::Filesystem] {
             let dir = tempfile::tempdir().unwrap();
             let spool = Spool::open(dir.path()).unwrap().syncing(sync);
-            spool.store(&envelope("D1"), b"hello\r\n").unwrap();
+            spool.store(envelope("D1"), b"hello\r\n").unwrap();
             assert!(spool.load("D1").unwrap().0.checksum.is_some());
             // What a crash can leave of a message whose batch was not yet made durable.
             let path = dir.path().join("queue/D1");
@@ -431,7 +428,7 @@ mod tests {
     fn holds_releases_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        spool.store(&envelope("C1"), b"x\r\n").unwrap();
+        spool.store(envelope("C1"), b"x\r\n").unwrap();
         assert_eq!(spool.apply("C1", MessageOrder::Hold).unwrap(), "held");
         assert!(spool.envelope("C1").unwrap().hold);
         assert_eq!(
@@ -453,7 +450,7 @@ mod tests {
     fn recovery_drops_half_written_files() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        spool.store(&envelope("B1"), b"x\r\n").unwrap();
+        spool.store(envelope("B1"), b"x\r\n").unwrap();
         // A crash while writing a new message, and one between removing a state and its message.
         fs::write(dir.path().join("tmp/B2"), b"SLUICE-SPOOL 1\n{").unwrap();
         fs::write(dir.path().join("queue/B3.state"), b"{}").unwrap();
