@@ -162,18 +162,6 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A policy module's write to stderr makes wasmtime-wasi panic on the session's thread
-    // (tokio refuses to block there); the chain catches that one panic and logs the
-    // module's failure, so its message would be noise. Every other panic is printed.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let from_wasi = info
-            .location()
-            .is_some_and(|l| l.file().contains("wasmtime-wasi"));
-        if !(from_wasi && sluice::policy::chain::blocking_in_runtime(info.payload())) {
-            default_hook(info);
-        }
-    }));
     // A test session shows every module's decision as it goes; the relay logs what matters.
     let default_log = match cli.command {
         Command::Session { .. } => "warn,sluice::policy=debug",
@@ -290,7 +278,7 @@ fn main() -> ExitCode {
         } => cli::policy::check(&module),
         Command::Policy {
             command: PolicyCommand::Test { module, scenarios },
-        } => cli::policy::test(&module, &scenarios),
+        } => run(|| cli::policy::test(&module, &scenarios)),
         Command::Session {
             config,
             peer,
@@ -316,8 +304,8 @@ fn load_config(path: Option<PathBuf>) -> Option<Config> {
     }
 }
 
-/// Runs `task` on a multi-threaded runtime (the policy chain runs where blocking is allowed,
-/// which needs one), and does not wait for leftover blocking reads (a terminal's stdin).
+/// Runs `task` on a multi-threaded runtime, and does not wait for leftover blocking reads
+/// (a terminal's stdin).
 fn run<F: Future<Output = ExitCode>>(task: impl FnOnce() -> F) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

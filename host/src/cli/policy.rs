@@ -120,8 +120,8 @@ const HOOKS: [&str; 5] = ["connect", "helo", "mail-from", "rcpt", "data"];
 
 /// `sluice policy test`: runs every scenario through the module; fails when a decision is
 /// not the one expected.
-pub fn test(module: &Path, scenarios: &Path) -> ExitCode {
-    match run_scenarios(module, scenarios) {
+pub async fn test(module: &Path, scenarios: &Path) -> ExitCode {
+    match run_scenarios(module, scenarios).await {
         Ok((passed, failed)) => {
             println!("{passed} passed, {failed} failed");
             if failed == 0 {
@@ -137,7 +137,7 @@ pub fn test(module: &Path, scenarios: &Path) -> ExitCode {
     }
 }
 
-fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize), String> {
+async fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize), String> {
     let text =
         std::fs::read_to_string(scenarios).map_err(|e| format!("{}: {e}", scenarios.display()))?;
     let file: ScenarioFile =
@@ -173,7 +173,7 @@ fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize), Stri
     let (mut passed, mut failed) = (0, 0);
     for scenario in &file.scenario {
         println!("{}", scenario.name);
-        if run_one(&chain, scenario) {
+        if run_one(&chain, scenario).await {
             passed += 1;
         } else {
             failed += 1;
@@ -183,7 +183,7 @@ fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize), Stri
 }
 
 /// Runs one scenario, printing each hook's decision; true when all were as expected.
-fn run_one(chain: &Arc<Chain>, s: &Scenario) -> bool {
+async fn run_one(chain: &Arc<Chain>, s: &Scenario) -> bool {
     let local = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 25);
     let mut facts = SessionFacts::new(SocketAddr::new(s.peer, 40000), local, "default");
     facts.tls = s
@@ -210,24 +210,21 @@ fn run_one(chain: &Arc<Chain>, s: &Scenario) -> bool {
         ok &= good;
         !matches!(d.verdict, Verdict::Reject | Verdict::Tempfail)
     };
-    let go_on = step("connect", "", &session.on_connect())
-        && {
-            facts.helo = Some(s.helo.clone());
-            session.set_facts(&Arc::new(facts.clone()));
-            step("helo", &s.helo, &session.on_helo(&s.helo))
-        }
-        && {
-            facts.sender = Some(s.sender.clone());
-            session.set_facts(&Arc::new(facts.clone()));
-            step(
-                "mail-from",
-                &format!("<{}>", s.sender),
-                &session.on_mail_from(&s.sender, &[]),
-            )
-        };
+    let mut go_on = step("connect", "", &session.on_connect().await);
+    if go_on {
+        facts.helo = Some(s.helo.clone());
+        session.set_facts(&Arc::new(facts.clone()));
+        go_on = step("helo", &s.helo, &session.on_helo(&s.helo).await);
+    }
+    if go_on {
+        facts.sender = Some(s.sender.clone());
+        session.set_facts(&Arc::new(facts.clone()));
+        let d = session.on_mail_from(&s.sender, &[]).await;
+        go_on = step("mail-from", &format!("<{}>", s.sender), &d);
+    }
     if go_on {
         for rcpt in &s.recipients {
-            let d = session.on_rcpt(rcpt, &[]);
+            let d = session.on_rcpt(rcpt, &[]).await;
             if step("rcpt", &format!("<{rcpt}>"), &d) {
                 facts.recipients.push(rcpt.clone());
                 session.set_facts(&Arc::new(facts.clone()));
@@ -243,7 +240,9 @@ fn run_one(chain: &Arc<Chain>, s: &Scenario) -> bool {
                 .into_iter()
                 .map(|f| (f.name, f.value))
                 .collect();
-            let d = session.on_data(&fields, &MessageData::new(Bytes::from(raw)));
+            let d = session
+                .on_data(&fields, &MessageData::new(Bytes::from(raw)))
+                .await;
             step("data", "", &d);
         }
     }

@@ -3,20 +3,27 @@
 //! A [`Chain`] is immutable and shared (`Arc`) by every session that started on it, so a
 //! reload that builds a new chain never changes a session half-way. A [`SessionChain`]
 //! holds one instance of each module for one SMTP session, so a module may keep state
-//! from one hook to the next; its memory goes when the session ends.
+//! from one hook to the next; its memory goes when the session ends. A module is
+//! instantiated when one of its hooks is first called, under the same deadline as a call.
+//!
+//! Every call is a future under the module's `timeout` (`tokio::time::timeout`): the
+//! deadline covers the module's own code, which yields at every epoch tick, and the host
+//! calls it makes (a WASI clock it sleeps on, a counter). A call past its deadline is
+//! dropped, and the module has failed for the session; its `on_error` decides.
 
 use super::builtin;
-use super::engine::{EPOCH_TICK, Policy, PolicyEngine, PolicyPre, sluice::policy::types};
+use super::engine::{Policy, PolicyEngine, PolicyPre, sluice::policy::types};
 use super::host::{ConfigValue, DeliveryRequests, HostState, SessionFacts};
 use super::manifest::{self, Mode, ModuleSource, OnError, PolicySpec};
 use super::message::{MessageBody, MessageData};
+use super::output::{CapturedOutput, OutputBudget};
 use crate::smtp::Reply;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
@@ -203,24 +210,20 @@ impl ModuleStats {
 }
 
 /// Why a module's call failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum Failure {
-    /// Ran past its time limit (epoch interruption).
+    /// Ran past its time limit, in its own code or in a host call it made.
+    #[error("ran past its time limit of {0:?}")]
     Timeout(Duration),
+    /// Could not be instantiated for this session.
+    #[error("failed to start: {0}")]
+    Start(String),
     /// Trapped, ran out of memory, or answered something invalid.
+    #[error("{0}")]
     Broken(String),
     /// Failed at an earlier hook of this session, so it is not entered again.
+    #[error("failed earlier in this session")]
     FailedEarlier,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Timeout(limit) => write!(f, "ran past its time limit of {limit:?}"),
-            Failure::Broken(reason) => f.write_str(reason),
-            Failure::FailedEarlier => f.write_str("failed earlier in this session"),
-        }
-    }
 }
 
 /// One module, compiled and pre-linked, ready to instantiate per session.
@@ -231,13 +234,14 @@ struct LoadedModule {
     sha256: String,
     mode: Mode,
     on_error: OnError,
-    /// The epoch deadline for one hook call, in ticks.
-    deadline_ticks: u64,
+    /// The time limit of one hook call (and of instantiating the module).
     timeout: Duration,
     max_memory: usize,
     config: Arc<BTreeMap<String, ConfigValue>>,
     pre: PolicyPre<HostState>,
     stats: ModuleStats,
+    /// How many lines of stdout and stderr it may still log this second.
+    output_budget: OutputBudget,
 }
 
 /// A module of the running chain as `sluice status` shows it.
@@ -256,34 +260,6 @@ pub struct Chain {
     modules: Vec<LoadedModule>,
     /// When this chain was loaded.
     loaded_at: SystemTime,
-    /// Its hooks run on the session's own worker thread (see [`SessionChain::run`]) until
-    /// one of its calls has taken longer than [`INLINE_LIMIT`].
-    inline: AtomicBool,
-}
-
-/// The most CPU time a chain's hook call may take on the session's own worker thread:
-/// past it, the chain's calls move to where blocking is allowed.
-const INLINE_LIMIT: Duration = Duration::from_millis(2);
-
-/// Is this panic tokio's refusal to block a worker thread (from wasmtime-wasi's `in_tokio`)?
-pub fn blocking_in_runtime(panic: &(dyn std::any::Any + Send)) -> bool {
-    let text = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("");
-    text.contains("Cannot start a runtime from within a runtime")
-}
-
-/// CPU time used by the calling thread so far.
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given, and nothing else.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 impl Chain {
@@ -329,16 +305,12 @@ impl Chain {
                     name: spec.name.into(),
                     mode: spec.mode,
                     on_error: spec.on_error,
-                    deadline_ticks: spec
-                        .timeout
-                        .as_micros()
-                        .div_ceil(EPOCH_TICK.as_micros())
-                        .max(1) as u64,
                     timeout: spec.timeout,
                     max_memory: spec.max_memory,
                     config: Arc::new(spec.config),
                     pre,
                     stats: ModuleStats::default(),
+                    output_budget: OutputBudget::default(),
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -346,7 +318,6 @@ impl Chain {
             engine: engine.clone(),
             modules,
             loaded_at: SystemTime::now(),
-            inline: AtomicBool::new(true),
         })
     }
 
@@ -383,47 +354,89 @@ impl Chain {
             .collect()
     }
 
-    /// Instantiates every module for a new SMTP session.
+    /// One session's view of the chain; each module is instantiated when one of its hooks
+    /// is first called.
     pub fn start_session(self: &Arc<Self>, facts: Arc<SessionFacts>) -> SessionChain {
-        let requests = Arc::new(DeliveryRequests::default());
-        let instances = self
-            .modules
-            .iter()
-            .map(|module| {
-                let state = HostState {
-                    module: module.name.clone(),
-                    config: module.config.clone(),
-                    facts: facts.clone(),
-                    limits: StoreLimitsBuilder::new()
-                        .memory_size(module.max_memory)
-                        .table_elements(MAX_TABLE_ELEMENTS)
-                        .trap_on_grow_failure(true)
-                        .build(),
-                    counters: self.engine.counters().clone(),
-                    registry: self.engine.registry().clone(),
-                    requests: requests.clone(),
-                    dry_run: module.mode == Mode::DryRun,
-                    table: ResourceTable::new(),
-                    wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                };
-                let mut store = Store::new(self.engine.engine(), state);
-                store.limiter(|s| &mut s.limits);
-                store.set_epoch_deadline(module.deadline_ticks);
-                match module.pre.instantiate(&mut store) {
-                    Ok(bindings) => Some(Instance { store, bindings }),
-                    Err(e) => {
-                        tracing::error!(module = &*module.name, error = %format!("{e:#}"), "policy module failed to start");
-                        None
-                    }
-                }
-            })
-            .collect();
         SessionChain {
             chain: self.clone(),
-            instances,
+            slots: self.modules.iter().map(|_| Slot::NotStarted).collect(),
             facts,
             trace: Vec::new(),
-            requests,
+            requests: Arc::new(DeliveryRequests::default()),
+        }
+    }
+}
+
+impl LoadedModule {
+    /// A new instance of the module for one session, in a store of its own with the
+    /// module's memory limit, its configuration and the session's facts. Instantiating
+    /// runs the module's start code: it is bounded by the module's time limit too.
+    async fn instantiate(
+        &self,
+        engine: &PolicyEngine,
+        facts: &Arc<SessionFacts>,
+        requests: &Arc<DeliveryRequests>,
+    ) -> Result<Instance, Failure> {
+        let (stdout, stderr) = (CapturedOutput::default(), CapturedOutput::default());
+        let wasi = wasmtime_wasi::WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        let state = HostState {
+            module: self.name.clone(),
+            config: self.config.clone(),
+            facts: facts.clone(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.max_memory)
+                .table_elements(MAX_TABLE_ELEMENTS)
+                .trap_on_grow_failure(true)
+                .build(),
+            counters: engine.counters().clone(),
+            registry: engine.registry().clone(),
+            requests: requests.clone(),
+            dry_run: self.mode == Mode::DryRun,
+            table: ResourceTable::new(),
+            wasi,
+        };
+        let mut store = Store::new(engine.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        // Give the worker back at every epoch tick: a module computing for long shares the
+        // thread with the sessions beside it, and its deadline (a timer) can fire.
+        store.epoch_deadline_async_yield_and_update(1);
+        let started = tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store));
+        let bindings = match started.await {
+            Ok(Ok(bindings)) => bindings,
+            Ok(Err(e)) => return Err(Failure::Start(format!("{e:#}"))),
+            Err(_) => return Err(Failure::Timeout(self.timeout)),
+        };
+        Ok(Instance {
+            store,
+            bindings,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Logs what the module wrote to stdout and stderr during a call, within its budget;
+    /// `ended`: the instance is gone, so an unfinished last line is logged too.
+    fn log_output(&self, instance: &Instance, hook: Hook, queue_id: &str, ended: bool) {
+        for (stream, output) in [("stdout", &instance.stdout), ("stderr", &instance.stderr)] {
+            let (lines, dropped_bytes) = output.take_lines(ended);
+            if lines.is_empty() && dropped_bytes == 0 {
+                continue;
+            }
+            let module = &*self.name;
+            let allowed = self.output_budget.take(lines.len(), Instant::now());
+            if allowed.dropped_before > 0 {
+                tracing::warn!(module, stream, lines = allowed.dropped_before, "module output dropped: over {} lines a second", super::output::LINES_PER_SECOND);
+            }
+            let peer = instance.store.data().facts.peer.ip();
+            for line in &lines[..allowed.lines] {
+                tracing::info!(module, stream, hook = hook.as_str(), %peer, queue_id, "{line}");
+            }
+            if dropped_bytes > 0 {
+                tracing::warn!(module, stream, bytes = dropped_bytes, "module output dropped: more than {} bytes in one call", super::output::MAX_PENDING);
+            }
         }
     }
 }
@@ -438,13 +451,25 @@ const MAX_TRACE: usize = 2000;
 struct Instance {
     store: Store<HostState>,
     bindings: Policy,
+    stdout: CapturedOutput,
+    stderr: CapturedOutput,
+}
+
+/// Where one module stands in one session.
+enum Slot {
+    /// None of its hooks has been called yet.
+    NotStarted,
+    Running(Box<Instance>),
+    /// It failed (trapped, ran past its time, could not start): it is not entered again
+    /// in this session, since after a trap its instance may be in any state.
+    Failed,
 }
 
 /// One session's instances of the chain. A module that failed is left out for the rest
 /// of the session, and its `on_error` decides at every later hook.
 pub struct SessionChain {
     chain: Arc<Chain>,
-    instances: Vec<Option<Instance>>,
+    slots: Vec<Slot>,
     facts: Arc<SessionFacts>,
     /// What each module decided, since the session began or the last transaction ended.
     trace: Vec<Decided>,
@@ -452,15 +477,69 @@ pub struct SessionChain {
     requests: Arc<DeliveryRequests>,
 }
 
-type HookCall<'a> =
-    dyn FnMut(&Policy, &mut Store<HostState>) -> wasmtime::Result<types::Decision> + 'a;
+/// A hook and what it is called with.
+enum HookCall<'a> {
+    Connect,
+    Helo(&'a str),
+    MailFrom(&'a str, &'a [(String, Option<String>)]),
+    Rcpt(&'a str, &'a [(String, Option<String>)]),
+    Data(&'a [types::Header], &'a Arc<MessageData>),
+}
+
+impl HookCall<'_> {
+    fn hook(&self) -> Hook {
+        match self {
+            HookCall::Connect => Hook::Connect,
+            HookCall::Helo(_) => Hook::Helo,
+            HookCall::MailFrom(..) => Hook::MailFrom,
+            HookCall::Rcpt(..) => Hook::Rcpt,
+            HookCall::Data(..) => Hook::Data,
+        }
+    }
+
+    /// What the hook is about, for the trace: the HELO name, the sender or the recipient.
+    fn subject(&self) -> Option<&str> {
+        match self {
+            HookCall::Helo(s) | HookCall::MailFrom(s, _) | HookCall::Rcpt(s, _) => Some(s),
+            HookCall::Connect | HookCall::Data(..) => None,
+        }
+    }
+
+    /// Calls the hook on one instance.
+    async fn call(&self, instance: &mut Instance) -> wasmtime::Result<types::Decision> {
+        let hooks = instance.bindings.sluice_policy_hooks();
+        let store = &mut instance.store;
+        match *self {
+            HookCall::Connect => hooks.call_on_connect(store).await,
+            HookCall::Helo(name) => hooks.call_on_helo(store, name).await,
+            HookCall::MailFrom(sender, params) => {
+                hooks.call_on_mail_from(store, sender, params).await
+            }
+            HookCall::Rcpt(recipient, params) => hooks.call_on_rcpt(store, recipient, params).await,
+            HookCall::Data(headers, message) => {
+                let body: Resource<MessageBody> =
+                    store.data_mut().table.push(MessageBody(message.clone()))?;
+                let rep = body.rep();
+                let result = hooks.call_on_data(&mut *store, headers, body).await;
+                // The module only borrowed the body; take it back whatever happened.
+                let _ = store
+                    .data_mut()
+                    .table
+                    .delete::<MessageBody>(Resource::new_own(rep));
+                result
+            }
+        }
+    }
+}
 
 impl SessionChain {
     /// Replaces the facts every module sees from now on.
     pub fn set_facts(&mut self, facts: &Arc<SessionFacts>) {
         self.facts = facts.clone();
-        for instance in self.instances.iter_mut().flatten() {
-            instance.store.data_mut().facts = facts.clone();
+        for slot in &mut self.slots {
+            if let Slot::Running(instance) = slot {
+                instance.store.data_mut().facts = facts.clone();
+            }
         }
     }
 
@@ -483,45 +562,37 @@ impl SessionChain {
     }
 
     /// The client connected.
-    pub fn on_connect(&mut self) -> ChainDecision {
-        self.run(Hook::Connect, None, &mut |p, s| {
-            p.sluice_policy_hooks().call_on_connect(s)
-        })
+    pub async fn on_connect(&mut self) -> ChainDecision {
+        self.run(HookCall::Connect).await
     }
 
     /// HELO or EHLO.
-    pub fn on_helo(&mut self, name: &str) -> ChainDecision {
+    pub async fn on_helo(&mut self, name: &str) -> ChainDecision {
         // A new EHLO replaces what the last one decided.
         self.trace.retain(|d| d.hook == Hook::Connect);
-        self.run(Hook::Helo, Some(name), &mut |p, s| {
-            p.sluice_policy_hooks().call_on_helo(s, name)
-        })
+        self.run(HookCall::Helo(name)).await
     }
 
     /// MAIL FROM.
-    pub fn on_mail_from(
+    pub async fn on_mail_from(
         &mut self,
         sender: &str,
         params: &[(String, Option<String>)],
     ) -> ChainDecision {
-        self.run(Hook::MailFrom, Some(sender), &mut |p, s| {
-            p.sluice_policy_hooks().call_on_mail_from(s, sender, params)
-        })
+        self.run(HookCall::MailFrom(sender, params)).await
     }
 
     /// RCPT TO.
-    pub fn on_rcpt(
+    pub async fn on_rcpt(
         &mut self,
         recipient: &str,
         params: &[(String, Option<String>)],
     ) -> ChainDecision {
-        self.run(Hook::Rcpt, Some(recipient), &mut |p, s| {
-            p.sluice_policy_hooks().call_on_rcpt(s, recipient, params)
-        })
+        self.run(HookCall::Rcpt(recipient, params)).await
     }
 
     /// The end of DATA: the header fields and the message as received.
-    pub fn on_data(
+    pub async fn on_data(
         &mut self,
         headers: &[(String, String)],
         message: &Arc<MessageData>,
@@ -533,171 +604,61 @@ impl SessionChain {
                 value: value.clone(),
             })
             .collect();
-        self.run(Hook::Data, None, &mut |p, s| {
-            let body: Resource<MessageBody> =
-                s.data_mut().table.push(MessageBody(message.clone()))?;
-            let rep = body.rep();
-            let result = p
-                .sluice_policy_hooks()
-                .call_on_data(&mut *s, &headers, body);
-            // The module only borrowed the body; take it back whatever happened.
-            let _ = s
-                .data_mut()
-                .table
-                .delete::<MessageBody>(Resource::new_own(rep));
-            result
-        })
+        self.run(HookCall::Data(&headers, message)).await
     }
 
-    fn run(&mut self, hook: Hook, subject: Option<&str>, call: &mut HookCall<'_>) -> ChainDecision {
-        // Hook calls take microseconds, and handing the worker thread over to another for
-        // each (block_in_place) cost a sixth of the relay's throughput: so a chain runs on
-        // the session's worker while its calls are quick. A module may, though, run for its
-        // whole time limit, holding a worker other sessions need (once per chain, 50 ms by
-        // default): a chain that has once made a call longer than INLINE_LIMIT runs where
-        // blocking is allowed from then on. So does one whose module used a WASI call that
-        // blocks on tokio (writing to stdout or stderr, which discard what they get): that
-        // panics on a worker, and the call fails (see `run_modules`).
-        let inline = self.chain.inline.load(Ordering::Relaxed);
-        // CPU time, not wall time: on a busy machine a quick call may wait for a core.
-        let started = thread_cpu_time();
-        let decision = match tokio::runtime::Handle::try_current() {
-            Ok(rt)
-                if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread && !inline =>
-            {
-                tokio::task::block_in_place(|| self.run_modules(hook, subject, call))
-            }
-            _ => self.run_modules(hook, subject, call),
-        };
-        let spent = thread_cpu_time().saturating_sub(started);
-        if inline && spent > INLINE_LIMIT {
-            self.chain.inline.store(false, Ordering::Relaxed);
-            tracing::info!(
-                hook = hook.as_str(),
-                cpu_millis = spent.as_millis() as u64,
-                "a slow policy call: this chain runs off the session threads from now on"
-            );
-        }
-        decision
-    }
-
-    fn run_modules(
+    /// Asks one module, instantiating it first if this is its first hook in the session.
+    /// Whatever happens, what it printed is logged; if it failed, it is out for the rest
+    /// of the session.
+    async fn ask(
         &mut self,
-        hook: Hook,
-        subject: Option<&str>,
-        call: &mut HookCall<'_>,
-    ) -> ChainDecision {
-        let mut rewrites = Vec::new();
-        let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
-        for (module, slot) in self.chain.modules.iter().zip(self.instances.iter_mut()) {
-            let started = Instant::now();
-            let outcome = match slot {
-                Some(instance) => {
-                    instance.store.set_epoch_deadline(module.deadline_ticks);
-                    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        call(&instance.bindings, &mut instance.store)
-                    }));
-                    match called {
-                        Ok(result) => result
-                            .map_err(|e| failure(&e, module.timeout))
-                            .and_then(|d| check_decision(d).map_err(Failure::Broken)),
-                        // A WASI call that blocks on tokio (stdout, stderr, sleep) cannot
-                        // run on a session's thread: this call fails, and the chain runs
-                        // where blocking is allowed from now on. Any other panic is a bug
-                        // and goes on.
-                        Err(panic) if blocking_in_runtime(&*panic) => {
-                            self.chain.inline.store(false, Ordering::Relaxed);
-                            Err(Failure::Broken(
-                                "used blocking WASI I/O (stdout, stderr?) on a session's thread; this chain runs off the session threads from now on"
-                                    .into(),
-                            ))
-                        }
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    }
-                }
-                None => Err(Failure::FailedEarlier),
-            };
-            let elapsed = started.elapsed();
-            module
-                .stats
-                .record(outcome.as_ref().map(|(v, _, _)| *v), elapsed);
-            let name = &*module.name;
-            let (verdict, reply, module_rewrites) = match outcome {
-                Ok(decision) => decision,
+        index: usize,
+        call: &HookCall<'_>,
+    ) -> Result<(Verdict, Option<Reply>, Vec<Rewrite>), Failure> {
+        let module = &self.chain.modules[index];
+        let slot = &mut self.slots[index];
+        if let Slot::NotStarted = slot {
+            *slot = match module
+                .instantiate(&self.chain.engine, &self.facts, &self.requests)
+                .await
+            {
+                Ok(instance) => Slot::Running(Box::new(instance)),
                 Err(failure) => {
-                    // A module that failed once is not entered again in this session: after a
-                    // trap its instance may be in any state.
-                    *slot = None;
-                    tracing::warn!(module = name, hook = hook.as_str(), queue_id, on_error = ?module.on_error, "policy module failed: {failure}");
-                    let tempfail = module.on_error == OnError::Tempfail;
-                    let reply = tempfail.then(|| {
-                        Reply::new(451, "4.3.0", "Temporary policy failure, try again later")
-                    });
-                    note(
-                        &mut self.trace,
-                        Decided {
-                            hook,
-                            subject: subject.map(str::to_string),
-                            module: module.name.clone(),
-                            outcome: Err(failure.to_string()),
-                            reply: reply.clone(),
-                            rewrites: Vec::new(),
-                            elapsed,
-                            dry_run: false,
-                        },
-                    );
-                    if !tempfail {
-                        continue;
-                    }
-                    return ChainDecision {
-                        verdict: Verdict::Tempfail,
-                        reply,
-                        rewrites,
-                        decided_by: Some(module.name.clone()),
-                    };
+                    *slot = Slot::Failed;
+                    return Err(failure);
                 }
             };
-            let dry_run = module.mode == Mode::DryRun;
-            let verdict = match verdict {
-                Verdict::Discard | Verdict::Quarantine if hook != Hook::Data => {
-                    tracing::warn!(
-                        module = name,
-                        hook = hook.as_str(),
-                        "discard and quarantine mean something only at the data hook; taken as continue"
-                    );
-                    Verdict::Continue
-                }
-                v => v,
-            };
-            let decided = Decided {
-                hook,
-                subject: subject.map(str::to_string),
-                module: module.name.clone(),
-                outcome: Ok(verdict),
-                reply: reply.clone(),
-                rewrites: module_rewrites.clone(),
-                elapsed,
-                dry_run,
-            };
-            if dry_run {
-                if verdict != Verdict::Continue || !module_rewrites.is_empty() {
-                    tracing::info!(
-                        queue_id,
-                        "dry-run: would have decided: {} {decided}",
-                        hook.as_str()
-                    );
-                }
-                note(&mut self.trace, decided);
-                continue;
-            }
-            if matches!(verdict, Verdict::Continue | Verdict::Accept) {
-                tracing::debug!(queue_id, "policy decision: {} {decided}", hook.as_str());
-            } else {
-                tracing::info!(queue_id, "policy decision: {} {decided}", hook.as_str());
-            }
-            note(&mut self.trace, decided);
-            rewrites.extend(module_rewrites);
-            if verdict != Verdict::Continue {
+        }
+        let Slot::Running(instance) = slot else {
+            return Err(Failure::FailedEarlier);
+        };
+        let outcome = match tokio::time::timeout(module.timeout, call.call(instance)).await {
+            Ok(result) => result
+                .map_err(|e| failure(&e, module.timeout))
+                .and_then(|d| check_decision(d).map_err(Failure::Broken)),
+            // The call was dropped where it stood: in the module's code or in a host call.
+            Err(_) => Err(Failure::Timeout(module.timeout)),
+        };
+        let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
+        module.log_output(instance, call.hook(), queue_id, outcome.is_err());
+        if outcome.is_err() {
+            *slot = Slot::Failed;
+        }
+        outcome
+    }
+
+    /// Runs the chain at one hook: each module in order until one ends it.
+    async fn run(&mut self, call: HookCall<'_>) -> ChainDecision {
+        let mut rewrites = Vec::new();
+        for index in 0..self.chain.modules.len() {
+            let started = Instant::now();
+            let outcome = self.ask(index, &call).await;
+            let module = &self.chain.modules[index];
+            let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
+            let settled = module.settle(&call, outcome, started.elapsed(), queue_id);
+            note(&mut self.trace, settled.decided);
+            rewrites.extend(settled.rewrites);
+            if let Some((verdict, reply)) = settled.ends {
                 return ChainDecision {
                     verdict,
                     reply,
@@ -711,6 +672,98 @@ impl SessionChain {
             reply: None,
             rewrites,
             decided_by: None,
+        }
+    }
+}
+
+/// What one module's answer means for the chain at one hook.
+struct Settled {
+    /// Its line in the session's trace.
+    decided: Decided,
+    /// The rewrites it adds to the chain's.
+    rewrites: Vec<Rewrite>,
+    /// The verdict and reply that end the chain here, if it ends here.
+    ends: Option<(Verdict, Option<Reply>)>,
+}
+
+impl LoadedModule {
+    /// Counts and logs one module's answer (or failure) and says what it means for the
+    /// chain: a failure under `on_error = "tempfail"` ends it with 451, a dry-run module
+    /// never changes it, and anything but `continue` ends it.
+    fn settle(
+        &self,
+        call: &HookCall<'_>,
+        outcome: Result<(Verdict, Option<Reply>, Vec<Rewrite>), Failure>,
+        elapsed: Duration,
+        queue_id: &str,
+    ) -> Settled {
+        let (hook, name) = (call.hook(), &*self.name);
+        self.stats
+            .record(outcome.as_ref().map(|(v, _, _)| *v), elapsed);
+        let mut decided = Decided {
+            hook,
+            subject: call.subject().map(str::to_string),
+            module: self.name.clone(),
+            outcome: Ok(Verdict::Continue),
+            reply: None,
+            rewrites: Vec::new(),
+            elapsed,
+            dry_run: false,
+        };
+        let (verdict, reply, rewrites) = match outcome {
+            Ok(decision) => decision,
+            Err(failure) => {
+                tracing::warn!(module = name, hook = hook.as_str(), queue_id, on_error = ?self.on_error, "policy module failed: {failure}");
+                // A module on trial (dry-run) decides nothing, not even by failing.
+                decided.dry_run = self.mode == Mode::DryRun;
+                let tempfail = self.on_error == OnError::Tempfail && !decided.dry_run;
+                decided.outcome = Err(failure.to_string());
+                decided.reply = tempfail.then(|| {
+                    Reply::new(451, "4.3.0", "Temporary policy failure, try again later")
+                });
+                let ends = tempfail.then(|| (Verdict::Tempfail, decided.reply.clone()));
+                return Settled {
+                    decided,
+                    rewrites: Vec::new(),
+                    ends,
+                };
+            }
+        };
+        let verdict = match verdict {
+            Verdict::Discard | Verdict::Quarantine if hook != Hook::Data => {
+                tracing::warn!(
+                    module = name,
+                    hook = hook.as_str(),
+                    "discard and quarantine mean something only at the data hook; taken as continue"
+                );
+                Verdict::Continue
+            }
+            v => v,
+        };
+        decided.outcome = Ok(verdict);
+        decided.reply = reply.clone();
+        decided.rewrites = rewrites.clone();
+        decided.dry_run = self.mode == Mode::DryRun;
+        let hook = hook.as_str();
+        if decided.dry_run {
+            if verdict != Verdict::Continue || !rewrites.is_empty() {
+                tracing::info!(queue_id, "dry-run: would have decided: {hook} {decided}");
+            }
+            return Settled {
+                decided,
+                rewrites: Vec::new(),
+                ends: None,
+            };
+        }
+        if matches!(verdict, Verdict::Continue | Verdict::Accept) {
+            tracing::debug!(queue_id, "policy decision: {hook} {decided}");
+        } else {
+            tracing::info!(queue_id, "policy decision: {hook} {decided}");
+        }
+        Settled {
+            decided,
+            rewrites,
+            ends: (verdict != Verdict::Continue).then_some((verdict, reply)),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The one wasmtime engine of the relay: compiling policy components and linking them
 //! against what the host lends a module.
 //!
-//! Limits live here: epoch interruption for time (a thread ticks the epoch), a store
-//! limiter for memory, and the pooling allocator so that a session's instances come
-//! from pre-reserved slots instead of fresh mappings.
+//! The runtime is async (wasmtime's fibers): a hook call is a future the session awaits,
+//! so a module that computes for long yields the worker at every epoch tick (a thread
+//! ticks the epoch), and one that waits in a host call (a WASI clock, a counter) blocks
+//! nothing. The time limit of a call is a deadline on that future, kept by the chain
+//! (see `chain.rs`); memory is bounded by a store limiter, and the pooling allocator gives
+//! a session's instances pre-reserved slots instead of fresh mappings.
 
 use super::counters::Counters;
 use super::host::HostState;
@@ -30,6 +33,10 @@ wasmtime::component::bindgen!({
     with: {
         "sluice:policy/message.body": super::message::MessageBody,
     },
+    // Every hook is awaited; counters are the import that may wait (later: on a shared
+    // store over the network), so they are async on the host. The rest answer from memory.
+    imports: { "sluice:policy/counters": async },
+    exports: { default: async },
 });
 
 /// The compiled-code engine and the linker with the host's imports, shared by every chain.
@@ -61,7 +68,7 @@ impl PolicyEngine {
             }
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
 
@@ -278,7 +285,10 @@ fn engine_config(pooling: bool) -> Config {
             .max_tables_per_component(8)
             // A session's instances are short-lived: returning their slots in batches costs
             // less than a madvise per slot each time (measured: 10 µs → 7 µs per module).
-            .decommit_batch_size(32);
+            .decommit_batch_size(32)
+            // A hook call in progress runs on a fiber stack of its own: one per session
+            // that is in a hook at this moment, so as many as there are instances.
+            .total_stacks(4000);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // 256 MiB reserved per memory slot (no guard region beyond it): bounds checks are
         // explicit, and thousands of slots fit in the address space.

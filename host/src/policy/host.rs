@@ -2,11 +2,13 @@
 //!
 //! Each module instance has its own `Store<HostState>`: its own configuration, memory
 //! limit and resource table, and a shared, read-only snapshot of the session's facts.
-//! WASI is linked with an empty context: no files, no sockets, no environment.
+//! WASI is linked with an empty context: no files, no sockets, no environment; stdout and
+//! stderr are captured for the log (see `output.rs`).
 
 use super::counters::{self, Counters};
 use super::engine::sluice::policy::{clock, config, log, message, session, types};
 use super::message::MessageBody;
+use super::output::clean_line;
 use crate::registry::Table;
 use crate::registry::table::display;
 use arc_swap::ArcSwap;
@@ -65,8 +67,6 @@ pub enum ConfigValue {
 /// Largest single read a module may ask for, so one call cannot make the host copy a
 /// whole large message into the module's memory at once.
 const MAX_READ: u32 = 1 << 20;
-/// Longest log message a module may write; the rest is cut.
-const MAX_LOG: usize = 2048;
 /// Fields of one log event kept at most.
 const MAX_LOG_FIELDS: usize = 32;
 
@@ -165,22 +165,15 @@ impl log::Host for HostState {
 
 impl HostState {
     /// Writes a module's log line, tagged with the module, the client and the queue id;
-    /// the module's text is cut to a bounded length and its control characters replaced,
-    /// so a module cannot forge or flood log lines.
+    /// the module's text is cleaned ([`clean_line`]), so a module cannot forge or flood
+    /// log lines.
     fn emit(&self, level: log::Level, message: String, fields: Vec<(String, String)>) {
         let mut line = String::new();
         for (key, value) in fields.iter().take(MAX_LOG_FIELDS) {
             let _ = write!(line, "{key}={value} ");
         }
         line.push_str(&message);
-        let mut line = cut_text(&line, MAX_LOG).to_string();
-        if line.len() < message.len() {
-            line.push_str(" [cut]");
-        }
-        let line: String = line
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        let line = clean_line(&line);
         let module = &*self.module;
         let peer = self.facts.peer.ip();
         let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
@@ -269,13 +262,15 @@ impl clock::Host for HostState {
     }
 }
 
+// Async on the host (see the engine's bindings): counted in memory today, the seam where a
+// counter shared by several nodes becomes a network round trip that blocks no worker.
 impl super::engine::sluice::policy::counters::Host for HostState {
-    fn incr(&mut self, key: String, window_seconds: u32) -> u64 {
+    async fn incr(&mut self, key: String, window_seconds: u32) -> u64 {
         self.counters
             .count(&self.module, &key, window_seconds, 1, counters::now_ms())
     }
 
-    fn peek(&mut self, key: String, window_seconds: u32) -> u64 {
+    async fn peek(&mut self, key: String, window_seconds: u32) -> u64 {
         self.counters
             .count(&self.module, &key, window_seconds, 0, counters::now_ms())
     }

@@ -5,6 +5,7 @@
 //!   counters, the message).
 //! - [`counters`] — the node's counters with a time window, for rate limits.
 //! - [`message`] — the message at the data hook, raw and parsed.
+//! - [`output`] — a module's stdout and stderr, captured line by line into the log.
 //! - [`manifest`] — `policies.toml`, the chain's description.
 //! - [`chain`] — the loaded chain and one session's instances of it; how decisions combine.
 //! - [`builtin`] — the modules embedded in the relay (`builtin:NAME`).
@@ -17,6 +18,7 @@ pub mod engine;
 pub mod host;
 pub mod manifest;
 pub mod message;
+pub mod output;
 pub mod reload;
 
 pub use chain::{

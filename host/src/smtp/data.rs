@@ -182,7 +182,7 @@ impl Session {
             .iter()
             .map(|f| (f.name.clone(), f.value.clone()))
             .collect();
-        let decision = self.policy.on_data(&named, &received);
+        let decision = self.policy.on_data(&named, &received).await;
         self.apply_rewrites(decision.rewrites, None);
         let Some(tx) = self.tx.take() else {
             return Reply::new(503, "5.5.1", "No transaction");

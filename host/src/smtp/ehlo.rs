@@ -6,7 +6,7 @@ use crate::policy::Verdict;
 
 impl Session {
     /// EHLO (`esmtp`) or HELO: asks the helo hook, then greets with the extensions offered.
-    pub(super) fn ehlo(&mut self, name: &str, esmtp: bool) -> Option<Next> {
+    pub(super) async fn ehlo(&mut self, name: &str, esmtp: bool) -> Option<Next> {
         if name.is_empty() {
             return self.error(Reply::new(501, "5.5.4", "Syntax: EHLO hostname"));
         }
@@ -14,7 +14,7 @@ impl Session {
         self.reset_transaction();
         let name = name.to_string();
         self.update_facts(|f| f.helo = Some(name.clone()));
-        let decision = self.policy.on_helo(&name);
+        let decision = self.policy.on_helo(&name).await;
         match decision.verdict {
             Verdict::Reject => {
                 self.helo = None;

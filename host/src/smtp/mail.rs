@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 impl Session {
     /// Starts a transaction: checks sequence and size, then asks the mail-from hook.
-    pub(super) fn mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Option<Next> {
+    pub(super) async fn mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Option<Next> {
         if self.helo.is_none() {
             return self.error(Reply::new(503, "5.5.1", "Send EHLO or HELO first"));
         }
@@ -48,7 +48,7 @@ impl Session {
             f.sender = Some(hook_sender);
             f.queue_id = Some(hook_id);
         });
-        let decision = self.policy.on_mail_from(&sender, &params);
+        let decision = self.policy.on_mail_from(&sender, &params).await;
         match decision.verdict {
             Verdict::Reject | Verdict::Tempfail => {
                 self.reset_transaction();

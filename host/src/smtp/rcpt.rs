@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 impl Session {
     /// Adds a recipient if the rcpt hook accepts it; with no decision, relaying is denied.
-    pub(super) fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Option<Next> {
+    pub(super) async fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Option<Next> {
         let Some(tx) = &self.tx else {
             return self.error(Reply::new(503, "5.5.1", "Need MAIL command first"));
         };
@@ -26,7 +26,7 @@ impl Session {
             .as_ref()
             .map(|o| vec![("ORCPT".to_string(), Some(o.to_string()))])
             .unwrap_or_default();
-        let decision = self.policy.on_rcpt(&recipient, &params);
+        let decision = self.policy.on_rcpt(&recipient, &params).await;
         let refusal = match decision.verdict {
             Verdict::Accept => None,
             Verdict::Reject | Verdict::Tempfail => Some(decision.reply.unwrap_or_else(|| {

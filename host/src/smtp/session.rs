@@ -157,7 +157,7 @@ impl Session {
             let _ = self.flush().await;
             return Err("talked before the greeting".into());
         }
-        let decision = self.policy.on_connect();
+        let decision = self.policy.on_connect().await;
         self.keep_session_edits(decision.rewrites);
         match decision.verdict {
             Verdict::Reject | Verdict::Tempfail => {
@@ -212,7 +212,7 @@ impl Session {
         let timeout = self.ctx.config.limits.command_timeout;
         let mut read_buf = vec![0u8; 8192];
         loop {
-            match self.process_input() {
+            match self.process_input().await {
                 Next::Read => {}
                 Next::Close => return "closed".into(),
                 Next::Message(reader) => {
@@ -262,7 +262,7 @@ impl Session {
     }
 
     /// Consumes as much buffered input as can be handled now.
-    fn process_input(&mut self) -> Next {
+    async fn process_input(&mut self) -> Next {
         let input = std::mem::take(&mut self.input);
         let mut at = 0;
         let next = loop {
@@ -319,7 +319,7 @@ impl Session {
                     } else if matches!(self.state, State::Auth(_)) {
                         self.sasl_line(line)
                     } else {
-                        self.command(line)
+                        self.command(line).await
                     };
                     match next {
                         Some(Next::Read) | None => {}
@@ -334,19 +334,19 @@ impl Session {
     }
 
     /// Handles one command line; `Some` when the read loop must act.
-    fn command(&mut self, line: &[u8]) -> Option<Next> {
+    async fn command(&mut self, line: &[u8]) -> Option<Next> {
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(e) => return self.error(parse_error_reply(e)),
         };
         match request {
-            Request::Ehlo { host } => self.ehlo(&host, true),
-            Request::Helo { host } => self.ehlo(&host, false),
+            Request::Ehlo { host } => self.ehlo(&host, true).await,
+            Request::Helo { host } => self.ehlo(&host, false).await,
             Request::Lhlo { .. } => {
                 self.error(Reply::new(500, "5.5.1", "LHLO is for LMTP; this is SMTP"))
             }
-            Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            Request::Mail { from } => self.mail(from).await,
+            Request::Rcpt { to } => self.rcpt(to).await,
             Request::Data => self.data(),
             Request::Bdat {
                 chunk_size,

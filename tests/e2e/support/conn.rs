@@ -131,6 +131,19 @@ impl Conn {
         }
     }
 
+    /// Has the relay sent anything not read yet? Looks for a moment, without reading.
+    pub async fn has_input(&mut self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let peek = self.stream.get_ref().peek(&mut byte);
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(5), peek).await,
+            Ok(Ok(n)) if n > 0
+        )
+    }
+
     /// The TCP stream, for what follows in another protocol (a raw TLS handshake).
     pub fn into_stream(self) -> TcpStream {
         self.stream.into_inner()
