@@ -188,7 +188,10 @@ async fn sessions_whose_module_sleeps_do_not_hold_up_a_bystander() {
         }
         n
     };
-    assert_eq!(answered, 0, "sleepers answered before the bystander was done");
+    assert_eq!(
+        answered, 0,
+        "sleepers answered before the bystander was done"
+    );
     // And then each sleeper is stopped at its limit.
     for conn in &mut sleepers {
         let reply = conn.reply().await;

@@ -428,14 +428,26 @@ impl LoadedModule {
             let module = &*self.name;
             let allowed = self.output_budget.take(lines.len(), Instant::now());
             if allowed.dropped_before > 0 {
-                tracing::warn!(module, stream, lines = allowed.dropped_before, "module output dropped: over {} lines a second", super::output::LINES_PER_SECOND);
+                tracing::warn!(
+                    module,
+                    stream,
+                    lines = allowed.dropped_before,
+                    "module output dropped: over {} lines a second",
+                    super::output::LINES_PER_SECOND
+                );
             }
             let peer = instance.store.data().facts.peer.ip();
             for line in &lines[..allowed.lines] {
                 tracing::info!(module, stream, hook = hook.as_str(), %peer, queue_id, "{line}");
             }
             if dropped_bytes > 0 {
-                tracing::warn!(module, stream, bytes = dropped_bytes, "module output dropped: more than {} bytes in one call", super::output::MAX_PENDING);
+                tracing::warn!(
+                    module,
+                    stream,
+                    bytes = dropped_bytes,
+                    "module output dropped: more than {} bytes in one call",
+                    super::output::MAX_PENDING
+                );
             }
         }
     }
@@ -718,9 +730,8 @@ impl LoadedModule {
                 decided.dry_run = self.mode == Mode::DryRun;
                 let tempfail = self.on_error == OnError::Tempfail && !decided.dry_run;
                 decided.outcome = Err(failure.to_string());
-                decided.reply = tempfail.then(|| {
-                    Reply::new(451, "4.3.0", "Temporary policy failure, try again later")
-                });
+                decided.reply = tempfail
+                    .then(|| Reply::new(451, "4.3.0", "Temporary policy failure, try again later"));
                 let ends = tempfail.then(|| (Verdict::Tempfail, decided.reply.clone()));
                 return Settled {
                     decided,

@@ -208,7 +208,10 @@ mod tests {
     fn complete_lines_are_taken_and_an_unfinished_one_waits() {
         let out = CapturedOutput::default();
         out.append(b"first\r\nsecond\npart");
-        assert_eq!(out.take_lines(false), (vec!["first".into(), "second".into()], 0));
+        assert_eq!(
+            out.take_lines(false),
+            (vec!["first".into(), "second".into()], 0)
+        );
         out.append(b"ial\n");
         assert_eq!(out.take_lines(false), (vec!["partial".into()], 0));
         out.append(b"no end");

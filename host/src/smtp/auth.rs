@@ -36,7 +36,7 @@ impl Session {
         if !self.kind.authenticates() {
             return self.error(Reply::new(502, "5.5.1", "AUTH is not offered here"));
         }
-        if self.facts.tls.is_none() {
+        if self.tls.is_none() {
             return self.error(Reply::new(
                 538,
                 "5.7.11",
@@ -46,7 +46,7 @@ impl Session {
         if self.helo.is_none() {
             return self.error(Reply::new(503, "5.5.1", "Send EHLO first"));
         }
-        if self.facts.authenticated_user.is_some() {
+        if self.user.is_some() {
             return self.error(Reply::new(503, "5.5.1", "Already authenticated"));
         }
         if self.tx.is_some() {
@@ -166,7 +166,8 @@ impl Session {
         match outcome {
             Outcome::Authenticated => {
                 tracing::info!(target: "sluice::auth", session = self.id, peer = %self.peer, mechanism = %mechanism.as_str(), user = %user, "authenticated");
-                self.update_facts(|f| f.authenticated_user = Some(user));
+                self.user = Some(user);
+                self.publish();
                 self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
                 None
             }

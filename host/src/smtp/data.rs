@@ -4,9 +4,10 @@
 use super::Reply;
 use super::data_reader::{DataProblem, DataReader};
 use super::headers::{self, format_field};
+use super::reply::refusal;
 use super::session::{Next, Session, State};
 use crate::policy::message::MessageData;
-use crate::policy::{Rewrite, Verdict, format_trace};
+use crate::policy::{Hook, Rewrite, Verdict, format_trace};
 use crate::queue::{self, Envelope, Recipient};
 use bytes::Bytes;
 
@@ -40,8 +41,7 @@ impl Session {
         }
         let (size, line) = self.reader_limits();
         self.state = State::Data(DataReader::for_data(size, line));
-        self.output
-            .extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+        self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
         None
     }
 
@@ -182,8 +182,8 @@ impl Session {
             .iter()
             .map(|f| (f.name.clone(), f.value.clone()))
             .collect();
-        let decision = self.policy.on_data(&named, &received).await;
-        self.apply_rewrites(decision.rewrites, None);
+        let mut decision = self.policy.on_data(&named, &received).await;
+        self.apply_rewrites(std::mem::take(&mut decision.rewrites), None);
         let Some(tx) = self.tx.take() else {
             return Reply::new(503, "5.5.1", "No transaction");
         };
@@ -194,22 +194,14 @@ impl Session {
             "{id}: policy: {}",
             format_trace(&self.policy.take_transaction_trace())
         );
-        match decision.verdict {
-            Verdict::Reject => {
-                let reply = decision
-                    .reply
-                    .unwrap_or_else(|| Reply::new(550, "5.7.1", "Message refused"));
-                tracing::info!(session = self.id, %peer, queue_id = %id, from = %tx.sender, decided_by = ?decision.decided_by, reply = %reply, "message refused by policy");
-                return reply;
-            }
-            Verdict::Tempfail => {
-                let reply = decision.reply.unwrap_or_else(|| {
-                    Reply::new(451, "4.7.1", "Message not accepted now, try again later")
-                });
-                tracing::info!(session = self.id, %peer, queue_id = %id, from = %tx.sender, decided_by = ?decision.decided_by, reply = %reply, "message deferred by policy");
-                return reply;
-            }
-            _ => {}
+        if let Some(reply) = refusal(Hook::Data, &decision, "") {
+            let what = if reply.code >= 500 {
+                "message refused by policy"
+            } else {
+                "message deferred by policy"
+            };
+            tracing::info!(session = self.id, %peer, queue_id = %id, from = %tx.sender, decided_by = ?decision.decided_by, reply = %reply, "{what}");
+            return reply;
         }
         if decision.verdict == Verdict::Discard {
             tracing::info!(session = self.id, %peer, queue_id = %id, from = %tx.sender, nrcpt = tx.recipients.len(), decided_by = ?decision.decided_by, "message discarded by policy");
@@ -260,7 +252,7 @@ impl Session {
             self.helo.as_deref().unwrap_or(""),
             tx.sender,
             tx.recipients.len(),
-            self.facts.tls.as_ref().map(|(v, _)| v.as_str()).unwrap_or("none"),
+            self.tls.as_ref().map(|(v, _)| v.as_str()).unwrap_or("none"),
             if hold { ", status=quarantined" } else { "" },
         );
         Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
@@ -287,8 +279,8 @@ impl Session {
             .map(|c| if c.is_ascii_graphic() { c } else { '?' })
             .collect();
         // RFC 3848's protocol names; an authenticated session also names its user.
-        let authenticated = self.facts.authenticated_user.as_deref();
-        let protocol = match (self.esmtp, self.facts.tls.is_some(), authenticated) {
+        let authenticated = self.user.as_deref();
+        let protocol = match (self.esmtp, self.tls.is_some(), authenticated) {
             (false, _, _) => "SMTP",
             (true, false, None) => "ESMTP",
             (true, true, None) => "ESMTPS",
@@ -305,7 +297,6 @@ impl Session {
             })
             .unwrap_or_default();
         let tls = self
-            .facts
             .tls
             .as_ref()
             .map(|(version, cipher)| format!(" (using {version} with cipher {cipher})"))

@@ -1,8 +1,9 @@
 //! EHLO and HELO (RFC 5321 4.1.1.1).
 
 use super::Reply;
+use super::reply::refusal;
 use super::session::{Next, Session};
-use crate::policy::Verdict;
+use crate::policy::{Hook, Verdict};
 
 impl Session {
     /// EHLO (`esmtp`) or HELO: asks the helo hook, then greets with the extensions offered.
@@ -10,41 +11,27 @@ impl Session {
         if name.is_empty() {
             return self.error(Reply::new(501, "5.5.4", "Syntax: EHLO hostname"));
         }
-        // A new EHLO ends any transaction (RFC 5321 4.1.4).
+        // A new EHLO ends any transaction (RFC 5321 4.1.4). The hook sees the name offered.
         self.reset_transaction();
-        let name = name.to_string();
-        self.update_facts(|f| f.helo = Some(name.clone()));
-        let decision = self.policy.on_helo(&name).await;
-        match decision.verdict {
-            Verdict::Reject => {
-                self.helo = None;
-                let reply = decision
-                    .reply
-                    .unwrap_or_else(|| Reply::new(550, "5.7.1", "HELO/EHLO name refused"));
+        self.helo = Some(name.to_string());
+        self.publish();
+        let decision = self.policy.on_helo(name).await;
+        if let Some(reply) = refusal(Hook::Helo, &decision, name) {
+            // Refused: as if the client had never greeted.
+            self.helo = None;
+            self.publish();
+            if decision.verdict == Verdict::Reject {
                 return self.error(reply);
             }
-            Verdict::Tempfail => {
-                self.helo = None;
-                let reply = decision.reply.unwrap_or_else(|| {
-                    Reply::new(
-                        450,
-                        "4.7.1",
-                        "HELO/EHLO name not accepted now, try again later",
-                    )
-                });
-                self.reply(reply);
-                return None;
-            }
-            _ => {}
+            self.reply(reply);
+            return None;
         }
         self.keep_session_edits(decision.rewrites);
-        self.helo = Some(name);
         self.esmtp = esmtp;
         let hostname = &self.ctx.config.hostname;
         let first = format!("{hostname} Hello [{}]", self.peer.ip());
         if !esmtp {
-            self.output
-                .extend_from_slice(format!("250 {first}\r\n").as_bytes());
+            self.reply(Reply::new(250, "", first));
             return None;
         }
         let mut lines = vec![
@@ -56,18 +43,13 @@ impl Session {
             "SMTPUTF8".into(),
             "CHUNKING".into(),
         ];
-        if self.facts.tls.is_none() {
+        if self.tls.is_none() {
             lines.push("STARTTLS".into());
-        } else if self.kind.authenticates() && self.facts.authenticated_user.is_none() {
+        } else if self.kind.authenticates() && self.user.is_none() {
             // Only over TLS (RFC 4954 4: no password in clear).
             lines.push("AUTH PLAIN LOGIN".into());
         }
-        let last = lines.len() - 1;
-        for (i, line) in lines.iter().enumerate() {
-            let sep = if i == last { ' ' } else { '-' };
-            self.output
-                .extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
-        }
+        self.reply(Reply::multiline(250, &lines));
         None
     }
 }

@@ -1,9 +1,10 @@
 //! MAIL FROM (RFC 5321 4.1.1.2), with SIZE (RFC 1870), BODY (RFC 6152) and SMTPUTF8 (RFC 6531).
 
 use super::Reply;
+use super::reply::refusal;
 use super::session::{Next, Session, Transaction, param};
 use super::valid_address;
-use crate::policy::Verdict;
+use crate::policy::Hook;
 use crate::queue;
 use smtp_proto::{
     MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_SMTPUTF8,
@@ -20,8 +21,8 @@ impl Session {
         if self.tx.is_some() {
             return self.error(Reply::new(503, "5.5.1", "Nested MAIL command"));
         }
-        if self.kind.authenticates() && self.facts.authenticated_user.is_none() {
-            let reply = if self.facts.tls.is_none() {
+        if self.kind.authenticates() && self.user.is_none() {
+            let reply = if self.tls.is_none() {
                 Reply::new(530, "5.7.0", "Must issue a STARTTLS command first")
             } else {
                 Reply::new(530, "5.7.0", "Authentication required")
@@ -42,36 +43,22 @@ impl Session {
             return self.error(Reply::new(501, "5.1.7", "Bad sender address syntax"));
         }
         let params = mail_params(&from);
-        let id = queue::new_queue_id();
-        let (hook_sender, hook_id) = (sender.clone(), id.clone());
-        self.update_facts(|f| {
-            f.sender = Some(hook_sender);
-            f.queue_id = Some(hook_id);
-        });
-        let decision = self.policy.on_mail_from(&sender, &params).await;
-        match decision.verdict {
-            Verdict::Reject | Verdict::Tempfail => {
-                self.reset_transaction();
-                let reply = decision.reply.unwrap_or_else(|| {
-                    if decision.verdict == Verdict::Reject {
-                        Reply::new(550, "5.7.1", "Sender refused")
-                    } else {
-                        Reply::new(451, "4.7.1", "Sender not accepted now, try again later")
-                    }
-                });
-                tracing::info!(session = self.id, peer = %self.peer, queue_id = %id, from = %sender, reply = %reply, "MAIL refused");
-                self.reply(reply);
-                return None;
-            }
-            _ => {}
-        }
+        // The transaction starts tentatively, so the hook sees its sender and queue id.
         self.tx = Some(Transaction {
-            id,
-            sender,
+            id: queue::new_queue_id(),
+            sender: sender.clone(),
             recipients: Vec::new(),
             header_edits: self.session_edits.clone(),
             bdat: None,
         });
+        self.publish();
+        let decision = self.policy.on_mail_from(&sender, &params).await;
+        if let Some(reply) = refusal(Hook::MailFrom, &decision, &sender) {
+            tracing::info!(session = self.id, peer = %self.peer, queue_id = %self.queue_id(), from = %sender, reply = %reply, "MAIL refused");
+            self.reset_transaction();
+            self.reply(reply);
+            return None;
+        }
         self.apply_rewrites(decision.rewrites, None);
         self.reply(Reply::new(250, "2.1.0", "Ok"));
         None

@@ -1,9 +1,10 @@
 //! RCPT TO (RFC 5321 4.1.1.3): a recipient is accepted only when a policy accepts it.
 
 use super::Reply;
+use super::reply::refusal;
 use super::session::{Next, Session};
 use super::valid_address;
-use crate::policy::Verdict;
+use crate::policy::Hook;
 use smtp_proto::RcptTo;
 use std::borrow::Cow;
 
@@ -27,28 +28,8 @@ impl Session {
             .map(|o| vec![("ORCPT".to_string(), Some(o.to_string()))])
             .unwrap_or_default();
         let decision = self.policy.on_rcpt(&recipient, &params).await;
-        let refusal = match decision.verdict {
-            Verdict::Accept => None,
-            Verdict::Reject | Verdict::Tempfail => Some(decision.reply.unwrap_or_else(|| {
-                if decision.verdict == Verdict::Reject {
-                    Reply::new(554, "5.7.1", format!("<{recipient}>: Recipient refused"))
-                } else {
-                    Reply::new(
-                        450,
-                        "4.7.1",
-                        format!("<{recipient}>: Recipient not accepted now, try again later"),
-                    )
-                }
-            })),
-            // Never an open relay: no module accepted this recipient.
-            _ => Some(Reply::new(
-                554,
-                "5.7.1",
-                format!("<{recipient}>: Relay access denied"),
-            )),
-        };
-        if let Some(reply) = refusal {
-            tracing::info!(session = self.id, peer = %self.peer, queue_id = self.facts.queue_id.as_deref().unwrap_or("-"), to = %recipient, reply = %reply, decided_by = ?decision.decided_by, "RCPT refused");
+        if let Some(reply) = refusal(Hook::Rcpt, &decision, &recipient) {
+            tracing::info!(session = self.id, peer = %self.peer, queue_id = self.queue_id(), to = %recipient, reply = %reply, decided_by = ?decision.decided_by, "RCPT refused");
             if reply.code >= 500 {
                 return self.error(reply);
             }

@@ -1,12 +1,16 @@
-//! SMTP replies: a code, an enhanced status code (RFC 3463) and text.
+//! SMTP replies: a code, an enhanced status code (RFC 3463) and text; and what the client
+//! is told when the policy chain refuses at a stage.
 
+use crate::policy::{ChainDecision, Hook, Verdict};
 use std::fmt;
 
-/// One SMTP reply. Every reply after the greeting carries an enhanced status code.
+/// One SMTP reply. Every reply after the greeting carries an enhanced status code, but for
+/// the greeting, EHLO's and 354 (RFC 2034 names the replies that carry none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
     pub enhanced: String,
+    /// One line, or several separated by `\n` (a multi-line reply, such as EHLO's).
     pub text: String,
 }
 
@@ -21,6 +25,11 @@ impl Reply {
             enhanced: enhanced.to_string(),
             text: text.into(),
         }
+    }
+
+    /// A reply of several lines (RFC 5321 4.2.1: `250-first`, ..., `250 last`).
+    pub fn multiline(code: u16, lines: &[String]) -> Self {
+        Self::new(code, "", lines.join("\n"))
     }
 
     /// A reply from untrusted input (a policy module): checks the code and enhanced code
@@ -40,26 +49,82 @@ impl Reply {
         Some(Self::new(code, enhanced, text))
     }
 
-    /// 2xx.
-    pub fn is_positive(&self) -> bool {
-        self.code < 400
-    }
-
-    /// Writes the reply in wire form (CRLF-terminated).
+    /// Writes the reply in wire form: every line CRLF-terminated, each but the last with
+    /// a `-` after the code, each with the enhanced code (RFC 2034 3).
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { '-' } else { ' ' };
+            let line = if self.enhanced.is_empty() {
+                format!("{}{sep}{line}\r\n", self.code)
+            } else {
+                format!("{}{sep}{} {line}\r\n", self.code, self.enhanced)
+            };
+            out.extend_from_slice(line.as_bytes());
+        }
     }
 }
 
+/// The reply on one line, for logs (the lines of a multi-line reply joined by ` / `).
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.enhanced.is_empty() {
-            write!(f, "{} {}", self.code, self.text)
-        } else {
-            write!(f, "{} {} {}", self.code, self.enhanced, self.text)
+        write!(f, "{}", self.code)?;
+        if !self.enhanced.is_empty() {
+            write!(f, " {}", self.enhanced)?;
         }
+        for (i, line) in self.text.split('\n').enumerate() {
+            let sep = if i == 0 { " " } else { " / " };
+            write!(f, "{sep}{line}")?;
+        }
+        Ok(())
     }
+}
+
+/// What the client is told when the chain decided `decision` at `hook` (`subject`: the
+/// recipient at RCPT), or `None` when the chain lets the command go on. A refusal carries
+/// the deciding module's reply, or the relay's own for the stage. At RCPT nothing but an
+/// accept lets a recipient in: never an open relay.
+pub fn refusal(hook: Hook, decision: &ChainDecision, subject: &str) -> Option<Reply> {
+    let refused = match (hook, decision.verdict) {
+        (_, Verdict::Reject | Verdict::Tempfail) => true,
+        (Hook::Rcpt, Verdict::Accept) => false,
+        (Hook::Rcpt, _) => {
+            let text = format!("<{subject}>: Relay access denied");
+            return Some(Reply::new(554, "5.7.1", text));
+        }
+        _ => false,
+    };
+    if !refused {
+        return None;
+    }
+    if let Some(reply) = &decision.reply {
+        return Some(reply.clone());
+    }
+    let permanent = decision.verdict == Verdict::Reject;
+    Some(match (hook, permanent) {
+        (Hook::Connect, true) => Reply::new(554, "5.7.1", "Access denied"),
+        (Hook::Connect, false) => Reply::new(421, "4.7.0", "Try again later"),
+        (Hook::Helo, true) => Reply::new(550, "5.7.1", "HELO/EHLO name refused"),
+        (Hook::Helo, false) => Reply::new(
+            450,
+            "4.7.1",
+            "HELO/EHLO name not accepted now, try again later",
+        ),
+        (Hook::MailFrom, true) => Reply::new(550, "5.7.1", "Sender refused"),
+        (Hook::MailFrom, false) => {
+            Reply::new(451, "4.7.1", "Sender not accepted now, try again later")
+        }
+        (Hook::Rcpt, true) => Reply::new(554, "5.7.1", format!("<{subject}>: Recipient refused")),
+        (Hook::Rcpt, false) => Reply::new(
+            450,
+            "4.7.1",
+            format!("<{subject}>: Recipient not accepted now, try again later"),
+        ),
+        (Hook::Data, true) => Reply::new(550, "5.7.1", "Message refused"),
+        (Hook::Data, false) => {
+            Reply::new(451, "4.7.1", "Message not accepted now, try again later")
+        }
+    })
 }
 
 /// `class.subject.detail` whose class matches the reply code's first digit (RFC 3463).
@@ -87,5 +152,71 @@ mod tests {
         assert!(Reply::checked(700, "7.0.0", "x").is_none());
         let r = Reply::checked(550, "5.7.1", "no\r\n250 2.0.0 smuggled").unwrap();
         assert_eq!(r.to_string(), "550 5.7.1 no  250 2.0.0 smuggled");
+    }
+
+    fn wire(reply: &Reply) -> String {
+        let mut out = Vec::new();
+        reply.write_to(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_multiline_reply_continues_with_a_dash_and_ends_with_a_space() {
+        let reply = Reply::multiline(
+            250,
+            &["relay Hello".into(), "PIPELINING".into(), "SIZE 10".into()],
+        );
+        assert_eq!(
+            wire(&reply),
+            "250-relay Hello\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
+        assert_eq!(reply.to_string(), "250 relay Hello / PIPELINING / SIZE 10");
+        let enhanced = Reply::new(550, "5.7.1", "one\ntwo");
+        assert_eq!(wire(&enhanced), "550-5.7.1 one\r\n550 5.7.1 two\r\n");
+    }
+
+    fn decided(verdict: Verdict, reply: Option<Reply>) -> ChainDecision {
+        ChainDecision {
+            verdict,
+            reply,
+            rewrites: Vec::new(),
+            decided_by: None,
+        }
+    }
+
+    #[test]
+    fn a_refusal_carries_the_modules_reply_or_the_stages_own() {
+        let own = Reply::new(550, "5.7.1", "Go away");
+        let d = decided(Verdict::Reject, Some(own.clone()));
+        assert_eq!(refusal(Hook::Helo, &d, "x"), Some(own));
+        let d = decided(Verdict::Tempfail, None);
+        assert_eq!(refusal(Hook::Connect, &d, "").unwrap().code, 421);
+        assert_eq!(refusal(Hook::MailFrom, &d, "").unwrap().code, 451);
+        let d = decided(Verdict::Reject, None);
+        assert_eq!(
+            refusal(Hook::Rcpt, &d, "a@b.example").unwrap().to_string(),
+            "554 5.7.1 <a@b.example>: Recipient refused"
+        );
+    }
+
+    #[test]
+    fn only_an_accept_lets_a_recipient_in() {
+        assert_eq!(
+            refusal(Hook::Rcpt, &decided(Verdict::Accept, None), "a@b"),
+            None
+        );
+        for verdict in [Verdict::Continue, Verdict::Discard, Verdict::Quarantine] {
+            let reply = refusal(Hook::Rcpt, &decided(verdict, None), "a@b").unwrap();
+            assert_eq!(reply.to_string(), "554 5.7.1 <a@b>: Relay access denied");
+        }
+        // Elsewhere, no opinion lets the command go on.
+        assert_eq!(
+            refusal(Hook::MailFrom, &decided(Verdict::Continue, None), ""),
+            None
+        );
+        assert_eq!(
+            refusal(Hook::Data, &decided(Verdict::Discard, None), ""),
+            None
+        );
     }
 }

@@ -7,10 +7,11 @@
 
 use super::auth::{Credentials, SaslStep};
 use super::data_reader::DataReader;
+use super::reply::refusal;
 use super::stream::Stream;
 use super::{Reply, ServerContext, valid_address};
 use crate::config::ListenerKind;
-use crate::policy::{Rewrite, SessionChain, SessionFacts, Verdict};
+use crate::policy::{Hook, Rewrite, SessionChain, SessionFacts};
 use smtp_proto::{Error as ParseError, Request};
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -64,20 +65,32 @@ pub(super) struct Transaction {
     pub bdat: Option<DataReader>,
 }
 
-/// One SMTP session.
+/// One SMTP session. Its fields are the one record of where the session stands; what the
+/// policy modules see of it (`SessionFacts`) is derived from them ([`Session::publish`]).
 pub struct Session {
     pub(super) ctx: Arc<ServerContext>,
     pub(super) stream: Stream,
     pub(super) peer: SocketAddr,
+    /// The local address the client connected to.
+    local: SocketAddr,
+    /// The name of the listener it connected to.
+    listener: String,
     /// A number for this session in the logs.
     pub(super) id: u64,
-    pub(super) facts: Arc<SessionFacts>,
     pub(super) policy: SessionChain,
     input: Vec<u8>,
     pub(super) output: Vec<u8>,
     pub(super) state: State,
+    /// The HELO/EHLO name: the one being asked about during the helo hook, then the one
+    /// the chain accepted (`None` after a refusal, a new session or STARTTLS).
     pub(super) helo: Option<String>,
     pub(super) esmtp: bool,
+    /// The TLS protocol version and cipher suite, once negotiated.
+    pub(super) tls: Option<(String, String)>,
+    /// The user the client authenticated as.
+    pub(super) user: Option<String>,
+    /// The transaction: from MAIL (while the mail-from hook decides, tentatively) to the
+    /// end of DATA or RSET.
     pub(super) tx: Option<Transaction>,
     /// Header edits from the connect and helo hooks: they apply to every message.
     pub(super) session_edits: Vec<Rewrite>,
@@ -92,20 +105,30 @@ impl Session {
     /// authenticated user when the session starts with them).
     pub fn new(ctx: Arc<ServerContext>, stream: Stream, facts: SessionFacts) -> Self {
         static SESSIONS: AtomicU64 = AtomicU64::new(1);
-        let facts = Arc::new(facts);
-        let policy = ctx.chain.load_full().start_session(facts.clone());
+        let SessionFacts {
+            peer,
+            local,
+            listener,
+            tls,
+            authenticated_user,
+            ..
+        } = facts.clone();
+        let policy = ctx.chain.load_full().start_session(Arc::new(facts));
         Session {
             ctx,
             stream,
-            peer: facts.peer,
+            peer,
+            local,
+            listener,
             id: SESSIONS.fetch_add(1, Ordering::Relaxed),
-            facts,
             policy,
             input: Vec::with_capacity(4096),
             output: Vec::with_capacity(1024),
             state: State::Command,
             helo: None,
             esmtp: false,
+            tls,
+            user: authenticated_user,
             tx: None,
             session_edits: Vec::new(),
             kind: ListenerKind::Relay,
@@ -158,31 +181,18 @@ impl Session {
             return Err("talked before the greeting".into());
         }
         let decision = self.policy.on_connect().await;
-        self.keep_session_edits(decision.rewrites);
-        match decision.verdict {
-            Verdict::Reject | Verdict::Tempfail => {
-                let reply = decision.reply.unwrap_or_else(|| {
-                    if decision.verdict == Verdict::Reject {
-                        Reply::new(554, "5.7.1", "Access denied")
-                    } else {
-                        Reply::new(421, "4.7.0", "Try again later")
-                    }
-                });
-                let text = reply.to_string();
-                self.output.extend_from_slice(text.as_bytes());
-                self.output.extend_from_slice(b"\r\n");
-                let _ = self.flush().await;
-                Err(format!(
-                    "refused at connect by {:?}: {text}",
-                    decision.decided_by
-                ))
-            }
-            _ => {
-                let greeting = format!("220 {} ESMTP Sluice\r\n", self.ctx.config.hostname);
-                self.output.extend_from_slice(greeting.as_bytes());
-                self.flush().await.map_err(|e| format!("write error: {e}"))
-            }
+        if let Some(reply) = refusal(Hook::Connect, &decision, "") {
+            self.reply(reply.clone());
+            let _ = self.flush().await;
+            return Err(format!(
+                "refused at connect by {:?}: {reply}",
+                decision.decided_by
+            ));
         }
+        self.keep_session_edits(decision.rewrites);
+        let greeting = format!("{} ESMTP Sluice", self.ctx.config.hostname);
+        self.reply(Reply::new(220, "", greeting));
+        self.flush().await.map_err(|e| format!("write error: {e}"))
     }
 
     /// Did the client send anything before the greeting (within `greeting_delay`, or
@@ -439,23 +449,34 @@ impl Session {
 
     /// Ends the mail transaction (RSET, a new EHLO, STARTTLS, or the end of DATA).
     pub(super) fn reset_transaction(&mut self) {
-        if self.tx.take().is_some() || self.facts.queue_id.is_some() {
-            self.update_facts(|f| {
-                f.sender = None;
-                f.recipients.clear();
-                f.queue_id = None;
-            });
-        }
+        // Published whatever the transaction was: the data stage takes it out before it ends.
+        self.tx = None;
+        self.publish();
         self.policy.take_transaction_trace();
         self.policy.delivery_requests().clear();
     }
 
-    /// Changes the facts the policy modules see.
-    pub(super) fn update_facts(&mut self, change: impl FnOnce(&mut SessionFacts)) {
-        let mut facts = (*self.facts).clone();
-        change(&mut facts);
-        self.facts = Arc::new(facts);
-        self.policy.set_facts(&self.facts);
+    /// Shows the policy modules the session as it now stands; called after every change
+    /// to what they can see.
+    pub(super) fn publish(&mut self) {
+        let tx = self.tx.as_ref();
+        let facts = SessionFacts {
+            peer: self.peer,
+            local: self.local,
+            listener: self.listener.clone(),
+            helo: self.helo.clone(),
+            tls: self.tls.clone(),
+            authenticated_user: self.user.clone(),
+            sender: tx.map(|tx| tx.sender.clone()),
+            recipients: tx.map(|tx| tx.recipients.clone()).unwrap_or_default(),
+            queue_id: tx.map(|tx| tx.id.clone()),
+        };
+        self.policy.set_facts(&Arc::new(facts));
+    }
+
+    /// The queue id of the transaction in progress, for the log.
+    pub(super) fn queue_id(&self) -> &str {
+        self.tx.as_ref().map_or("-", |tx| tx.id.as_str())
     }
 
     /// Keeps header edits from the connect and helo hooks for every message of the session.
@@ -510,11 +531,7 @@ impl Session {
                 tx.recipients.push(new);
             }
         }
-        let (sender, recipients) = (tx.sender.clone(), tx.recipients.clone());
-        self.update_facts(|f| {
-            f.sender = Some(sender);
-            f.recipients = recipients;
-        });
+        self.publish();
     }
 }
 

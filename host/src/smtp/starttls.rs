@@ -36,10 +36,8 @@ impl Session {
         tracing::debug!(session = self.id, peer = %self.peer, tls = ?info, "TLS established");
         self.reset_transaction();
         self.helo = None;
-        self.update_facts(|f| {
-            f.tls = info;
-            f.helo = None;
-        });
+        self.tls = info;
+        self.publish();
         Ok(())
     }
 }
