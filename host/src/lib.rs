@@ -15,6 +15,7 @@
 //! - [`config`] — `sluice.toml`.
 //! - [`smtp`] — the SMTP server: sessions, one file per stage, strict DATA reading.
 //! - [`policy`] — the wasmtime runtime, the chain, the host functions modules import.
+//! - [`protocol`] — what SMTP defines, below `config` and `smtp`: valid envelope addresses.
 //! - [`queue`] — the spool on disk and the scheduler of delivery attempts.
 //! - [`dkim`] — DKIM signing of accepted messages.
 //! - [`delivery`] — the outbound SMTP client and the per-attempt log.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod policy;
+pub mod protocol;
 pub mod queue;
 pub mod registry;
 pub mod reloadable;
