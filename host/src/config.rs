@@ -248,11 +248,8 @@ pub enum Canon {
 
 /// A canonicalization that is neither `relaxed` nor `simple`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{text}`: `{part}` is neither relaxed nor simple (write HEADER/BODY, as relaxed/relaxed)")]
-pub struct CanonicalizationError {
-    text: String,
-    part: String,
-}
+#[error("`{0}` is neither relaxed nor simple (write HEADER/BODY, as relaxed/relaxed)")]
+pub struct CanonicalizationError(String);
 
 impl Default for Canonicalization {
     /// `relaxed/relaxed`: what survives the mailing lists and gateways on the way.
@@ -271,10 +268,7 @@ impl TryFrom<String> for Canonicalization {
         let canon = |part: &str| match part {
             "relaxed" => Ok(Canon::Relaxed),
             "simple" => Ok(Canon::Simple),
-            _ => Err(CanonicalizationError {
-                text: text.clone(),
-                part: part.to_string(),
-            }),
+            _ => Err(CanonicalizationError(part.to_string())),
         };
         let (header, body) = text.split_once('/').unwrap_or((&text, "simple"));
         Ok(Canonicalization {
@@ -1024,7 +1018,7 @@ canonicalization = "simple"
         );
         assert_eq!(
             e,
-            "s.toml:5: key `dkim.canonicalization`: `relaxed/loose`: `loose` is neither relaxed nor simple (write HEADER/BODY, as relaxed/relaxed)"
+            "s.toml:5: key `dkim.canonicalization`: `loose` is neither relaxed nor simple (write HEADER/BODY, as relaxed/relaxed)"
         );
     }
 

@@ -10,8 +10,10 @@
 //! ```
 //!
 //! - [`auth`] — SMTP AUTH on the submission listeners, and their users.
-//! - [`admin`] — the control socket for `sluice status` and `sluice reload`.
-//! - [`cli`] — `sluice policy check/test` and `sluice session`: trying policies before they go live.
+//! - [`admin`] — the control socket the postmaster's commands (status, reload, queue,
+//!   registry) talk to the running relay through: typed requests and answers.
+//! - [`cli`] — the commands besides `serve`: status, reload, queue, registry, user, policy
+//!   check/test, session.
 //! - [`config`] — `sluice.toml`.
 //! - [`smtp`] — the SMTP server: sessions, one file per stage, strict DATA reading.
 //! - [`policy`] — the wasmtime runtime, the chain, the host functions modules import.
