@@ -3,29 +3,97 @@
 //! Every key has a default, so an empty file (or none at all) runs a relay that listens on
 //! 127.0.0.1:2525 and relays only for localhost. Unknown keys are errors: a typo in a
 //! postmaster's configuration must not silently fall back to a default.
+//!
+//! Values are read straight into the types the relay uses ([`NextHop`], [`EnvelopeAddress`],
+//! [`Duration`], [`Canonicalization`], [`TlsRule`]), so a value that reads is a value that
+//! works: `sluice check-config` finds every bad value `sluice serve` would, and nothing
+//! after this module parses configuration text again. Rules that tie keys together are
+//! checked once the whole file is read ([`Config::parse`]). This module sits below every
+//! other: it uses only [`crate::protocol`].
 
+use crate::protocol::address::valid_address;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why a configuration could not be used; the message names the file and the key.
+/// Why a configuration could not be used. Every message names the file, and the key where
+/// the mistake is in one; it carries its cause's words, since the relay prints it alone.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file exists but cannot be read.
     #[error("{path}: cannot read: {source}")]
     Read {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: key `{key}`: {message}")]
+    /// Not TOML, an unknown key, or a value that does not read as its key's type.
+    #[error("{path}{}: {}", place(*.line, .key.as_deref()), one_line(.source.message()))]
+    Parse {
+        path: PathBuf,
+        /// Where in the file (1-based), when the parser knows.
+        line: Option<usize>,
+        /// The key the bad value is under (`delivery.smarthost`, `listener[0].addr`);
+        /// `None` for a mistake in the TOML itself.
+        key: Option<String>,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// Each value reads, but breaks a rule (a lower bound, two keys that go together).
+    #[error("{path}: key `{key}`: {reason}")]
     Invalid {
         path: PathBuf,
         key: &'static str,
-        message: String,
+        reason: String,
     },
+}
+
+impl ConfigError {
+    /// A reading error from the TOML parser, placed by line and key.
+    fn parse(
+        path: &Path,
+        text: &str,
+        error: serde_path_to_error::Error<toml::de::Error>,
+    ) -> ConfigError {
+        // serde_path_to_error writes the top level as ".": no key to name.
+        let key = Some(error.path().to_string()).filter(|k| k != ".");
+        let source = Box::new(error.into_inner());
+        let line = source.span().map(|span| {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            memchr::memchr_iter(b'\n', before).count() + 1
+        });
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            key,
+            source,
+        }
+    }
+
+    fn invalid(path: &Path, key: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `:LINE: key `KEY``, as much of it as is known, for [`ConfigError::Parse`].
+fn place(line: Option<usize>, key: Option<&str>) -> String {
+    let line = line.map(|l| format!(":{l}")).unwrap_or_default();
+    match key {
+        Some(key) => format!("{line}: key `{key}`"),
+        None => line,
+    }
+}
+
+/// The parser's words on one line (some of its messages span several).
+fn one_line(message: &str) -> String {
+    message.trim_end().replace('\n', "; ")
 }
 
 /// The whole configuration file.
@@ -126,8 +194,8 @@ pub struct DkimConfig {
     #[serde(default = "DkimConfig::default_headers")]
     pub headers: Vec<String>,
     /// `relaxed/relaxed` (the default), `simple/simple`, `relaxed/simple` or `simple/relaxed`.
-    #[serde(default = "DkimConfig::default_canonicalization")]
-    pub canonicalization: String,
+    #[serde(default)]
+    pub canonicalization: Canonicalization,
 }
 
 impl DkimConfig {
@@ -153,13 +221,60 @@ impl DkimConfig {
         .to_vec()
     }
 
-    fn default_canonicalization() -> String {
-        "relaxed/relaxed".into()
-    }
-
     /// The key file of the selector signing now.
     pub fn active_key(&self) -> Option<&PathBuf> {
         self.keys.get(&self.selector).or(self.key.as_ref())
+    }
+}
+
+/// How a DKIM signature treats white space and case (RFC 6376 3.4), for the header and
+/// the body. Written `HEADER/BODY`, each `relaxed` or `simple`; a lone word is the header's
+/// and the body's is `simple`, as in a signature's `c=` tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Canonicalization {
+    pub header: Canon,
+    pub body: Canon,
+}
+
+/// One half of a [`Canonicalization`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canon {
+    /// Nothing changed: any rewrite on the way breaks the signature.
+    Simple,
+    /// White space runs and (in the header) field-name case are forgiven.
+    Relaxed,
+}
+
+/// A canonicalization that is neither `relaxed` nor `simple`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is neither relaxed nor simple (write HEADER/BODY, as relaxed/relaxed)")]
+pub struct CanonicalizationError(String);
+
+impl Default for Canonicalization {
+    /// `relaxed/relaxed`: what survives the mailing lists and gateways on the way.
+    fn default() -> Self {
+        Self {
+            header: Canon::Relaxed,
+            body: Canon::Relaxed,
+        }
+    }
+}
+
+impl TryFrom<String> for Canonicalization {
+    type Error = CanonicalizationError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let canon = |part: &str| match part {
+            "relaxed" => Ok(Canon::Relaxed),
+            "simple" => Ok(Canon::Simple),
+            _ => Err(CanonicalizationError(part.to_string())),
+        };
+        let (header, body) = text.split_once('/').unwrap_or((&text, "simple"));
+        Ok(Canonicalization {
+            header: canon(header)?,
+            body: canon(body)?,
+        })
     }
 }
 
@@ -170,10 +285,10 @@ pub struct AuthConfig {
     /// Failed attempts from one client address within `failure_window`, after which every
     /// attempt is refused until the window has passed.
     pub max_failures: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub failure_window: Duration,
     /// The wait before answering a failed attempt, times the failures so far (at most 5).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub failure_delay: Duration,
 }
 
@@ -206,10 +321,10 @@ pub struct Limits {
     /// Recipients per transaction (RFC 5321 4.5.3.1.8 asks for at least 100).
     pub max_recipients: usize,
     /// Time allowed between commands, and for each read in DATA (RFC 5321 4.5.3.2: at least 5 minutes).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub command_timeout: Duration,
     /// Pause before the greeting; a client that talks before it is refused.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub greeting_delay: Duration,
     /// Open SMTP connections in all.
     pub max_connections: usize,
@@ -276,15 +391,15 @@ pub enum SpoolSync {
 pub struct DeliveryConfig {
     /// Send everything to this host ("HOST:PORT"); without it, mail goes by MX (or by
     /// `routes`).
-    pub smarthost: Option<String>,
+    pub smarthost: Option<NextHop>,
     /// Back-off between attempts ("1m", "5m", ...); the last interval repeats.
-    #[serde(deserialize_with = "durations")]
+    #[serde(with = "duration::list")]
     pub retry_intervals: Vec<Duration>,
     /// How long a message may wait before it is given up.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_queue_lifetime: Duration,
     /// Time to connect to the next hop and for each reply.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub timeout: Duration,
     /// Messages delivered at once.
     pub concurrency: usize,
@@ -292,7 +407,7 @@ pub struct DeliveryConfig {
     pub connections_per_destination: usize,
     /// Where mail for a domain goes, instead of its MX ("HOST:PORT"); for operators
     /// pinning a domain to a host, and for tests.
-    pub routes: BTreeMap<String, String>,
+    pub routes: BTreeMap<String, NextHop>,
     /// How a domain's mail must be encrypted: `opportunistic` (the default: STARTTLS when
     /// offered), `required` (never in clear: no STARTTLS or a failed handshake defers) or
     /// `verify` (required, and the certificate must be valid for the host).
@@ -343,12 +458,136 @@ impl Default for DeliveryConfig {
     }
 }
 
-fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-    let texts = Vec::<String>::deserialize(d)?;
-    texts
-        .iter()
-        .map(|t| humantime::parse_duration(t).map_err(serde::de::Error::custom))
-        .collect()
+/// Where a message goes next: a host name or IP address, and a port. Written `HOST:PORT`,
+/// `HOST` (port 25) or `[IPV6]:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NextHop {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Why a text is not a [`NextHop`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NextHopError {
+    #[error("`{0}`: missing `]`")]
+    UnclosedBracket(String),
+    #[error("`{text}`: `{port}` is not a port number")]
+    BadPort { text: String, port: String },
+    #[error("`{0}`: expected HOST:PORT")]
+    BadHost(String),
+}
+
+impl NextHop {
+    /// Parses `HOST:PORT`, `HOST` (port 25) or `[IPV6]:PORT`.
+    pub fn parse(text: &str) -> Result<NextHop, NextHopError> {
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, rest) = rest
+                .split_once(']')
+                .ok_or_else(|| NextHopError::UnclosedBracket(text.to_string()))?;
+            (host, rest.strip_prefix(':'))
+        } else {
+            match text.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (text, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse::<u16>().map_err(|_| NextHopError::BadPort {
+                text: text.to_string(),
+                port: p.to_string(),
+            })?,
+            None => 25,
+        };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(NextHopError::BadHost(text.to_string()));
+        }
+        Ok(NextHop {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for NextHop {
+    type Error = NextHopError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        NextHop::parse(&text)
+    }
+}
+
+impl fmt::Display for NextHop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// An address the relay puts in envelopes it writes itself (the sender of notices),
+/// held to the rule the session holds clients' addresses to ([`valid_address`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct EnvelopeAddress(String);
+
+/// A text that is not a plain address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a plain address (user@domain)")]
+pub struct AddressError(String);
+
+impl EnvelopeAddress {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EnvelopeAddress {
+    type Error = AddressError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        if valid_address(&text) {
+            Ok(EnvelopeAddress(text))
+        } else {
+            Err(AddressError(text))
+        }
+    }
+}
+
+impl fmt::Display for EnvelopeAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Durations as people write them ("90s", "5m", "1h 30m"), for `#[serde(with)]`; a bad one
+/// is refused with humantime's reason (an unknown unit, a missing number).
+mod duration {
+    use serde::{Deserialize, Deserializer, de::Error};
+    use std::time::Duration;
+
+    fn parse<E: Error>(text: &str) -> Result<Duration, E> {
+        humantime::parse_duration(text)
+            .map_err(|e| E::custom(format_args!("`{text}` is not a duration: {e}")))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse(&String::deserialize(d)?)
+    }
+
+    /// A list of durations.
+    pub mod list {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|text| parse(text))
+                .collect()
+        }
+    }
 }
 
 /// Where the policy chain comes from.
@@ -363,7 +602,7 @@ pub struct PoliciesConfig {
     /// loaded: a burst of writes (a copy, an editor's save) is one reload. A writer that
     /// pauses longer than this mid-file can be caught half-way; deploy by writing aside
     /// and renaming, which is always seen whole.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub settle: Duration,
     /// Compiled modules, kept so a restart does not compile unchanged modules again
     /// (default: `cache` in the spool directory). Files the relay did not write there
@@ -396,14 +635,14 @@ pub struct StoreConfig {
 pub struct RegistryConfig {
     /// A registration that has not relayed for this long is removed, and its contact told
     /// ("0s": never).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub expire_after: Duration,
     /// How often the relay writes when registrations last relayed, removes unused ones
     /// and catches up with changes it was not told of.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub check_interval: Duration,
     /// The sender of confirmations and expiry notices (default: `postmaster@HOSTNAME`).
-    pub notices_from: Option<String>,
+    pub notices_from: Option<EnvelopeAddress>,
     /// The last paragraph of every notice: how to change or remove a registration.
     pub how_to_change: String,
 }
@@ -482,10 +721,10 @@ impl Config {
 
     /// Who notices from the relay come from (default: `postmaster@HOSTNAME`).
     pub fn notices_from(&self) -> String {
-        self.registry
-            .notices_from
-            .clone()
-            .unwrap_or_else(|| format!("postmaster@{}", self.hostname))
+        match &self.registry.notices_from {
+            Some(from) => from.to_string(),
+            None => format!("postmaster@{}", self.hostname),
+        }
     }
 
     /// Reads and checks a configuration file. A missing `sluice.toml` in the working directory
@@ -506,119 +745,115 @@ impl Config {
 
     /// Parses configuration text; `path` is only for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| ConfigError::parse(path, text, e))?;
         config.check(path)?;
         Ok(config)
     }
 
+    /// The rules no single value can break alone: bounds, and keys that go together.
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message: message.to_string(),
-        };
+        let invalid =
+            |key: &'static str, reason: String| Err(ConfigError::invalid(path, key, reason));
         if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
-            return Err(invalid("hostname", "must be a domain name"));
+            return invalid("hostname", "must be a domain name".into());
         }
         if self.listeners.is_empty() {
-            return Err(invalid("listener", "at least one [[listener]] is needed"));
-        }
-        if self.tls.cert.is_some() != self.tls.key.is_some() {
-            return Err(invalid("tls", "set both `cert` and `key`, or neither"));
-        }
-        let l = &self.limits;
-        if l.max_recipients == 0 {
-            return Err(invalid("limits.max_recipients", "must be at least 1"));
-        }
-        if l.max_message_size < 1024 {
-            return Err(invalid(
-                "limits.max_message_size",
-                "must be at least 1024 bytes",
-            ));
-        }
-        if l.command_line_length < 512 {
-            // RFC 5321 4.5.3.1.4: a server must take command lines of 512 octets.
-            return Err(invalid(
-                "limits.command_line_length",
-                "must be at least 512",
-            ));
-        }
-        if l.text_line_length < 998 {
-            return Err(invalid(
-                "limits.text_line_length",
-                "must be at least 998 (RFC 5321)",
-            ));
-        }
-        if l.max_connections == 0 || l.max_connections_per_ip == 0 {
-            return Err(invalid("limits.max_connections", "must be at least 1"));
-        }
-        if self.delivery.retry_intervals.is_empty() {
-            return Err(invalid(
-                "delivery.retry_intervals",
-                "must list at least one interval",
-            ));
-        }
-        if self.delivery.concurrency == 0 {
-            return Err(invalid("delivery.concurrency", "must be at least 1"));
-        }
-        if let Some(host) = &self.delivery.smarthost {
-            crate::delivery::NextHop::parse(host).map_err(|e| invalid("delivery.smarthost", &e))?;
-        }
-        if self.delivery.connections_per_destination == 0 {
-            return Err(invalid(
-                "delivery.connections_per_destination",
-                "must be at least 1",
-            ));
-        }
-        if let Some(dkim) = &self.dkim {
-            if dkim.active_key().is_none() {
-                return Err(invalid(
-                    "dkim.key",
-                    &format!(
-                        "no key for selector {:?}: set `key`, or `keys.{0}`",
-                        dkim.selector
-                    ),
-                ));
-            }
-            if dkim.headers.is_empty()
-                || !dkim.headers.iter().any(|h| h.eq_ignore_ascii_case("From"))
-            {
-                return Err(invalid("dkim.headers", "must include From (RFC 6376 5.4)"));
-            }
+            return invalid("listener", "at least one [[listener]] is needed".into());
         }
         if let Some(l) = self
             .listeners
             .iter()
             .find(|l| l.proxy_protocol && l.proxy_from.is_empty())
         {
-            return Err(invalid(
+            return invalid(
                 "listener.proxy_from",
-                &format!(
+                format!(
                     "listener {}: proxy_protocol needs proxy_from, the load balancers' addresses",
                     l.addr
                 ),
-            ));
+            );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls", "set both `cert` and `key`, or neither".into());
+        }
+        self.limits.check(path)?;
+        self.delivery.check(path)?;
+        if let Some(dkim) = &self.dkim {
+            dkim.check(path)?;
         }
         if self.auth.max_failures == 0 {
-            return Err(invalid("auth.max_failures", "must be at least 1"));
+            return invalid("auth.max_failures", "must be at least 1".into());
         }
         if self.registry.check_interval < Duration::from_millis(100) {
-            return Err(invalid("registry.check_interval", "must be at least 100ms"));
+            return invalid("registry.check_interval", "must be at least 100ms".into());
         }
-        if let Some(from) = &self.registry.notices_from
-            && !crate::smtp::valid_address(from)
-        {
-            return Err(invalid(
-                "registry.notices_from",
-                "must be a plain address (user@domain)",
+        Ok(())
+    }
+}
+
+impl Limits {
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &'static str, reason: &str| Err(ConfigError::invalid(path, key, reason));
+        if self.max_recipients == 0 {
+            return invalid("limits.max_recipients", "must be at least 1");
+        }
+        if self.max_message_size < 1024 {
+            return invalid("limits.max_message_size", "must be at least 1024 bytes");
+        }
+        if self.command_line_length < 512 {
+            // RFC 5321 4.5.3.1.4: a server must take command lines of 512 octets.
+            return invalid("limits.command_line_length", "must be at least 512");
+        }
+        if self.text_line_length < 998 {
+            return invalid("limits.text_line_length", "must be at least 998 (RFC 5321)");
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return invalid("limits.max_connections", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl DeliveryConfig {
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &'static str, reason: &str| Err(ConfigError::invalid(path, key, reason));
+        if self.retry_intervals.is_empty() {
+            return invalid(
+                "delivery.retry_intervals",
+                "must list at least one interval",
+            );
+        }
+        if self.concurrency == 0 {
+            return invalid("delivery.concurrency", "must be at least 1");
+        }
+        if self.connections_per_destination == 0 {
+            return invalid("delivery.connections_per_destination", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl DkimConfig {
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.active_key().is_none() {
+            return Err(ConfigError::invalid(
+                path,
+                "dkim.key",
+                format!(
+                    "no key for selector {:?}: set `key`, or `keys.{0}`",
+                    self.selector
+                ),
             ));
         }
-        for (domain, host) in &self.delivery.routes {
-            crate::delivery::NextHop::parse(host)
-                .map_err(|e| invalid("delivery.routes", &format!("{domain}: {e}")))?;
+        if !self.headers.iter().any(|h| h.eq_ignore_ascii_case("From")) {
+            return Err(ConfigError::invalid(
+                path,
+                "dkim.headers",
+                "must include From (RFC 6376 5.4)",
+            ));
         }
         Ok(())
     }
@@ -654,6 +889,13 @@ dir = "policies.d"
         assert_eq!(c.delivery.retry_intervals[1], Duration::from_secs(300));
     }
 
+    /// The message `sluice check-config` (and `serve`) prints for `text` as `s.toml`.
+    fn error(text: &str) -> String {
+        Config::parse(text, Path::new("s.toml"))
+            .expect_err("refused")
+            .to_string()
+    }
+
     #[test]
     fn errors_name_the_file_and_key() {
         let e = Config::parse("[limits]\nmax_recipients = 0\n", Path::new("s.toml")).unwrap_err();
@@ -663,5 +905,167 @@ dir = "policies.d"
         );
         let e = Config::parse("[limits]\nmax_recipient = 5\n", Path::new("s.toml")).unwrap_err();
         assert!(e.to_string().contains("max_recipient"), "{e}");
+    }
+
+    #[test]
+    fn values_are_read_into_their_types() {
+        let text = r#"
+[delivery]
+smarthost = "[::1]:2600"
+retry_intervals = ["90s", "1h 30m"]
+routes = { "bank.example" = "mx.bank.example" }
+tls_policy = { "bank.example" = "verify" }
+[registry]
+notices_from = "relay-admin@example.edu"
+[dkim]
+domain = "example.edu"
+selector = "s1"
+key = "s1.pem"
+canonicalization = "simple"
+"#;
+        let c = Config::parse(text, Path::new("s.toml")).unwrap();
+        let d = &c.delivery;
+        assert_eq!(
+            d.smarthost,
+            Some(NextHop {
+                host: "::1".into(),
+                port: 2600
+            })
+        );
+        assert_eq!(d.routes["bank.example"].port, 25);
+        assert_eq!(d.tls_policy["bank.example"], TlsRule::Verify);
+        assert_eq!(d.retry_intervals[1], Duration::from_secs(5400));
+        assert_eq!(c.notices_from(), "relay-admin@example.edu");
+        let dkim = c.dkim.unwrap();
+        assert_eq!(
+            (dkim.canonicalization.header, dkim.canonicalization.body),
+            (Canon::Simple, Canon::Simple),
+            "a lone word is the header's; the body's is simple"
+        );
+    }
+
+    #[test]
+    fn next_hops_read_as_host_and_port() {
+        assert_eq!(
+            NextHop::parse("127.0.0.1:2600"),
+            Ok(NextHop {
+                host: "127.0.0.1".into(),
+                port: 2600
+            })
+        );
+        assert_eq!(NextHop::parse("mx.example.edu").unwrap().port, 25);
+        assert_eq!(NextHop::parse("[::1]:26").unwrap().to_string(), "[::1]:26");
+        assert!(matches!(
+            NextHop::parse("host:port"),
+            Err(NextHopError::BadPort { .. })
+        ));
+        assert!(matches!(
+            NextHop::parse("[::1:26"),
+            Err(NextHopError::UnclosedBracket(_))
+        ));
+        assert!(matches!(
+            NextHop::parse(":25"),
+            Err(NextHopError::BadHost(_))
+        ));
+    }
+
+    #[test]
+    fn a_bad_next_hop_names_the_file_line_and_key() {
+        assert_eq!(
+            error(
+                "hostname = \"relay.example.edu\"\n[delivery]\nsmarthost = \"relay.example.edu:smtp\"\n"
+            ),
+            "s.toml:3: key `delivery.smarthost`: `relay.example.edu:smtp`: `smtp` is not a port number"
+        );
+        let e = error("[delivery.routes]\n\"bank.example\" = \"mx bank:25\"\n");
+        assert!(
+            e.starts_with(
+                "s.toml:2: key `delivery.routes.bank.example`: `mx bank:25`: expected HOST:PORT"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_address_names_the_file_and_key() {
+        let e = error("[registry]\nnotices_from = \"postmaster\"\n");
+        assert_eq!(
+            e,
+            "s.toml:2: key `registry.notices_from`: `postmaster` is not a plain address (user@domain)"
+        );
+        let e = error("[registry]\nnotices_from = \"a@b> X=y\"\n");
+        assert!(e.contains("key `registry.notices_from`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_file_key_and_reason() {
+        let e = error("[limits]\ncommand_timeout = \"5 minuts\"\n");
+        assert!(
+            e.starts_with("s.toml:2: key `limits.command_timeout`: `5 minuts` is not a duration: unknown time unit \"minuts\""),
+            "{e}"
+        );
+        let e = error("[delivery]\nretry_intervals = [\"1m\", \"soon\"]\n");
+        assert!(
+            e.starts_with("s.toml:2: key `delivery.retry_intervals`: `soon` is not a duration"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_canonicalization_names_the_file_and_key() {
+        let e = error(
+            "[dkim]\ndomain = \"example.edu\"\nselector = \"s1\"\nkey = \"k.pem\"\ncanonicalization = \"relaxed/loose\"\n",
+        );
+        assert_eq!(
+            e,
+            "s.toml:5: key `dkim.canonicalization`: `loose` is neither relaxed nor simple (write HEADER/BODY, as relaxed/relaxed)"
+        );
+    }
+
+    #[test]
+    fn a_bad_tls_rule_names_the_file_and_key() {
+        let e = error("[delivery.tls_policy]\n\"bank.example\" = \"sometimes\"\n");
+        assert!(
+            e.starts_with(
+                "s.toml:2: key `delivery.tls_policy.bank.example`: unknown variant `sometimes`"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_mistake_in_the_toml_itself_names_the_line() {
+        let e = error("hostname = \"relay.example.edu\"\n[limits\n");
+        assert!(e.starts_with("s.toml:2: "), "{e}");
+        assert!(!e.contains("key"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn the_cause_is_kept() {
+        let e = Config::parse("[delivery]\ntimeout = 5\n", Path::new("s.toml")).unwrap_err();
+        let ConfigError::Parse { key, source, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(key.as_deref(), Some("delivery.timeout"));
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(source.message().contains("invalid type"), "{source}");
+    }
+
+    #[test]
+    fn check_config_reads_the_file_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "[delivery]\nsmarthost = \"relay:smtp\"\n").unwrap();
+        let e = Config::load(Some(path.as_path())).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:2: key `delivery.smarthost`", path.display())),
+            "{e}"
+        );
+        let missing = dir.path().join("none.toml");
+        assert!(matches!(
+            Config::load(Some(missing.as_path())),
+            Err(ConfigError::Read { .. })
+        ));
     }
 }

@@ -7,7 +7,7 @@
 //! reload` (or SIGHUP) reads the section again and switches at once, without a restart.
 //! A section that fails to load keeps the signer that was running.
 
-use crate::config::DkimConfig;
+use crate::config::{Canon, DkimConfig};
 use anyhow::{Context, bail};
 use arc_swap::ArcSwapOption;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
@@ -34,12 +34,11 @@ pub struct Signer {
 impl Signer {
     /// Loads every key of the section and builds the signer of `selector`.
     pub fn load(config: &DkimConfig) -> anyhow::Result<Signer> {
-        let (header_c, body_c) = canonicalization(&config.canonicalization)?;
         let template = Template {
             domain: &config.domain,
             headers: &config.headers,
-            header_c,
-            body_c,
+            header_c: canonicalization(config.canonicalization.header),
+            body_c: canonicalization(config.canonicalization.body),
         };
         let load = |selector: &str, path: &Path| {
             load_key(path, selector, &template)
@@ -81,14 +80,12 @@ impl Signer {
     }
 }
 
-fn canonicalization(text: &str) -> anyhow::Result<(Canonicalization, Canonicalization)> {
-    let one = |c: &str| match c {
-        "relaxed" => Ok(Canonicalization::Relaxed),
-        "simple" => Ok(Canonicalization::Simple),
-        other => bail!("dkim.canonicalization: {other:?} is neither relaxed nor simple"),
-    };
-    let (header, body) = text.split_once('/').unwrap_or((text, "simple"));
-    Ok((one(header)?, one(body)?))
+/// The configuration's word for a canonicalization, in mail-auth's.
+fn canonicalization(canon: Canon) -> Canonicalization {
+    match canon {
+        Canon::Relaxed => Canonicalization::Relaxed,
+        Canon::Simple => Canonicalization::Simple,
+    }
 }
 
 /// What every signer of the section shares.

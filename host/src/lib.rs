@@ -10,11 +10,14 @@
 //! ```
 //!
 //! - [`auth`] — SMTP AUTH on the submission listeners, and their users.
-//! - [`admin`] — the control socket for `sluice status` and `sluice reload`.
-//! - [`cli`] — `sluice policy check/test` and `sluice session`: trying policies before they go live.
+//! - [`admin`] — the control socket the postmaster's commands (status, reload, queue,
+//!   registry) talk to the running relay through: typed requests and answers.
+//! - [`cli`] — the commands besides `serve`: status, reload, queue, registry, user, policy
+//!   check/test, session.
 //! - [`config`] — `sluice.toml`.
 //! - [`smtp`] — the SMTP server: sessions, one file per stage, strict DATA reading.
 //! - [`policy`] — the wasmtime runtime, the chain, the host functions modules import.
+//! - [`protocol`] — what SMTP defines, below `config` and `smtp`: valid envelope addresses.
 //! - [`queue`] — the spool on disk and the scheduler of delivery attempts.
 //! - [`dkim`] — DKIM signing of accepted messages.
 //! - [`delivery`] — the outbound SMTP client and the per-attempt log.
@@ -31,6 +34,7 @@ pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod policy;
+pub mod protocol;
 pub mod queue;
 pub mod registry;
 pub mod reloadable;

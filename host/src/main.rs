@@ -1,6 +1,7 @@
 //! The `sluice` command.
 
 use clap::{Parser, Subcommand};
+use sluice::admin::QueueOrder;
 use sluice::cli;
 use sluice::config::Config;
 use std::io::IsTerminal;
@@ -221,15 +222,17 @@ fn main() -> ExitCode {
             match command {
                 QueueCommand::List => cli::queue::list(&config),
                 QueueCommand::Show { id } => cli::queue::show(&config, &id),
-                QueueCommand::Flush => cli::queue::order(&config, "flush"),
-                QueueCommand::Hold { id } => cli::queue::order(&config, &format!("hold {id}")),
+                QueueCommand::Flush => cli::queue::order(&config, QueueOrder::Flush),
+                QueueCommand::Hold { id } => cli::queue::order(&config, QueueOrder::Hold { id }),
                 QueueCommand::Release { id } => {
-                    cli::queue::order(&config, &format!("release {id}"))
+                    cli::queue::order(&config, QueueOrder::Release { id })
                 }
                 QueueCommand::Delete { id: Some(id), .. } => {
-                    cli::queue::order(&config, &format!("delete {id}"))
+                    cli::queue::order(&config, QueueOrder::Delete { id })
                 }
-                QueueCommand::Delete { id: None, .. } => cli::queue::order(&config, "delete-all"),
+                QueueCommand::Delete { id: None, .. } => {
+                    cli::queue::order(&config, QueueOrder::DeleteAll)
+                }
             }
         }
         Command::Registry { config, command } => {

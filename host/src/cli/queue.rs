@@ -6,6 +6,7 @@
 //! control socket, so it never races a delivery attempt; when no relay is running, the
 //! spool is changed directly.
 
+use crate::admin::{QueueOrder, Request};
 use crate::config::Config;
 use crate::queue::{self, Envelope, MessageOrder, RecipientStatus, Spool};
 use std::io::ErrorKind;
@@ -110,18 +111,19 @@ fn print_envelope(e: &Envelope) {
 
 /// `sluice queue flush|hold|release|delete`: through the running relay, or on the spool
 /// when none runs.
-pub fn order(config: &Config, command: &str) -> ExitCode {
-    match super::ask(config, &format!("queue {command}")) {
+pub fn order(config: &Config, order: QueueOrder) -> ExitCode {
+    match super::ask(config, &Request::Queue(order.clone())) {
         Ok(code) => code,
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-            offline(config, command)
+        Err(e) if e.not_running() => offline(config, order),
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
         }
-        Err(e) => fail(e),
     }
 }
 
 /// The relay is not running: the spool is changed directly.
-fn offline(config: &Config, command: &str) -> ExitCode {
+fn offline(config: &Config, order: QueueOrder) -> ExitCode {
     if Spool::in_use(&config.spool.dir).unwrap_or(false) {
         eprintln!(
             "sluice: a relay is running on {} but its control socket {} does not answer; nothing done",
@@ -134,25 +136,22 @@ fn offline(config: &Config, command: &str) -> ExitCode {
         Ok(spool) => spool,
         Err(e) => return fail(e),
     };
-    let words: Vec<&str> = command.split_whitespace().collect();
-    let (order, ids) = match words.as_slice() {
-        ["flush"] => {
+    let (order, ids) = match order {
+        QueueOrder::Flush => {
             println!("the relay is not running; it tries every queued message when it starts");
             return ExitCode::SUCCESS;
         }
-        ["delete-all"] => (MessageOrder::Delete, spool.list().unwrap_or_default()),
-        ["hold", id] => (MessageOrder::Hold, vec![id.to_string()]),
-        ["release", id] => (MessageOrder::Release, vec![id.to_string()]),
-        ["delete", id] => (MessageOrder::Delete, vec![id.to_string()]),
-        _ => {
-            eprintln!("sluice: unknown queue command {command:?}");
-            return ExitCode::from(2);
-        }
+        QueueOrder::DeleteAll => (MessageOrder::Delete, spool.list().unwrap_or_default()),
+        QueueOrder::Hold { id } => (MessageOrder::Hold, vec![id]),
+        QueueOrder::Release { id } => (MessageOrder::Release, vec![id]),
+        QueueOrder::Delete { id } => (MessageOrder::Delete, vec![id]),
     };
     let mut code = ExitCode::SUCCESS;
     for id in ids {
         match spool.apply(&id, order) {
-            Ok(text) => println!("ok: {id}: {text} (the relay is not running: done on the spool)"),
+            Ok(outcome) => {
+                println!("ok: {id}: {outcome} (the relay is not running: done on the spool)")
+            }
             Err(e) => {
                 eprintln!("sluice: {id}: {e}");
                 code = ExitCode::FAILURE;

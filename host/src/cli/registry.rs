@@ -6,12 +6,13 @@
 //! queues the confirmation a registration leaves in the outbox. With no relay running, the
 //! change waits in the database and the notice goes out when the relay starts.
 
+use crate::admin::{self, Answer, Request};
 use crate::config::Config;
+use crate::protocol::address::valid_address;
 use crate::queue;
 use crate::registry::notice::{self, Wording};
 use crate::registry::store::Store;
 use crate::registry::table::{Registration, display, parse_network};
-use crate::smtp::valid_address;
 use sluice_sdk::Address;
 use std::process::ExitCode;
 
@@ -244,13 +245,18 @@ enum Told {
 
 /// Tells the running relay that the registry changed, and waits until it has read it.
 fn tell_relay(config: &Config) -> Told {
-    match crate::admin::request(&config.admin_socket(), "registry changed") {
-        Ok(answer) if answer.starts_with("ok") => Told::Done,
+    match admin::request(&config.admin_socket(), &Request::RegistryChanged) {
+        Ok(Answer::RegistryRead) => Told::Done,
         Ok(answer) => {
-            eprintln!("sluice: the relay: {answer}");
+            let error = super::said(&answer).err().unwrap_or_default();
+            eprintln!("sluice: the relay: {error}");
             Told::Failed
         }
-        Err(_) => Told::NotRunning,
+        Err(e) if e.not_running() => Told::NotRunning,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            Told::Failed
+        }
     }
 }
 

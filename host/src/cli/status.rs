@@ -1,6 +1,6 @@
 //! `sluice status` and `sluice reload`: asking the running relay, over its control socket.
 
-use crate::admin;
+use crate::admin::{self, Answer, Request};
 use crate::config::Config;
 use crate::policy::reload::Status;
 use std::process::ExitCode;
@@ -9,17 +9,11 @@ use std::time::{Duration, UNIX_EPOCH};
 /// Prints the running chain: each module's name, source, content hash, mode and counts
 /// since it was loaded, and the last reload (and its error, if it failed).
 pub fn status(config: &Config) -> ExitCode {
-    let answer = match admin::request(&config.admin_socket(), "status") {
-        Ok(answer) => answer,
+    let status: Status = match admin::request(&config.admin_socket(), &Request::Status) {
+        Ok(Answer::Status(status)) => status,
+        Ok(other) => return super::print(&other),
         Err(e) => {
             eprintln!("sluice: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let status: Status = match serde_json::from_str(&answer) {
-        Ok(status) => status,
-        Err(_) => {
-            eprintln!("sluice: {answer}");
             return ExitCode::FAILURE;
         }
     };
@@ -85,7 +79,7 @@ pub fn status(config: &Config) -> ExitCode {
 
 /// Asks the relay to reload its policy chain now; fails when the new chain does not load.
 pub fn reload(config: &Config) -> ExitCode {
-    super::ask(config, "reload").unwrap_or_else(|e| {
+    super::ask(config, &Request::Reload).unwrap_or_else(|e| {
         eprintln!("sluice: {e}");
         ExitCode::FAILURE
     })

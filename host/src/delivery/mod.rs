@@ -65,7 +65,7 @@ impl Delivery {
         hostname: String,
         dkim: Arc<Dkim>,
     ) -> anyhow::Result<Self> {
-        let router = Router::new(&config).map_err(|e| anyhow::anyhow!(e))?;
+        let router = Router::new(&config);
         let connectors = Connectors {
             unverified: mail_send::smtp::tls::build_tls_connector(true)
                 .map_err(|e| anyhow::anyhow!("outbound TLS: {e}"))?,

@@ -5,54 +5,9 @@ use crate::config::DeliveryConfig;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
 use std::collections::HashMap;
-use std::fmt;
 
-/// Where a message goes next: a host name or IP address and a port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct NextHop {
-    pub host: String,
-    pub port: u16,
-}
-
-impl NextHop {
-    /// Parses `HOST:PORT`, `HOST` (port 25) or `[IPV6]:PORT`.
-    pub fn parse(text: &str) -> Result<NextHop, String> {
-        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (host, rest) = rest
-                .split_once(']')
-                .ok_or_else(|| format!("`{text}`: missing `]`"))?;
-            (host, rest.strip_prefix(':'))
-        } else {
-            match text.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (text, None),
-            }
-        };
-        let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| format!("`{text}`: `{p}` is not a port number"))?,
-            None => 25,
-        };
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(format!("`{text}`: expected HOST:PORT"));
-        }
-        Ok(NextHop {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for NextHop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
+// Defined with the configuration, which reads next hops from `sluice.toml`.
+pub use crate::config::NextHop;
 
 /// What routing found for a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,21 +30,14 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(config: &DeliveryConfig) -> Result<Router, String> {
+    /// Routing by `config`'s routes and smarthost, else by MX.
+    pub fn new(config: &DeliveryConfig) -> Router {
         let routes = config
             .routes
             .iter()
-            .map(|(domain, hop)| {
-                let hop = NextHop::parse(hop).map_err(|e| format!("delivery.routes: {e}"))?;
-                Ok((normalise(domain), hop))
-            })
-            .collect::<Result<_, String>>()?;
-        let smarthost = config
-            .smarthost
-            .as_deref()
-            .map(NextHop::parse)
-            .transpose()
-            .map_err(|e| format!("delivery.smarthost: {e}"))?;
+            .map(|(domain, hop)| (normalise(domain), hop.clone()))
+            .collect();
+        let smarthost = config.smarthost.clone();
         let resolver = match TokioResolver::builder_tokio().and_then(|b| b.build()) {
             Ok(resolver) => Some(resolver),
             Err(e) => {
@@ -97,11 +45,11 @@ impl Router {
                 None
             }
         };
-        Ok(Router {
+        Router {
             routes,
             smarthost,
             resolver,
-        })
+        }
     }
 
     /// Where mail for `domain` goes: its route, else the smarthost, else its MX hosts.
@@ -187,20 +135,6 @@ fn random() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_next_hops() {
-        assert_eq!(
-            NextHop::parse("127.0.0.1:2600").unwrap(),
-            NextHop {
-                host: "127.0.0.1".into(),
-                port: 2600
-            }
-        );
-        assert_eq!(NextHop::parse("mx.example.edu").unwrap().port, 25);
-        assert_eq!(NextHop::parse("[::1]:26").unwrap().host, "::1");
-        assert!(NextHop::parse("host:port").is_err());
-    }
 
     #[test]
     fn orders_mx_by_preference_and_shuffles_equals() {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
-pub use runner::{MessageOrder, Order};
+pub use runner::{MessageOrder, Order, OrderOutcome};
 pub use spool::Spool;
 
 /// A queued message's envelope and delivery state.
@@ -168,7 +168,7 @@ impl Queue {
     }
 
     /// Holds, releases or deletes a message, once no attempt is delivering it.
-    pub async fn order(&self, id: &str, order: MessageOrder) -> Result<String, String> {
+    pub async fn order(&self, id: &str, order: MessageOrder) -> Result<OrderOutcome, String> {
         let (answer, answered) = oneshot::channel();
         self.runner
             .send(Order::Message(id.to_string(), order, answer))
@@ -178,8 +178,8 @@ impl Queue {
             .map_err(|_| "the queue runner has stopped".to_string())?
     }
 
-    /// Deletes every message (held ones too).
-    pub async fn delete_all(&self) -> Result<String, String> {
+    /// Deletes every message (held ones too); says how many.
+    pub async fn delete_all(&self) -> Result<usize, String> {
         let spool = self.spool.clone();
         let ids = tokio::task::spawn_blocking(move || spool.list())
             .await
@@ -191,7 +191,7 @@ impl Queue {
                 deleted += 1;
             }
         }
-        Ok(format!("{deleted} deleted"))
+        Ok(deleted)
     }
 }
 

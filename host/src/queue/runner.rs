@@ -7,6 +7,7 @@
 
 use super::Spool;
 use crate::delivery::{Attempted, Delivery};
+use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub enum Order {
 }
 
 /// Where the runner says what became of an order: what was done, or why nothing was.
-pub type Answer = oneshot::Sender<Result<String, String>>;
+pub type Answer = oneshot::Sender<Result<OrderOutcome, String>>;
 
 /// What a postmaster may do to one queued message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,32 @@ pub enum MessageOrder {
     Release,
     /// Remove it from the queue.
     Delete,
+}
+
+/// What a postmaster's order did to a message (the control socket carries it to the
+/// command, which words it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderOutcome {
+    Held,
+    /// A hold for a message already held: nothing changed.
+    AlreadyHeld,
+    Released,
+    /// A release for a message not held: it is tried now all the same.
+    NotHeld,
+    Deleted,
+}
+
+impl std::fmt::Display for OrderOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OrderOutcome::Held => "held",
+            OrderOutcome::AlreadyHeld => "already held",
+            OrderOutcome::Released => "released",
+            OrderOutcome::NotHeld => "not held",
+            OrderOutcome::Deleted => "deleted",
+        })
+    }
 }
 
 /// The runner's book of messages. A message is either waiting (in `waiting`, with the
@@ -136,7 +163,7 @@ impl Book {
     }
 
     /// Keeps the book in step with an order carried out.
-    fn after(&mut self, id: &str, order: MessageOrder, result: &Result<String, String>) {
+    fn after(&mut self, id: &str, order: MessageOrder, result: &Result<OrderOutcome, String>) {
         match (order, result) {
             (MessageOrder::Release, Ok(_)) => self.schedule(id.to_string(), Instant::now()),
             // Its entry in `due` is stale now, and skipped when it comes up.
@@ -149,19 +176,19 @@ impl Book {
 }
 
 /// Carries out a postmaster's order on the spool (the message is not being delivered).
-async fn apply(spool: &Arc<Spool>, id: &str, order: MessageOrder) -> Result<String, String> {
+async fn apply(spool: &Arc<Spool>, id: &str, order: MessageOrder) -> Result<OrderOutcome, String> {
     let (spool, owned) = (spool.clone(), id.to_string());
     let done = tokio::task::spawn_blocking(move || spool.apply(&owned, order)).await;
     let result = match done {
-        Ok(Ok(text)) => Ok(text),
+        Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(format!("{id}: no such message in the queue"))
         }
         Ok(Err(e)) => Err(format!("{id}: {e}")),
         Err(e) => Err(format!("{id}: {e}")),
     };
-    if let Ok(text) = &result {
-        tracing::info!(target: "sluice::queue", "{id}: {text} by postmaster");
+    if let Ok(outcome) = &result {
+        tracing::info!(target: "sluice::queue", "{id}: {outcome} by postmaster");
     }
     result
 }

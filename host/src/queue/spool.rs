@@ -38,7 +38,7 @@
 //! `SPOOL/lock` is locked (flock) by the relay that owns the spool.
 
 use super::Envelope;
-use super::runner::MessageOrder;
+use super::runner::{MessageOrder, OrderOutcome};
 use crate::config::SpoolSync;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -119,23 +119,31 @@ impl Spool {
 
     /// Carries out a postmaster's order on a message that is not being delivered; says
     /// what was done.
-    pub fn apply(&self, id: &str, order: MessageOrder) -> io::Result<String> {
+    pub fn apply(&self, id: &str, order: MessageOrder) -> io::Result<OrderOutcome> {
         check_id(id)?;
         if order == MessageOrder::Delete {
             // Unlike a delivered message, a deleted one must not come back after a crash.
             self.remove(id)?;
             self.sync_queue()?;
-            return Ok("deleted".into());
+            return Ok(OrderOutcome::Deleted);
         }
         let mut envelope = self.envelope(id)?;
         let hold = order == MessageOrder::Hold;
         if envelope.hold == hold {
-            return Ok(if hold { "already held" } else { "not held" }.into());
+            return Ok(if hold {
+                OrderOutcome::AlreadyHeld
+            } else {
+                OrderOutcome::NotHeld
+            });
         }
         envelope.hold = hold;
         envelope.next_attempt = 0;
         self.update(&envelope)?;
-        Ok(if hold { "held" } else { "released" }.into())
+        Ok(if hold {
+            OrderOutcome::Held
+        } else {
+            OrderOutcome::Released
+        })
     }
 
     /// Writes a new message durably; when this returns Ok the message survives a crash.
@@ -429,18 +437,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         spool.store(envelope("C1"), b"x\r\n").unwrap();
-        assert_eq!(spool.apply("C1", MessageOrder::Hold).unwrap(), "held");
+        assert_eq!(
+            spool.apply("C1", MessageOrder::Hold).unwrap().to_string(),
+            "held"
+        );
         assert!(spool.envelope("C1").unwrap().hold);
         assert_eq!(
-            spool.apply("C1", MessageOrder::Hold).unwrap(),
+            spool.apply("C1", MessageOrder::Hold).unwrap().to_string(),
             "already held"
         );
         assert_eq!(
-            spool.apply("C1", MessageOrder::Release).unwrap(),
+            spool
+                .apply("C1", MessageOrder::Release)
+                .unwrap()
+                .to_string(),
             "released"
         );
         assert!(!spool.envelope("C1").unwrap().hold);
-        assert_eq!(spool.apply("C1", MessageOrder::Delete).unwrap(), "deleted");
+        assert_eq!(
+            spool.apply("C1", MessageOrder::Delete).unwrap().to_string(),
+            "deleted"
+        );
         assert!(spool.list().unwrap().is_empty());
         let missing = spool.apply("C1", MessageOrder::Hold).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);

@@ -58,14 +58,5 @@ pub struct ServerContext {
     pub dkim: Arc<Dkim>,
 }
 
-/// An envelope address the relay will pass on: something@something, and nothing that
-/// could break the SMTP dialogue with the next hop. smtp-proto takes the quotes off a
-/// quoted local part, so `"a@b> X=y"@ours` would otherwise reach the next hop as
-/// `<a@b> X=y@ours>`: an address that smuggles another recipient or a parameter.
-pub fn valid_address(address: &str) -> bool {
-    address.len() <= 320
-        && address.contains('@')
-        && !address
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
-}
+// Defined below both `smtp` and `config`, which check addresses alike.
+pub use crate::protocol::address::valid_address;
