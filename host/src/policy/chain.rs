@@ -17,7 +17,7 @@ use super::host::{ConfigValue, DeliveryRequests, HostState, SessionFacts};
 use super::manifest::{self, Mode, ModuleSource, OnError, PolicySpec};
 use super::message::{MessageBody, MessageData};
 use super::output::{CapturedOutput, OutputBudget};
-use crate::smtp::Reply;
+use crate::protocol::Reply;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write};

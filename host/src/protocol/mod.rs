@@ -2,5 +2,9 @@
 //! `smtp` both use this module, and it uses neither.
 //!
 //! - [`address`] — which envelope addresses the relay passes on.
+//! - [`reply`] — SMTP replies.
 
 pub mod address;
+pub mod reply;
+
+pub use reply::Reply;

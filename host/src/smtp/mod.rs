@@ -7,7 +7,7 @@
 //! - [`proxy`] — the PROXY protocol header of a listener behind a load balancer.
 //! - [`data_reader`]: strict reading of the message text (no SMTP smuggling).
 //! - [`headers`] — the header section: fields for the data hook, edits, trace fields.
-//! - [`reply`] — SMTP replies.
+//! - [`reply`] — what the client is told when the policy chain refuses.
 //!
 //! The session enforces protocol and limits only; whether to relay, and every content
 //! rule, is the policy chain's.
@@ -26,7 +26,7 @@ pub mod session;
 pub mod starttls;
 pub mod stream;
 
-pub use reply::Reply;
+pub use crate::protocol::Reply;
 
 /// Time for a TLS handshake: a client that stalls in one holds a connection slot, and a
 /// real one takes milliseconds.

@@ -1,0 +1,129 @@
+//! SMTP replies: a code, an enhanced status code (RFC 3463) and text. Used by the session,
+//! which sends them, and by the policy chain, which checks the ones modules give.
+
+use std::fmt;
+
+/// One SMTP reply. Every reply after the greeting carries an enhanced status code, but for
+/// the greeting, EHLO's and 354 (RFC 2034 names the replies that carry none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: String,
+    /// One line, or several separated by `\n` (a multi-line reply, such as EHLO's).
+    pub text: String,
+}
+
+/// Longest reply text taken from a policy module; RFC 5321 4.5.3.1.5 limits a reply line to 512.
+const MAX_TEXT: usize = 400;
+
+impl Reply {
+    /// A reply from the relay's own code.
+    pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            enhanced: enhanced.to_string(),
+            text: text.into(),
+        }
+    }
+
+    /// A reply of several lines (RFC 5321 4.2.1: `250-first`, ..., `250 last`).
+    pub fn multiline(code: u16, lines: &[String]) -> Self {
+        Self::new(code, "", lines.join("\n"))
+    }
+
+    /// A reply from untrusted input (a policy module): checks the code and enhanced code
+    /// agree, and makes the text one printable line so it cannot inject SMTP replies.
+    pub fn checked(code: u16, enhanced: &str, text: &str) -> Option<Self> {
+        if !(200..600).contains(&code) || !valid_enhanced(enhanced, code) {
+            return None;
+        }
+        let mut text: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if text.len() > MAX_TEXT {
+            let cut = (0..=MAX_TEXT).rev().find(|&i| text.is_char_boundary(i))?;
+            text.truncate(cut);
+        }
+        Some(Self::new(code, enhanced, text))
+    }
+
+    /// Writes the reply in wire form: every line CRLF-terminated, each but the last with
+    /// a `-` after the code, each with the enhanced code (RFC 2034 3).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let sep = if lines.peek().is_some() { '-' } else { ' ' };
+            let line = if self.enhanced.is_empty() {
+                format!("{}{sep}{line}\r\n", self.code)
+            } else {
+                format!("{}{sep}{} {line}\r\n", self.code, self.enhanced)
+            };
+            out.extend_from_slice(line.as_bytes());
+        }
+    }
+}
+
+/// The reply on one line, for logs (the lines of a multi-line reply joined by ` / `).
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        if !self.enhanced.is_empty() {
+            write!(f, " {}", self.enhanced)?;
+        }
+        for (i, line) in self.text.split('\n').enumerate() {
+            let sep = if i == 0 { " " } else { " / " };
+            write!(f, "{sep}{line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `class.subject.detail` whose class matches the reply code's first digit (RFC 3463).
+fn valid_enhanced(enhanced: &str, code: u16) -> bool {
+    let mut parts = enhanced.split('.');
+    let (Some(class), Some(subject), Some(detail), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let number = |s: &str, max_len| {
+        !s.is_empty() && s.len() <= max_len && s.bytes().all(|b| b.is_ascii_digit())
+    };
+    number(subject, 3) && number(detail, 3) && class == (code / 100).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_refuses_mismatched_codes_and_strips_line_breaks() {
+        assert!(Reply::checked(550, "4.7.1", "x").is_none());
+        assert!(Reply::checked(550, "5.7", "x").is_none());
+        assert!(Reply::checked(700, "7.0.0", "x").is_none());
+        let r = Reply::checked(550, "5.7.1", "no\r\n250 2.0.0 smuggled").unwrap();
+        assert_eq!(r.to_string(), "550 5.7.1 no  250 2.0.0 smuggled");
+    }
+
+    fn wire(reply: &Reply) -> String {
+        let mut out = Vec::new();
+        reply.write_to(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_multiline_reply_continues_with_a_dash_and_ends_with_a_space() {
+        let reply = Reply::multiline(
+            250,
+            &["relay Hello".into(), "PIPELINING".into(), "SIZE 10".into()],
+        );
+        assert_eq!(
+            wire(&reply),
+            "250-relay Hello\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
+        assert_eq!(reply.to_string(), "250 relay Hello / PIPELINING / SIZE 10");
+        let enhanced = Reply::new(550, "5.7.1", "one\ntwo");
+        assert_eq!(wire(&enhanced), "550-5.7.1 one\r\n550 5.7.1 two\r\n");
+    }
+}
