@@ -12,7 +12,7 @@ use crate::registry::notice::{self, Wording};
 use crate::registry::store::Store;
 use crate::registry::table::{Registration, display, parse_network};
 use crate::smtp::valid_address;
-use sluice_sdk::Address;
+use sluice_mail::Address;
 use std::process::ExitCode;
 
 /// What `sluice registry add` records.

@@ -10,9 +10,6 @@ pub struct Reply {
     pub text: String,
 }
 
-/// Longest reply text taken from a policy module; RFC 5321 4.5.3.1.5 limits a reply line to 512.
-const MAX_TEXT: usize = 400;
-
 impl Reply {
     /// A reply from the relay's own code.
     pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> Self {
@@ -24,20 +21,16 @@ impl Reply {
     }
 
     /// A reply from untrusted input (a policy module): checks the code and enhanced code
-    /// agree, and makes the text one printable line so it cannot inject SMTP replies.
+    /// agree, and makes the text one printable line so it cannot inject SMTP replies. The
+    /// rules are the mail crate's (`sluice_mail::reply`), which the SDK's test session
+    /// applies too.
     pub fn checked(code: u16, enhanced: &str, text: &str) -> Option<Self> {
-        if !(200..600).contains(&code) || !valid_enhanced(enhanced, code) {
-            return None;
-        }
-        let mut text: String = text
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        if text.len() > MAX_TEXT {
-            let cut = (0..=MAX_TEXT).rev().find(|&i| text.is_char_boundary(i))?;
-            text.truncate(cut);
-        }
-        Some(Self::new(code, enhanced, text))
+        sluice_mail::reply::check_code(code, enhanced).ok()?;
+        Some(Self::new(
+            code,
+            enhanced,
+            sluice_mail::reply::clean_text(text),
+        ))
     }
 
     /// 2xx.
@@ -60,20 +53,6 @@ impl fmt::Display for Reply {
             write!(f, "{} {} {}", self.code, self.enhanced, self.text)
         }
     }
-}
-
-/// `class.subject.detail` whose class matches the reply code's first digit (RFC 3463).
-fn valid_enhanced(enhanced: &str, code: u16) -> bool {
-    let mut parts = enhanced.split('.');
-    let (Some(class), Some(subject), Some(detail), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let number = |s: &str, max_len| {
-        !s.is_empty() && s.len() <= max_len && s.bytes().all(|b| b.is_ascii_digit())
-    };
-    number(subject, 3) && number(detail, 3) && class == (code / 100).to_string()
 }
 
 #[cfg(test)]
