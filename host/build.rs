@@ -35,7 +35,15 @@ fn main() {
         "cargo:rustc-env=SLUICE_WASM_TARGET_DIR={}",
         target_dir.display()
     );
-    for path in ["wit", "sdk/src", "sdk/Cargo.toml", "policies", "Cargo.lock"] {
+    for path in [
+        "wit",
+        "sdk/src",
+        "sdk/Cargo.toml",
+        "mail/src",
+        "mail/Cargo.toml",
+        "policies",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");

@@ -11,8 +11,8 @@
 //! checked once the whole file is read ([`Config::parse`]). This module sits below every
 //! other: it uses only [`crate::protocol`].
 
-use crate::protocol::address::valid_address;
 use serde::Deserialize;
+use sluice_mail::address::valid_address;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;

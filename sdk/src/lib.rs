@@ -24,21 +24,33 @@
 //!
 //! The relay makes one instance of the struct per SMTP session (with `Default`), so
 //! fields may carry state from one hook to the next within a session.
+//!
+//! What a policy works with:
+//! - [`Decision`] — what a hook answers: a [`Verdict`], perhaps a [`Reply`] for the client,
+//!   and [`Rewrite`]s of the envelope or the header fields.
+//! - [`Context`] — what the relay lends a hook: facts about the session, the module's
+//!   configuration, the clock, counters for rate limits, the relay registry, logging.
+//! - [`Body`] — the message at the data hook, read on demand, and its [`Parsed`] view.
+//! - [`Address`], [`ascii_domain`] and [`Networks`] — addresses, domains and lists of
+//!   networks, read the way the relay reads them.
+//! - [`testing`] — unit tests in plain `cargo test`: a simulated session that calls the
+//!   hooks in SMTP order and fails the test on a decision the relay would not take.
+
+#![deny(missing_docs)]
 
 // Lets the generated bindings name this crate by its public path, as users' crates do.
 extern crate self as sluice_sdk;
 
-mod address;
 mod imports;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod mime;
 mod networks;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-pub use address::{Address, ascii_domain};
 pub use imports::{ConfigValue, Level, Registration, Standing};
 pub use networks::{Networks, NetworksError};
+// The relay's own code for addresses, domains and a parsed message: a policy compares and
+// reads them exactly as the relay does.
+pub use sluice_mail::{Address, Parsed, Part, ascii_domain};
 
 /// The bindings wit-bindgen generates for the contract (`wit/policy.wit`). Not for direct use.
 #[doc(hidden)]
@@ -53,19 +65,43 @@ pub mod __bindings {
         default_bindings_module: "::sluice_sdk::__bindings",
         runtime_path: "::sluice_sdk::__bindings::wit_bindgen::rt",
         additional_derives: [PartialEq],
+        // The parsed view is the mail crate's plain type, filled in straight from the
+        // relay's answer: natively the test session builds the same type with the same
+        // parser, so there is no second definition to convert between. (The keys name the
+        // contract's version: wit-bindgen refuses one that matches nothing.)
+        with: {
+            "sluice:policy/message@0.1.0/parsed": ::sluice_sdk::Parsed,
+            "sluice:policy/message@0.1.0/part": ::sluice_sdk::Part,
+        },
     });
 }
 
 use __bindings::sluice::policy::{message, types};
-pub use message::{Parsed, Part};
 pub use types::ConnectionInfo;
 pub use types::{Header, Reply, Rewrite, TlsInfo, Verdict};
 
 /// What a module decides at one hook: a verdict, optionally the reply to send, and rewrites.
+///
+/// Build one with the constructors — [`Decision::next`], [`accept`](Decision::accept),
+/// [`reject`](Decision::reject), [`tempfail`](Decision::tempfail),
+/// [`discard`](Decision::discard), [`quarantine`](Decision::quarantine) — and add rewrites
+/// with [`add_header`](Decision::add_header), [`set_sender`](Decision::set_sender) and the
+/// like.
+///
+/// The relay checks every decision it gets. A reply whose code does not fit the verdict
+/// (a reject with 450, a tempfail with 550) or whose enhanced status code is malformed
+/// counts as a failure of the module, and the policy's `on_error` applies; reply text with
+/// line breaks or over 400 bytes is sent cleaned and cut; a rewrite to an invalid address
+/// or header field is ignored. [`testing::Session`] applies the same checks, and fails the
+/// unit test instead.
 #[derive(Debug, Clone)]
 pub struct Decision {
+    /// What the module says: no opinion, accept, reject, tempfail, discard or quarantine.
     pub verdict: Verdict,
+    /// The reply the client gets when this decision ends the hook; `None` leaves it to the
+    /// relay (for a reject or tempfail, a generic refusal).
     pub reply: Option<Reply>,
+    /// Changes to the envelope and the header fields, applied in order.
     pub rewrites: Vec<Rewrite>,
 }
 
@@ -401,7 +437,9 @@ impl<'a> Body<'a> {
         match &self.source {
             BodySource::Relay(raw) => raw.parsed(),
             #[cfg(not(target_arch = "wasm32"))]
-            BodySource::Test(raw, view) => view.get_or_init(|| mime::parse(raw)).0.clone(),
+            BodySource::Test(raw, view) => {
+                view.get_or_init(|| sluice_mail::mime::parse(raw)).0.clone()
+            }
         }
     }
 
@@ -412,8 +450,8 @@ impl<'a> Body<'a> {
             BodySource::Relay(raw) => raw.text(max_bytes),
             #[cfg(not(target_arch = "wasm32"))]
             BodySource::Test(raw, view) => {
-                let text = &view.get_or_init(|| mime::parse(raw)).1;
-                mime::cut_text(text, max_bytes as usize).to_string()
+                let text = &view.get_or_init(|| sluice_mail::mime::parse(raw)).1;
+                sluice_mail::mime::cut_text(text, max_bytes as usize).to_string()
             }
         }
     }

@@ -9,7 +9,10 @@ pub struct Networks(Vec<IpNet>);
 
 /// A configuration entry that is neither a CIDR nor an IP address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworksError(pub String);
+pub struct NetworksError(
+    /// The entry, as written in the configuration.
+    pub String,
+);
 
 impl std::fmt::Display for NetworksError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -201,7 +201,11 @@ async fn sessions_whose_module_sleeps_do_not_hold_up_a_bystander() {
 
 #[tokio::test]
 async fn a_module_that_answers_nonsense_is_stopped() {
-    fails_closed("nonsense", "reply code 250 does not fit verdict Reject").await;
+    fails_closed(
+        "nonsense",
+        "Reject: reply code 250 does not fit the decision, which needs a 5xx code",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -236,7 +236,7 @@ async fn run_one(chain: &Arc<Chain>, s: &Scenario) -> bool {
             .filter(|_| !facts.recipients.is_empty())
         {
             let raw = crlf(message.trim_start_matches('\n'));
-            let fields: Vec<(String, String)> = sluice_sdk::mime::header_fields(&raw)
+            let fields: Vec<(String, String)> = sluice_mail::mime::header_fields(&raw)
                 .into_iter()
                 .map(|f| (f.name, f.value))
                 .collect();

@@ -8,12 +8,12 @@
 
 use crate::admin::{self, Answer, Request};
 use crate::config::Config;
-use crate::protocol::address::valid_address;
 use crate::queue;
 use crate::registry::notice::{self, Wording};
 use crate::registry::store::Store;
 use crate::registry::table::{Registration, display, parse_network};
-use sluice_sdk::Address;
+use crate::smtp::valid_address;
+use sluice_mail::Address;
 use std::process::ExitCode;
 
 /// What `sluice registry add` records.

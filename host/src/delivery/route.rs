@@ -93,7 +93,7 @@ impl Router {
 /// its ASCII (IDNA) form, so `Bank.Example.` and `bank.example` are one domain.
 pub fn normalise(domain: &str) -> String {
     let domain = domain.trim_end_matches('.');
-    sluice_sdk::ascii_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase())
+    sluice_mail::ascii_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase())
 }
 
 /// MX records to next hops: by preference, equal preferences in random order (RFC 5321

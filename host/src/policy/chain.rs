@@ -19,6 +19,7 @@ use super::message::{MessageBody, MessageData};
 use super::output::{CapturedOutput, OutputBudget};
 use crate::protocol::Reply;
 use serde::{Deserialize, Serialize};
+use sluice_mail::reply::ReplyClass;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write};
 use std::path::Path;
@@ -810,19 +811,18 @@ fn check_decision(d: types::Decision) -> Result<(Verdict, Option<Reply>, Vec<Rew
         None => None,
         Some(r) => {
             let class = match verdict {
-                Verdict::Reject => 5,
-                Verdict::Tempfail => 4,
-                _ => 2,
+                Verdict::Reject => ReplyClass::Permanent,
+                Verdict::Tempfail => ReplyClass::Transient,
+                _ => ReplyClass::Positive,
             };
-            if r.code / 100 != class || r.code % 100 > 59 {
-                return Err(format!(
-                    "reply code {} does not fit verdict {verdict:?}",
-                    r.code
-                ));
-            }
-            let reply = Reply::checked(r.code, &r.enhanced, &r.text)
-                .ok_or_else(|| format!("invalid reply {} {} {:?}", r.code, r.enhanced, r.text))?;
-            Some(reply)
+            // The rule the SDK's test session applies too (one definition, in the mail crate).
+            sluice_mail::reply::check(class, r.code, &r.enhanced)
+                .map_err(|e| format!("{verdict:?}: {e}"))?;
+            Some(Reply::new(
+                r.code,
+                &r.enhanced,
+                sluice_mail::reply::clean_text(&r.text),
+            ))
         }
     };
     let rewrites = d

@@ -1,11 +1,12 @@
 //! Counters with a time window, shared by every session of this node: what modules use
 //! for rate limits (`counters.incr` in the contract).
 //!
-//! A count over the last `window` is estimated from two fixed windows (the current one,
-//! and the previous one weighted by how much of it still lies inside the last `window`),
-//! the "sliding window counter" of rate limiters: constant memory per key and no burst of
-//! twice the limit at a window's edge, as plain fixed windows allow.
+//! How one counter counts (a "sliding window counter" estimated from two fixed windows)
+//! and how long a key may be are the mail crate's (`sluice_mail::counter`), so that the
+//! SDK's test session counts as the relay does. This module keeps the counters: each
+//! module's apart, and within a bound.
 
+use sluice_mail::counter::{self, Counter};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,16 +15,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// first, then the one unused longest: a module that invents keys without end wears out
 /// only its own counters, never another module's, and never the relay's memory.
 const MAX_KEYS_PER_MODULE: usize = 50_000;
-/// Longest key kept; a longer one is cut.
-const MAX_KEY_LEN: usize = 256;
-
-/// One counter: the start of its current fixed window and the counts of it and the one before.
+/// One counter, and when it was last counted or read (for eviction).
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    window_start_ms: u64,
-    current: u64,
-    previous: u64,
-    /// When it was last counted or read, for eviction.
+    counter: Counter,
     used_ms: u64,
 }
 
@@ -40,34 +35,18 @@ impl Counters {
     /// Adds `add` (0 or 1) to the counter `key` of `module` and returns the count over the
     /// last `window_secs`, as of `now_ms`.
     pub fn count(&self, module: &str, key: &str, window_secs: u32, add: u64, now_ms: u64) -> u64 {
-        let window_ms = u64::from(window_secs.max(1)) * 1000;
-        let start = now_ms - now_ms % window_ms;
-        let key = (
-            sluice_sdk::mime::cut_text(key, MAX_KEY_LEN).to_string(),
-            window_secs,
-        );
+        let key = (counter::key(key).to_string(), window_secs);
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         let slots = modules.entry(module.to_string()).or_default();
         if !slots.contains_key(&key) && slots.len() >= MAX_KEYS_PER_MODULE {
             make_room(slots, now_ms);
         }
         let slot = slots.entry(key).or_insert(Slot {
-            window_start_ms: start,
-            current: 0,
-            previous: 0,
+            counter: Counter::new(window_secs, now_ms),
             used_ms: now_ms,
         });
-        if slot.window_start_ms != start {
-            let one_window_on = slot.window_start_ms + window_ms == start;
-            slot.previous = if one_window_on { slot.current } else { 0 };
-            slot.current = 0;
-            slot.window_start_ms = start;
-        }
-        slot.current += add;
         slot.used_ms = now_ms;
-        let elapsed = now_ms - start;
-        let previous_weight = (window_ms - elapsed) as f64 / window_ms as f64;
-        slot.current + (slot.previous as f64 * previous_weight).round() as u64
+        slot.counter.count(add, now_ms)
     }
 }
 
@@ -75,7 +54,7 @@ impl Counters {
 /// adds nothing); if that frees nothing, the sixteenth unused longest, so that the cost of
 /// making room is paid once in many new keys.
 fn make_room(slots: &mut ModuleCounters, now_ms: u64) {
-    slots.retain(|(_, w), slot| slot.window_start_ms + 2 * u64::from((*w).max(1)) * 1000 > now_ms);
+    slots.retain(|_, slot| !slot.counter.is_spent(now_ms));
     if slots.len() < MAX_KEYS_PER_MODULE {
         return;
     }

@@ -12,7 +12,7 @@ use super::output::clean_line;
 use crate::registry::Table;
 use crate::registry::table::display;
 use arc_swap::ArcSwap;
-use sluice_sdk::mime::cut_text;
+use sluice_mail::mime::cut_text;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -319,7 +319,7 @@ impl message::HostBody for HostState {
     }
 
     fn parsed(&mut self, body: Resource<MessageBody>) -> message::Parsed {
-        let unreadable = sluice_sdk::mime::empty();
+        let unreadable = sluice_mail::Parsed::default();
         let p = match self.table.get(&body) {
             Ok(body) => &body.0.parsed().0,
             Err(_) => &unreadable,

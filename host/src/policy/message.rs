@@ -1,9 +1,9 @@
 //! The message a module reads at the data hook: raw bytes on demand, and a parsed view
-//! (`sluice_sdk::mime`, on mail-parser) made the first time any module of the session
+//! (`sluice_mail::mime`, on mail-parser) made the first time any module of the session
 //! asks, then shared by all.
 
 use bytes::Bytes;
-use sluice_sdk::Parsed;
+use sluice_mail::Parsed;
 use std::sync::{Arc, OnceLock};
 
 /// One message, shared by every module instance's `body` resource for it.
@@ -24,7 +24,7 @@ impl MessageData {
     /// The parsed view and the text, parsing on the first call.
     pub fn parsed(&self) -> &(Parsed, String) {
         self.parsed
-            .get_or_init(|| sluice_sdk::mime::parse(&self.raw))
+            .get_or_init(|| sluice_mail::mime::parse(&self.raw))
     }
 }
 

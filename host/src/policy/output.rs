@@ -78,7 +78,7 @@ impl CapturedOutput {
 /// character boundary, marked), control characters replaced, so a module can neither
 /// forge log lines nor write the log full with one line.
 pub fn clean_line(text: &str) -> String {
-    let cut = sluice_sdk::mime::cut_text(text, MAX_LINE);
+    let cut = sluice_mail::mime::cut_text(text, MAX_LINE);
     let mut line: String = cut
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

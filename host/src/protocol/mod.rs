@@ -1,10 +1,9 @@
-//! What SMTP itself defines, below every layer that speaks or configures it: `config` and
-//! `smtp` both use this module, and it uses neither.
+//! What SMTP itself defines, below every layer that speaks or configures it: `smtp` and
+//! `policy` both use this module, and it uses neither. (Which envelope addresses the relay
+//! passes on is the mail crate's `sluice_mail::address::valid_address`, shared with the SDK.)
 //!
-//! - [`address`] — which envelope addresses the relay passes on.
 //! - [`reply`] — SMTP replies.
 
-pub mod address;
 pub mod reply;
 
 pub use reply::Reply;

@@ -13,9 +13,6 @@ pub struct Reply {
     pub text: String,
 }
 
-/// Longest reply text taken from a policy module; RFC 5321 4.5.3.1.5 limits a reply line to 512.
-const MAX_TEXT: usize = 400;
-
 impl Reply {
     /// A reply from the relay's own code.
     pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> Self {
@@ -32,20 +29,16 @@ impl Reply {
     }
 
     /// A reply from untrusted input (a policy module): checks the code and enhanced code
-    /// agree, and makes the text one printable line so it cannot inject SMTP replies.
+    /// agree, and makes the text one printable line so it cannot inject SMTP replies. The
+    /// rules are the mail crate's (`sluice_mail::reply`), which the SDK's test session
+    /// applies too.
     pub fn checked(code: u16, enhanced: &str, text: &str) -> Option<Self> {
-        if !(200..600).contains(&code) || !valid_enhanced(enhanced, code) {
-            return None;
-        }
-        let mut text: String = text
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        if text.len() > MAX_TEXT {
-            let cut = (0..=MAX_TEXT).rev().find(|&i| text.is_char_boundary(i))?;
-            text.truncate(cut);
-        }
-        Some(Self::new(code, enhanced, text))
+        sluice_mail::reply::check_code(code, enhanced).ok()?;
+        Some(Self::new(
+            code,
+            enhanced,
+            sluice_mail::reply::clean_text(text),
+        ))
     }
 
     /// Writes the reply in wire form: every line CRLF-terminated, each but the last with
@@ -77,20 +70,6 @@ impl fmt::Display for Reply {
         }
         Ok(())
     }
-}
-
-/// `class.subject.detail` whose class matches the reply code's first digit (RFC 3463).
-fn valid_enhanced(enhanced: &str, code: u16) -> bool {
-    let mut parts = enhanced.split('.');
-    let (Some(class), Some(subject), Some(detail), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let number = |s: &str, max_len| {
-        !s.is_empty() && s.len() <= max_len && s.bytes().all(|b| b.is_ascii_digit())
-    };
-    number(subject, 3) && number(detail, 3) && class == (code / 100).to_string()
 }
 
 #[cfg(test)]

@@ -58,5 +58,6 @@ pub struct ServerContext {
     pub dkim: Arc<Dkim>,
 }
 
-// Defined below both `smtp` and `config`, which check addresses alike.
-pub use crate::protocol::address::valid_address;
+// Which envelope address the relay passes on: the mail crate's, one definition with the
+// SDK's test session (which checks a policy's address rewrites by it).
+pub use sluice_mail::address::valid_address;

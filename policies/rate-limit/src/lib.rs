@@ -137,7 +137,11 @@ mod tests {
                 .iter()
                 .any(|l| l.contains("ip=10.1.2.3 what=messages count=2 limit=2"))
         );
+        // The relay estimates the last minute from two fixed minutes: just after the next
+        // one starts, the two messages still count almost fully, and they fade out over it.
         s.advance(61_000);
+        assert_eq!(s.mail_from("app@example.edu").verdict, Verdict::Tempfail);
+        s.advance(30_000);
         assert_eq!(s.mail_from("app@example.edu").verdict, Verdict::Continue);
     }
 

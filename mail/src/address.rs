@@ -1,4 +1,5 @@
-//! Envelope addresses, split into local part and domain.
+//! Envelope addresses: split into local part and domain, compared by domain in ASCII
+//! (IDNA) form, and checked before the relay passes them on.
 
 /// An envelope address such as `alice@Example.EDU` or `"a@b"@example.edu`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +69,23 @@ pub fn ascii_domain(domain: &str) -> Option<String> {
     idna::domain_to_ascii(domain).ok()
 }
 
+/// Longest envelope address the relay passes on (RFC 5321 4.5.3.1: a 64-byte local part,
+/// `@` and a 255-byte domain).
+pub const MAX_ADDRESS_LEN: usize = 320;
+
+/// Is `address` one the relay will pass on: something@something, and nothing that could
+/// break the SMTP dialogue with the next hop? smtp-proto takes the quotes off a quoted
+/// local part, so `"a@b> X=y"@ours` would otherwise reach the next hop as `<a@b> X=y@ours>`:
+/// an address that smuggles another recipient or a parameter. The relay refuses such an
+/// address from a client, and ignores a policy's rewrite to one.
+pub fn valid_address(address: &str) -> bool {
+    address.len() <= MAX_ADDRESS_LEN
+        && address.contains('@')
+        && !address
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +112,34 @@ mod tests {
                 .unwrap()
                 .in_domain("wisc.edu")
         );
+    }
+
+    #[test]
+    fn writes_domains_in_ascii_lower_case() {
+        assert_eq!(ascii_domain("Example.EDU").as_deref(), Some("example.edu"));
+        assert_eq!(
+            ascii_domain("Bücher.Example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
+        assert_eq!(ascii_domain("bü\u{FFFF}cher.example"), None);
+    }
+
+    #[test]
+    fn passes_on_only_addresses_that_cannot_break_the_dialogue() {
+        assert!(valid_address("alice@example.edu"));
+        for bad in [
+            "\"a b\"@example.edu",
+            "nodomain",
+            "a@b> X=y",
+            "a@b\r\nRCPT TO:<c@d>",
+            "<a@b>",
+            "",
+        ] {
+            assert!(!valid_address(bad), "{bad:?} passed");
+        }
+        let local = "a".repeat(MAX_ADDRESS_LEN - "@example.edu".len());
+        assert!(valid_address(&format!("{local}@example.edu")));
+        assert!(!valid_address(&format!("{local}x@example.edu")));
     }
 
     #[test]
