@@ -28,19 +28,6 @@ impl Reply {
         Self::new(code, "", lines.join("\n"))
     }
 
-    /// A reply from untrusted input (a policy module): checks the code and enhanced code
-    /// agree, and makes the text one printable line so it cannot inject SMTP replies. The
-    /// rules are the mail crate's (`sluice_mail::reply`), which the SDK's test session
-    /// applies too.
-    pub fn checked(code: u16, enhanced: &str, text: &str) -> Option<Self> {
-        sluice_mail::reply::check_code(code, enhanced).ok()?;
-        Some(Self::new(
-            code,
-            enhanced,
-            sluice_mail::reply::clean_text(text),
-        ))
-    }
-
     /// Writes the reply in wire form: every line CRLF-terminated, each but the last with
     /// a `-` after the code, each with the enhanced code (RFC 2034 3).
     pub fn write_to(&self, out: &mut Vec<u8>) {
@@ -75,15 +62,6 @@ impl fmt::Display for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn checked_refuses_mismatched_codes_and_strips_line_breaks() {
-        assert!(Reply::checked(550, "4.7.1", "x").is_none());
-        assert!(Reply::checked(550, "5.7", "x").is_none());
-        assert!(Reply::checked(700, "7.0.0", "x").is_none());
-        let r = Reply::checked(550, "5.7.1", "no\r\n250 2.0.0 smuggled").unwrap();
-        assert_eq!(r.to_string(), "550 5.7.1 no  250 2.0.0 smuggled");
-    }
 
     fn wire(reply: &Reply) -> String {
         let mut out = Vec::new();
