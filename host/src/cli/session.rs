@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::policy::{Chain, PolicyEngine, SessionFacts};
-use crate::queue::{Queue, Spool};
+use crate::queue::Spool;
 use crate::registry::store::Store;
 use crate::smtp::ServerContext;
 use crate::smtp::session::Session;
@@ -61,25 +61,12 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )?;
     let spool = Arc::new(Spool::open(&spool_dir)?);
-    // No runner reads the channel: what the session accepts stays in the throw-away spool.
-    let (new_messages, _) = tokio::sync::mpsc::unbounded_channel();
     let listener = config
         .listeners
         .first()
         .map(|l| l.name())
         .unwrap_or_else(|| "session".into());
-    let ctx = Arc::new(ServerContext {
-        tls: crate::tls::acceptor(crate::tls::Certificates::load(
-            &config.tls,
-            &config.hostname,
-        )?)?,
-        dkim: Arc::new(crate::dkim::Dkim::new(config.dkim.as_ref())?),
-        config: Arc::new(config),
-        chain: Arc::new(ArcSwap::from_pointee(chain)),
-        queue: Queue::new(spool, new_messages),
-        registry: None,
-        auth: None,
-    });
+    let ctx = Arc::new(ServerContext::without_delivery(config, chain, spool)?);
     let local = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 25);
     let mut facts = SessionFacts::new(SocketAddr::new(client.peer, 40000), local, &listener);
     facts.tls = client.tls.then(|| {

@@ -839,3 +839,7 @@ fn check_decision(d: types::Decision) -> Result<(Verdict, Option<Reply>, Vec<Rew
         .collect();
     Ok((verdict, reply, rewrites))
 }
+
+#[cfg(test)]
+#[path = "chain_tests.rs"]
+mod tests;

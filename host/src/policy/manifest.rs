@@ -100,10 +100,10 @@ fn default_mode() -> Mode {
 fn default_on_error() -> OnError {
     OnError::Tempfail
 }
-fn default_timeout() -> Duration {
+pub(crate) fn default_timeout() -> Duration {
     Duration::from_millis(50)
 }
-fn default_max_memory() -> usize {
+pub(crate) fn default_max_memory() -> usize {
     32 << 20
 }
 

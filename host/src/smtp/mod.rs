@@ -36,7 +36,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::dkim::Dkim;
 use crate::policy::Chain;
-use crate::queue::Queue;
+use crate::queue::{Queue, Spool};
 use crate::registry::Registry;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -56,6 +56,31 @@ pub struct ServerContext {
     pub auth: Option<Arc<Auth>>,
     /// Signs every accepted message (when `[dkim]` is configured).
     pub dkim: Arc<Dkim>,
+}
+
+impl ServerContext {
+    /// A context whose accepted messages stay in `spool`, read by no queue runner, with
+    /// no registry and no AUTH: for `sluice session` and the session's own tests.
+    pub fn without_delivery(
+        config: Config,
+        chain: Chain,
+        spool: Arc<Spool>,
+    ) -> anyhow::Result<Self> {
+        // No runner reads the channel: what the session accepts stays in the spool.
+        let (new_messages, _) = tokio::sync::mpsc::unbounded_channel();
+        Ok(ServerContext {
+            tls: crate::tls::acceptor(crate::tls::Certificates::load(
+                &config.tls,
+                &config.hostname,
+            )?)?,
+            dkim: Arc::new(Dkim::new(config.dkim.as_ref())?),
+            config: Arc::new(config),
+            chain: Arc::new(ArcSwap::from_pointee(chain)),
+            queue: Queue::new(spool, new_messages),
+            registry: None,
+            auth: None,
+        })
+    }
 }
 
 // Which envelope address the relay passes on: the mail crate's, one definition with the

@@ -573,3 +573,7 @@ fn parse_error_reply(e: ParseError) -> Reply {
 pub(super) fn param(name: &str, value: Option<Cow<'_, str>>) -> (String, Option<String>) {
     (name.to_string(), value.map(|v| v.into_owned()))
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,271 @@
+//! The chain's rules, on built-in modules run as the relay runs them: order, what ends a
+//! hook's chain, rewrites, dry-run and `on_error`.
+
+use super::*;
+use crate::policy::manifest::{default_max_memory, default_timeout};
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+/// One engine for every test: modules compile once (its cache), as in the relay.
+fn engine() -> &'static PolicyEngine {
+    static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| PolicyEngine::new().expect("the policy engine"))
+}
+
+/// A built-in module under `name`, enforcing, failing closed, with `config`.
+fn module(name: &str, builtin: &str, config: &[(&str, ConfigValue)]) -> PolicySpec {
+    PolicySpec {
+        name: name.into(),
+        source: ModuleSource::Builtin(builtin.into()),
+        mode: Mode::Enforce,
+        on_error: OnError::Tempfail,
+        timeout: default_timeout(),
+        max_memory: default_max_memory(),
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    }
+}
+
+/// A module that cannot start: its memory limit is below what any module needs.
+fn broken(name: &str, on_error: OnError) -> PolicySpec {
+    PolicySpec {
+        max_memory: 4096,
+        on_error,
+        ..module(name, "networks", &[])
+    }
+}
+
+fn dry_run(spec: PolicySpec) -> PolicySpec {
+    PolicySpec {
+        mode: Mode::DryRun,
+        ..spec
+    }
+}
+
+/// What a session from `peer` shows the modules when it starts.
+fn facts(peer: &str) -> SessionFacts {
+    SessionFacts::new(
+        SocketAddr::new(peer.parse().unwrap(), 40000),
+        "127.0.0.1:25".parse().unwrap(),
+        "test",
+    )
+}
+
+/// A session from `peer` on a chain of `specs`.
+fn session(peer: &str, specs: Vec<PolicySpec>) -> SessionChain {
+    let chain = Arc::new(Chain::from_specs(engine(), specs).expect("the chain loads"));
+    chain.start_session(Arc::new(facts(peer)))
+}
+
+/// The modules that had a say at `hook`, in order, with their outcomes.
+fn asked(session: &SessionChain, hook: Hook) -> Vec<String> {
+    session
+        .trace
+        .iter()
+        .filter(|d| d.hook == hook)
+        .map(|d| match &d.outcome {
+            Ok(v) => format!("{}={}", d.module, v.as_str()),
+            Err(_) => format!("{}=failed", d.module),
+        })
+        .collect()
+}
+
+const NO_PARAMS: &[(String, Option<String>)] = &[];
+
+#[tokio::test]
+async fn continue_asks_the_next_module_and_accept_ends_the_hook() {
+    let mut s = session(
+        "127.0.0.1",
+        vec![
+            module("helo", "helo", &[]),
+            module("first", "networks", &[]),
+            module("second", "networks", &[]),
+        ],
+    );
+    let d = s.on_rcpt("a@example.org", NO_PARAMS).await;
+    assert_eq!(d.verdict, Verdict::Accept);
+    assert_eq!(d.decided_by.as_deref(), Some("first"));
+    assert_eq!(asked(&s, Hook::Rcpt), ["helo=continue", "first=accept"]);
+}
+
+#[tokio::test]
+async fn a_reject_ends_the_chain_with_the_modules_reply() {
+    let mut s = session(
+        "127.0.0.1",
+        vec![
+            module("helo", "helo", &[]),
+            module("networks", "networks", &[]),
+        ],
+    );
+    let d = s.on_helo("printer&scanner.example.edu").await;
+    assert_eq!(d.verdict, Verdict::Reject);
+    assert_eq!(d.decided_by.as_deref(), Some("helo"));
+    let reply = d.reply.expect("the module's reply");
+    assert_eq!((reply.code, reply.enhanced.as_str()), (550, "5.7.1"));
+    assert_eq!(asked(&s, Hook::Helo), ["helo=reject"]);
+    // A later EHLO is decided afresh: the refusal is not remembered in the trace.
+    let d = s.on_helo("printer.example.edu").await;
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert_eq!(
+        asked(&s, Hook::Helo),
+        ["helo=continue", "networks=continue"]
+    );
+}
+
+#[tokio::test]
+async fn a_tempfail_ends_the_chain() {
+    // networks fails closed with 451 on a list it cannot read.
+    let bad_list = ConfigValue::TextList(vec!["not a network".into()]);
+    let mut s = session(
+        "127.0.0.1",
+        vec![
+            module("networks", "networks", &[("relay_from", bad_list)]),
+            module("other", "networks", &[]),
+        ],
+    );
+    let d = s.on_rcpt("a@example.org", NO_PARAMS).await;
+    assert_eq!(d.verdict, Verdict::Tempfail);
+    assert_eq!(d.reply.map(|r| r.code), Some(451));
+    assert_eq!(asked(&s, Hook::Rcpt), ["networks=tempfail"]);
+}
+
+#[tokio::test]
+async fn a_dry_run_module_decides_nothing_but_is_traced() {
+    let mut s = session(
+        "127.0.0.1",
+        vec![
+            dry_run(module("helo", "helo", &[])),
+            module("networks", "networks", &[]),
+        ],
+    );
+    let d = s.on_helo("a&b.example.edu").await;
+    assert_eq!(d.verdict, Verdict::Continue);
+    assert_eq!(d.reply, None);
+    assert_eq!(asked(&s, Hook::Helo), ["helo=reject", "networks=continue"]);
+    assert!(s.trace.iter().any(|d| d.dry_run && &*d.module == "helo"));
+}
+
+#[tokio::test]
+async fn rewrites_accumulate_in_chain_order_and_a_dry_run_modules_are_left_out() {
+    let domains = ConfigValue::TextList(vec!["example.edu".into()]);
+    let tag = ConfigValue::Text("tag".into());
+    let config = [("domains", domains), ("mismatch", tag)];
+    let mut s = session(
+        "127.0.0.1",
+        vec![
+            module("first", "sender", &config),
+            dry_run(module("trial", "sender", &config)),
+            module("second", "sender", &config),
+        ],
+    );
+    let in_transaction = SessionFacts {
+        sender: Some("app@example.edu".into()),
+        ..facts("127.0.0.1")
+    };
+    s.set_facts(&Arc::new(in_transaction));
+    assert_eq!(
+        s.on_mail_from("app@example.edu", NO_PARAMS).await.verdict,
+        Verdict::Continue
+    );
+    let raw = b"From: other@example.edu\r\nSubject: x\r\n\r\nbody\r\n".to_vec();
+    let headers = vec![
+        ("From".to_string(), "other@example.edu".to_string()),
+        ("Subject".to_string(), "x".to_string()),
+    ];
+    let message = MessageData::new(bytes::Bytes::from(raw));
+    let d = s.on_data(&headers, &message).await;
+    assert_eq!(d.verdict, Verdict::Continue);
+    let tags: Vec<_> = d
+        .rewrites
+        .iter()
+        .map(|r| match r {
+            Rewrite::AddHeader(name, _) => name.as_str(),
+            other => panic!("unexpected rewrite {other:?}"),
+        })
+        .collect();
+    // Two enforcing modules tagged; the dry-run module's tag is traced, not applied.
+    assert_eq!(tags, ["X-Sluice-Sender-Mismatch"; 2]);
+    let trial = s
+        .trace
+        .iter()
+        .find(|d| &*d.module == "trial" && d.hook == Hook::Data);
+    assert_eq!(trial.map(|d| d.rewrites.len()), Some(1));
+}
+
+#[tokio::test]
+async fn a_failed_module_fails_closed_by_default_and_is_not_entered_again() {
+    let mut s = session(
+        "127.0.0.1",
+        vec![
+            broken("broken", OnError::Tempfail),
+            module("networks", "networks", &[]),
+        ],
+    );
+    let d = s.on_connect().await;
+    assert_eq!(d.verdict, Verdict::Tempfail);
+    let reply = d.reply.expect("a reply");
+    assert_eq!((reply.code, reply.enhanced.as_str()), (451, "4.3.0"));
+    let failure = s.trace[0].outcome.as_ref().unwrap_err();
+    assert!(failure.starts_with("failed to start"), "{failure}");
+    let d = s.on_helo("app.example.edu").await;
+    assert_eq!(d.verdict, Verdict::Tempfail);
+    let failure = s.trace.last().unwrap().outcome.as_ref().unwrap_err();
+    assert_eq!(failure, "failed earlier in this session");
+}
+
+#[tokio::test]
+async fn on_error_continue_skips_a_failed_module_visibly() {
+    let mut s = session(
+        "127.0.0.1",
+        vec![
+            broken("broken", OnError::Continue),
+            module("networks", "networks", &[]),
+        ],
+    );
+    let d = s.on_rcpt("a@example.org", NO_PARAMS).await;
+    assert_eq!(d.verdict, Verdict::Accept);
+    assert_eq!(asked(&s, Hook::Rcpt), ["broken=failed", "networks=accept"]);
+}
+
+#[tokio::test]
+async fn a_dry_run_module_that_fails_does_not_fail_the_mail() {
+    let mut s = session(
+        "127.0.0.1",
+        vec![
+            dry_run(broken("trial", OnError::Tempfail)),
+            module("networks", "networks", &[]),
+        ],
+    );
+    let d = s.on_rcpt("a@example.org", NO_PARAMS).await;
+    assert_eq!(d.verdict, Verdict::Accept);
+}
+
+#[tokio::test]
+async fn modules_see_the_facts_the_session_publishes() {
+    // networks decides by the peer it is shown; a new snapshot changes what it sees.
+    let mut s = session("192.0.2.7", vec![module("networks", "networks", &[])]);
+    assert_eq!(
+        s.on_rcpt("a@example.org", NO_PARAMS).await.verdict,
+        Verdict::Reject
+    );
+    s.set_facts(&Arc::new(facts("127.0.0.1")));
+    assert_eq!(
+        s.on_rcpt("a@example.org", NO_PARAMS).await.verdict,
+        Verdict::Accept
+    );
+}
+
+#[tokio::test]
+async fn the_transaction_trace_is_taken_and_the_sessions_part_kept() {
+    let mut s = session("127.0.0.1", vec![module("networks", "networks", &[])]);
+    s.on_connect().await;
+    s.on_helo("app.example.edu").await;
+    s.on_mail_from("app@example.edu", NO_PARAMS).await;
+    s.on_rcpt("a@example.org", NO_PARAMS).await;
+    let taken = s.take_transaction_trace();
+    assert_eq!(taken.len(), 4);
+    let hooks: Vec<Hook> = s.trace.iter().map(|d| d.hook).collect();
+    assert_eq!(hooks, [Hook::Connect, Hook::Helo]);
+}
