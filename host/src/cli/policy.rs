@@ -158,18 +158,21 @@ async fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "module".into());
-    let chain = Arc::new(Chain::from_specs(
-        &engine,
-        vec![PolicySpec {
-            name,
-            source: ModuleSource::File(module.to_path_buf()),
-            mode: Mode::Enforce,
-            on_error: OnError::Tempfail,
-            timeout: Duration::from_millis(50),
-            max_memory: 32 << 20,
-            config,
-        }],
-    )?);
+    let chain = Arc::new(
+        Chain::from_specs(
+            &engine,
+            vec![PolicySpec {
+                name,
+                source: ModuleSource::File(module.to_path_buf()),
+                mode: Mode::Enforce,
+                on_error: OnError::Tempfail,
+                timeout: Duration::from_millis(50),
+                max_memory: 32 << 20,
+                config,
+            }],
+        )
+        .map_err(|e| e.to_string())?,
+    );
     let (mut passed, mut failed) = (0, 0);
     for scenario in &file.scenario {
         println!("{}", scenario.name);

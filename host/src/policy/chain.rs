@@ -13,6 +13,7 @@
 
 use super::builtin;
 use super::engine::{Policy, PolicyEngine, PolicyPre, sluice::policy::types};
+use super::error::LoadError;
 use super::host::{ConfigValue, DeliveryRequests, HostState, SessionFacts};
 use super::manifest::{self, Mode, ModuleSource, OnError, PolicySpec};
 use super::message::{MessageBody, MessageData};
@@ -267,32 +268,36 @@ impl Chain {
     /// Loads the chain described by `dir/policies.toml` (or the default chain when there is
     /// none), compiling and pre-linking every module. Any failure refuses the whole chain,
     /// with a message naming the module and the reason.
-    pub fn load(engine: &PolicyEngine, dir: &Path) -> Result<Chain, String> {
+    pub fn load(engine: &PolicyEngine, dir: &Path) -> Result<Chain, LoadError> {
         let specs = manifest::load(dir)?.unwrap_or_else(manifest::default_chain);
         Self::from_specs(engine, specs)
     }
 
     /// Compiles and pre-links the given chain.
-    pub fn from_specs(engine: &PolicyEngine, specs: Vec<PolicySpec>) -> Result<Chain, String> {
+    pub fn from_specs(engine: &PolicyEngine, specs: Vec<PolicySpec>) -> Result<Chain, LoadError> {
         let modules = specs
             .into_iter()
             .map(|spec| {
                 let bytes = match &spec.source {
-                    ModuleSource::Builtin(name) => {
-                        builtin::get(name).map(<[u8]>::to_vec).ok_or_else(|| {
-                            format!(
-                                "policy `{}`: there is no builtin:{name} (built in: {})",
-                                spec.name,
-                                builtin::names().join(", ")
-                            )
+                    ModuleSource::Builtin(name) => builtin::get(name)
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| LoadError::NoBuiltin {
+                            policy: spec.name.clone(),
+                            name: name.clone(),
+                            available: builtin::names().join(", "),
+                        })?,
+                    ModuleSource::File(path) => {
+                        std::fs::read(path).map_err(|source| LoadError::ReadModule {
+                            policy: spec.name.clone(),
+                            path: path.clone(),
+                            source,
                         })?
                     }
-                    ModuleSource::File(path) => std::fs::read(path)
-                        .map_err(|e| format!("policy `{}`: {}: {e}", spec.name, path.display()))?,
                 };
-                let (pre, info) = engine
-                    .inspect(&bytes)
-                    .map_err(|e| format!("policy `{}`: {e}", spec.name))?;
+                let (pre, info) = engine.inspect(&bytes).map_err(|source| LoadError::Module {
+                    policy: spec.name.clone(),
+                    source,
+                })?;
                 tracing::info!(
                     module = spec.name,
                     sha256 = &info.sha256[..12],
@@ -314,7 +319,7 @@ impl Chain {
                     output_budget: OutputBudget::default(),
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, LoadError>>()?;
         Ok(Chain {
             engine: engine.clone(),
             modules,

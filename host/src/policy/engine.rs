@@ -9,6 +9,7 @@
 //! a session's instances pre-reserved slots instead of fresh mappings.
 
 use super::counters::Counters;
+use super::error::{EngineError, ModuleError};
 use super::host::HostState;
 use crate::registry::Table;
 use arc_swap::ArcSwap;
@@ -57,20 +58,20 @@ pub struct PolicyEngine {
 
 impl PolicyEngine {
     /// Builds the engine and starts the epoch ticker thread.
-    pub fn new() -> anyhow::Result<Self> {
+    pub fn new() -> Result<Self, EngineError> {
         let engine = match Engine::new(&engine_config(true)) {
             Ok(engine) => engine,
             Err(e) => {
                 // The pooling allocator reserves address space up front; where that is refused
                 // (a small ulimit -v), on-demand allocation still works, only slower.
                 tracing::warn!(error = %e, "pooling allocator unavailable, allocating instances on demand");
-                Engine::new(&engine_config(false)).map_err(|e| anyhow::anyhow!("{e}"))?
+                Engine::new(&engine_config(false)).map_err(EngineError::Config)?
             }
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
         Policy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(EngineError::Link)?;
 
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -140,7 +141,7 @@ impl PolicyEngine {
 
     /// The component for `bytes`: from memory, from the cache directory, or compiled (and
     /// then kept in both). The flag says whether it came from a cache.
-    fn component(&self, bytes: &[u8], hash: &str) -> Result<(Component, bool), String> {
+    fn component(&self, bytes: &[u8], hash: &str) -> Result<(Component, bool), ModuleError> {
         let memory = || self.compiled.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(component) = memory().get(hash) {
             return Ok((component.clone(), true));
@@ -164,8 +165,7 @@ impl PolicyEngine {
                 }
             }
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| format!("not a WebAssembly component this relay can compile: {e}"))?;
+        let component = Component::new(&self.engine, bytes).map_err(ModuleError::Compile)?;
         if let (Some(path), Ok(code)) = (cached, component.serialize()) {
             // Written aside and renamed, so a crash never leaves half a file under the name.
             let tmp = path.with_extension("tmp");
@@ -188,13 +188,9 @@ impl PolicyEngine {
     }
 
     /// Compiles a component, checks that it is a policy for this contract version and
-    /// pre-links it, so that instantiating it for a session does no compiling or linking.
-    pub fn prepare(&self, bytes: &[u8]) -> Result<PolicyPre<HostState>, String> {
-        self.inspect(bytes).map(|(pre, _)| pre)
-    }
-
-    /// As [`prepare`](Self::prepare), and tells what the module is (`sluice policy check`).
-    pub fn inspect(&self, bytes: &[u8]) -> Result<(PolicyPre<HostState>, ModuleInfo), String> {
+    /// pre-links it, so that instantiating it for a session does no compiling or linking;
+    /// and tells what the module is (`sluice policy check`).
+    pub fn inspect(&self, bytes: &[u8]) -> Result<(PolicyPre<HostState>, ModuleInfo), ModuleError> {
         let sha256 = content_hash(bytes);
         let started = Instant::now();
         let (component, cached) = self.component(bytes, &sha256)?;
@@ -203,9 +199,8 @@ impl PolicyEngine {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| format!("cannot be linked: {e:#}"))?;
-        let pre =
-            PolicyPre::new(pre).map_err(|e| format!("does not export the policy hooks: {e:#}"))?;
+            .map_err(ModuleError::Link)?;
+        let pre = PolicyPre::new(pre).map_err(ModuleError::Hooks)?;
         let ty = component.component_type();
         let hooks = ty
             .exports(&self.engine)
@@ -300,7 +295,7 @@ fn engine_config(pooling: bool) -> Config {
 
 /// Refuses a component built for another major version of the contract (for 0.x, another
 /// minor version), or one that does not export the hooks at all, with a message that says so.
-fn check_contract(engine: &Engine, component: &Component) -> Result<String, String> {
+fn check_contract(engine: &Engine, component: &Component) -> Result<String, ModuleError> {
     let ty = component.component_type();
     let hooks = ty
         .exports(engine)
@@ -310,9 +305,10 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<String, Stri
     let (want_major, want_minor, _) = CONTRACT_VERSION;
     let want = format!("{want_major}.{want_minor}.x");
     let Some(name) = hooks else {
-        return Err(format!(
-            "does not export {CONTRACT_PACKAGE}/hooks (is it a Sluice policy module? this relay speaks {CONTRACT_PACKAGE}@{want})"
-        ));
+        return Err(ModuleError::NotAPolicy {
+            package: CONTRACT_PACKAGE,
+            speaks: want,
+        });
     };
     let version = name.split_once('@').map(|(_, v)| v).unwrap_or("");
     let mut parts = version.split('.').map(|p| p.parse::<u64>().ok());
@@ -325,8 +321,10 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<String, Stri
     if compatible {
         Ok(name)
     } else {
-        Err(format!(
-            "built for contract {CONTRACT_PACKAGE}@{version}, this relay speaks {CONTRACT_PACKAGE}@{want}"
-        ))
+        Err(ModuleError::Contract {
+            package: CONTRACT_PACKAGE,
+            built_for: version.to_string(),
+            speaks: want,
+        })
     }
 }

@@ -12,6 +12,7 @@
 //! relay_from = ["127.0.0.0/8", "::1/128"]
 //! ```
 
+use super::error::{ConfigValueError, LoadError, ManifestError};
 use super::host::ConfigValue;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -125,28 +126,27 @@ pub fn default_chain() -> Vec<PolicySpec> {
 }
 
 /// Reads `policies.toml` from `dir`; `Ok(None)` when there is none.
-pub fn load(dir: &Path) -> Result<Option<Vec<PolicySpec>>, String> {
+pub fn load(dir: &Path) -> Result<Option<Vec<PolicySpec>>, LoadError> {
     let path = dir.join(MANIFEST_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(source) => return Err(LoadError::ReadManifest { path, source }),
     };
     parse(&text, dir)
         .map(Some)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|source| LoadError::Manifest { path, source })
 }
 
 /// Parses manifest text; module files are resolved inside `dir`.
-pub fn parse(text: &str, dir: &Path) -> Result<Vec<PolicySpec>, String> {
-    let file: ManifestFile =
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+pub fn parse(text: &str, dir: &Path) -> Result<Vec<PolicySpec>, ManifestError> {
+    let file: ManifestFile = toml::from_str(text)?;
     let mut seen = std::collections::HashSet::new();
     file.policy
         .into_iter()
         .map(|raw| {
             if raw.name.is_empty() || !seen.insert(raw.name.clone()) {
-                return Err(format!("policy name `{}` is empty or used twice", raw.name));
+                return Err(ManifestError::Name(raw.name));
             }
             let source = match raw.module.strip_prefix("builtin:") {
                 Some(name) => ModuleSource::Builtin(name.to_string()),
@@ -155,23 +155,24 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<PolicySpec>, String> {
                     // point the relay at arbitrary paths.
                     let file = Path::new(&raw.module);
                     if file.components().count() != 1 || !raw.module.ends_with(".wasm") {
-                        return Err(format!(
-                            "policy `{}`: module `{}` must be `builtin:NAME` or a .wasm file name in {}",
-                            raw.name,
-                            raw.module,
-                            dir.display()
-                        ));
+                        return Err(ManifestError::ModulePath {
+                            policy: raw.name,
+                            module: raw.module,
+                            dir: dir.to_path_buf(),
+                        });
                     }
                     ModuleSource::File(dir.join(file))
                 }
             };
-            let config = config_table(&raw.config)
-                .map_err(|e| format!("policy `{}`: {e}", raw.name))?;
+            let config = match config_table(&raw.config) {
+                Ok(config) => config,
+                Err(source) => {
+                    let policy = raw.name;
+                    return Err(ManifestError::Config { policy, source });
+                }
+            };
             if raw.timeout.is_zero() || raw.max_memory < (1 << 16) {
-                return Err(format!(
-                    "policy `{}`: timeout must be above zero and max_memory at least 65536",
-                    raw.name
-                ));
+                return Err(ManifestError::Limits(raw.name));
             }
             Ok(PolicySpec {
                 name: raw.name,
@@ -187,15 +188,13 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<PolicySpec>, String> {
 }
 
 /// A `[policy.config]` table as modules see it.
-pub fn config_table(table: &toml::Table) -> Result<BTreeMap<String, ConfigValue>, String> {
+pub fn config_table(
+    table: &toml::Table,
+) -> Result<BTreeMap<String, ConfigValue>, ConfigValueError> {
     table
         .iter()
         .map(|(key, value)| {
-            let value = config_value(value).ok_or_else(|| {
-                format!(
-                    "config key `{key}`: only strings, integers, booleans and lists of strings are allowed"
-                )
-            })?;
+            let value = config_value(value).ok_or_else(|| ConfigValueError { key: key.clone() })?;
             Ok((key.clone(), value))
         })
         .collect()
@@ -255,6 +254,7 @@ timeout = "20ms"
         assert!(
             parse(text, Path::new("/p"))
                 .unwrap_err()
+                .to_string()
                 .contains("must be")
         );
     }
@@ -265,6 +265,7 @@ timeout = "20ms"
         assert!(
             parse(text, Path::new("/p"))
                 .unwrap_err()
+                .to_string()
                 .contains("config key `sub`")
         );
     }

@@ -1,5 +1,6 @@
 //! The policy runtime: WebAssembly components that decide at every SMTP stage.
 //!
+//! - [`error`] — why a chain or a module could not be loaded.
 //! - [`engine`] — the wasmtime engine, limits, compiling and linking a component.
 //! - [`host`] — what a module may import (session facts, its config, logging, the clock,
 //!   counters, the message).
@@ -15,6 +16,7 @@ pub mod builtin;
 pub mod chain;
 pub mod counters;
 pub mod engine;
+pub mod error;
 pub mod host;
 pub mod manifest;
 pub mod message;
@@ -25,4 +27,5 @@ pub use chain::{
     Chain, ChainDecision, Decided, Hook, Rewrite, SessionChain, Verdict, format_trace,
 };
 pub use engine::PolicyEngine;
+pub use error::LoadError;
 pub use host::SessionFacts;

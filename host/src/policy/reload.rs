@@ -88,7 +88,7 @@ impl Reloader {
         let loaded = tokio::task::spawn_blocking(move || Chain::load(&engine, &dir))
             .await
             .map_err(|e| format!("the reload task failed: {e}"))
-            .and_then(|chain| chain);
+            .and_then(|chain| chain.map_err(|e| e.to_string()));
         let millis = started.elapsed().as_millis() as u64;
         let event = |message: &str| ReloadEvent {
             at: unix_secs(SystemTime::now()),
