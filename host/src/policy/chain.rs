@@ -6,7 +6,7 @@
 //! from one hook to the next; its memory goes when the session ends. A module is
 //! instantiated when one of its hooks is first called, under the same deadline as a call.
 //!
-//! Every call is a future under the module's `timeout` (`tokio::time::timeout`): the
+//! Every call is a future under the module's `timeout` ([`within`]): the
 //! deadline covers the module's own code, which yields at every epoch tick, and the host
 //! calls it makes (a WASI clock it sleeps on, a counter). A call past its deadline is
 //! dropped, and the module has failed for the session; its `on_error` decides.
@@ -26,6 +26,7 @@ use std::fmt::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
@@ -409,11 +410,10 @@ impl LoadedModule {
         // Give the worker back at every epoch tick: a module computing for long shares the
         // thread with the sessions beside it, and its deadline (a timer) can fire.
         store.epoch_deadline_async_yield_and_update(1);
-        let started = tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store));
-        let bindings = match started.await {
-            Ok(Ok(bindings)) => bindings,
-            Ok(Err(e)) => return Err(Failure::Start(format!("{e:#}"))),
-            Err(_) => return Err(Failure::Timeout(self.timeout)),
+        let bindings = match within(self.timeout, self.pre.instantiate_async(&mut store)).await {
+            Some(Ok(bindings)) => bindings,
+            Some(Err(e)) => return Err(Failure::Start(format!("{e:#}"))),
+            None => return Err(Failure::Timeout(self.timeout)),
         };
         Ok(Instance {
             store,
@@ -650,12 +650,12 @@ impl SessionChain {
         let Slot::Running(instance) = slot else {
             return Err(Failure::FailedEarlier);
         };
-        let outcome = match tokio::time::timeout(module.timeout, call.call(instance)).await {
-            Ok(result) => result
+        let outcome = match within(module.timeout, call.call(instance)).await {
+            Some(result) => result
                 .map_err(|e| failure(&e, module.timeout))
                 .and_then(|d| check_decision(d).map_err(Failure::Broken)),
             // The call was dropped where it stood: in the module's code or in a host call.
-            Err(_) => Err(Failure::Timeout(module.timeout)),
+            None => Err(Failure::Timeout(module.timeout)),
         };
         let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
         module.log_output(instance, call.hook(), queue_id, outcome.is_err());
@@ -783,6 +783,24 @@ impl LoadedModule {
             ends: (verdict != Verdict::Continue).then_some((verdict, reply)),
         }
     }
+}
+
+/// Runs `call` for at most `limit`; `None` when the time ran out first, and the call was
+/// dropped where it stood. Unlike `tokio::time::timeout`, the timer is set only once the
+/// call has had to wait: most hook calls finish at their first poll, in well under a
+/// microsecond, and a timer for each would cost as much as the call itself.
+async fn within<T>(limit: Duration, call: impl Future<Output = T>) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut call = std::pin::pin!(call);
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Adds a line to a session's trace, within its bound.

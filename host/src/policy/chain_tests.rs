@@ -269,3 +269,15 @@ async fn the_transaction_trace_is_taken_and_the_sessions_part_kept() {
     let hooks: Vec<Hook> = s.trace.iter().map(|d| d.hook).collect();
     assert_eq!(hooks, [Hook::Connect, Hook::Helo]);
 }
+
+#[tokio::test]
+async fn within_answers_what_finishes_and_drops_what_waits_past_its_limit() {
+    let limit = Duration::from_millis(20);
+    assert_eq!(within(limit, async { 7 }).await, Some(7));
+    let waits = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        8
+    };
+    assert_eq!(within(limit, waits).await, Some(8));
+    assert_eq!(within(limit, std::future::pending::<u8>()).await, None);
+}
