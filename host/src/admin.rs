@@ -95,7 +95,13 @@ impl Controls {
                 self.queue.flush();
                 done(Ok("every waiting message is being tried".into()))
             }
-            ["queue", "delete-all"] => done(self.queue.delete_all().await),
+            ["queue", "delete-all"] => done(
+                self.queue
+                    .delete_all()
+                    .await
+                    .map(|deleted| format!("{deleted} deleted"))
+                    .map_err(|e| e.to_string()),
+            ),
             ["registry", "changed"] => {
                 let read = self.registry.catch_up(&self.queue).await;
                 done(read.map(|()| "the relay has read the registry".into()))
@@ -107,7 +113,13 @@ impl Controls {
                     "delete" => MessageOrder::Delete,
                     _ => return format!("error: unknown queue command {verb:?}"),
                 };
-                done(self.queue.order(id, order).await)
+                done(
+                    self.queue
+                        .order(id, order)
+                        .await
+                        .map(|outcome| outcome.to_string())
+                        .map_err(|e| e.to_string()),
+                )
             }
             _ => format!("error: unknown command {command:?}"),
         }

@@ -152,7 +152,13 @@ fn offline(config: &Config, command: &str) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     for id in ids {
         match spool.apply(&id, order) {
-            Ok(text) => println!("ok: {id}: {text} (the relay is not running: done on the spool)"),
+            Ok(outcome) => {
+                println!("ok: {id}: {outcome} (the relay is not running: done on the spool)")
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                eprintln!("sluice: {id}: no such message in the queue");
+                code = ExitCode::FAILURE;
+            }
             Err(e) => {
                 eprintln!("sluice: {id}: {e}");
                 code = ExitCode::FAILURE;

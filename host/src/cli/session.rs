@@ -63,6 +63,7 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     let spool = Arc::new(Spool::open(&spool_dir)?);
     // No runner reads the channel: what the session accepts stays in the throw-away spool.
     let (new_messages, _) = tokio::sync::mpsc::unbounded_channel();
+    let dkim = Arc::new(crate::dkim::Dkim::new(config.dkim.as_ref())?);
     let listener = config
         .listeners
         .first()
@@ -73,10 +74,10 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
             &config.tls,
             &config.hostname,
         )?)?,
-        dkim: Arc::new(crate::dkim::Dkim::new(config.dkim.as_ref())?),
+        dkim: dkim.clone(),
         config: Arc::new(config),
         chain: Arc::new(ArcSwap::from_pointee(chain)),
-        queue: Queue::new(spool, new_messages),
+        queue: Queue::new(spool, new_messages, dkim),
         registry: None,
         auth: None,
     });

@@ -1,17 +1,23 @@
 //! The queue runner: keeps every queued message's next attempt in time order and hands
-//! due messages to delivery, at most `delivery.concurrency` at once.
+//! due messages to an [`attempt`](super::attempt), at most `delivery.concurrency` at once.
 //!
 //! Every change to a queued message's state goes through here — new messages, a
 //! postmaster's flush, hold, release and delete — so none can race a delivery attempt: an
 //! order for a message being delivered waits until its attempt has recorded its outcome.
+//!
+//! The runner is generic over how mail is carried ([`Deliver`]): the relay runs it with
+//! delivery's SMTP client, its tests with a scripted deliverer.
 
-use super::Spool;
-use crate::delivery::{Attempted, Delivery};
+use super::attempt::{self, Attempted, Deliver};
+use super::{OrderError, OrderOutcome, Queue, Spool};
+use crate::config::Config;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+// Tokio's clock, not the system's: it is the one timers follow, and tests can stop it.
+use tokio::time::Instant;
 
 /// What the runner is told.
 #[derive(Debug)]
@@ -25,7 +31,7 @@ pub enum Order {
 }
 
 /// Where the runner says what became of an order: what was done, or why nothing was.
-pub type Answer = oneshot::Sender<Result<String, String>>;
+pub type Answer = oneshot::Sender<Result<OrderOutcome, OrderError>>;
 
 /// What a postmaster may do to one queued message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +42,32 @@ pub enum MessageOrder {
     Release,
     /// Remove it from the queue.
     Delete,
+}
+
+/// How the runner schedules attempts and when it gives up, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Messages delivered at once.
+    pub concurrency: usize,
+    /// Back-off between attempts ("1m", "5m", ...); the last interval repeats.
+    pub retry_intervals: Vec<Duration>,
+    /// How long a message may wait: a recipient still deferred after this fails, and is
+    /// bounced.
+    pub max_queue_lifetime: Duration,
+    /// The relay's name, in the bounces it writes.
+    pub hostname: String,
+}
+
+impl Schedule {
+    /// The schedule `[delivery]` sets.
+    pub fn of(config: &Config) -> Schedule {
+        Schedule {
+            concurrency: config.delivery.concurrency,
+            retry_intervals: config.delivery.retry_intervals.clone(),
+            max_queue_lifetime: config.delivery.max_queue_lifetime,
+            hostname: config.hostname.clone(),
+        }
+    }
 }
 
 /// The runner's book of messages. A message is either waiting (in `waiting`, with the
@@ -50,13 +82,16 @@ struct Book {
     in_flight: HashMap<String, Vec<(MessageOrder, Answer)>>,
 }
 
-/// Runs until the process ends: recovers the spool, then delivers what is due.
-pub async fn run(
-    spool: Arc<Spool>,
-    delivery: Arc<Delivery>,
+/// Runs until the process ends: recovers the spool, then hands what is due to
+/// `deliverer`. `orders` are those the [`Queue`] handles send.
+pub async fn run<D: Deliver>(
+    queue: Queue,
+    deliverer: Arc<D>,
     mut orders: mpsc::UnboundedReceiver<Order>,
-    concurrency: usize,
+    schedule: Schedule,
 ) {
+    let spool = queue.spool().clone();
+    let schedule = Arc::new(schedule);
     let mut book = Book {
         due: BinaryHeap::new(),
         waiting: HashMap::new(),
@@ -64,7 +99,7 @@ pub async fn run(
     };
     recover(&spool, &mut book).await;
 
-    let slots = Arc::new(Semaphore::new(concurrency));
+    let slots = Arc::new(Semaphore::new(schedule.concurrency));
     let (finished_tx, mut finished) = mpsc::unbounded_channel::<(String, Attempted)>();
     loop {
         let next = book.due.peek().map(|Reverse((at, _))| *at);
@@ -90,11 +125,8 @@ pub async fn run(
             },
             Some((id, attempted)) = finished.recv() => {
                 let waiting = book.in_flight.remove(&id).unwrap_or_default();
-                if let Some(delay) = attempted.retry_in {
+                if let Attempted::RetryAfter(delay) = attempted {
                     book.schedule(id.clone(), Instant::now() + delay);
-                }
-                if let Some(bounce) = attempted.bounce {
-                    book.schedule(bounce, Instant::now());
                 }
                 for (order, answer) in waiting {
                     let result = apply(&spool, &id, order).await;
@@ -110,10 +142,10 @@ pub async fn run(
                 }
                 book.waiting.remove(&id);
                 book.in_flight.insert(id.clone(), Vec::new());
-                let delivery = delivery.clone();
+                let (queue, deliverer, schedule) = (queue.clone(), deliverer.clone(), schedule.clone());
                 let finished = finished_tx.clone();
                 tokio::spawn(async move {
-                    let attempted = delivery.attempt(&id).await;
+                    let attempted = attempt::run(&queue, deliverer.as_ref(), &schedule, &id).await;
                     drop(permit);
                     let _ = finished.send((id, attempted));
                 });
@@ -136,7 +168,7 @@ impl Book {
     }
 
     /// Keeps the book in step with an order carried out.
-    fn after(&mut self, id: &str, order: MessageOrder, result: &Result<String, String>) {
+    fn after(&mut self, id: &str, order: MessageOrder, result: &Result<OrderOutcome, OrderError>) {
         match (order, result) {
             (MessageOrder::Release, Ok(_)) => self.schedule(id.to_string(), Instant::now()),
             // Its entry in `due` is stale now, and skipped when it comes up.
@@ -149,26 +181,33 @@ impl Book {
 }
 
 /// Carries out a postmaster's order on the spool (the message is not being delivered).
-async fn apply(spool: &Arc<Spool>, id: &str, order: MessageOrder) -> Result<String, String> {
+async fn apply(
+    spool: &Arc<Spool>,
+    id: &str,
+    order: MessageOrder,
+) -> Result<OrderOutcome, OrderError> {
     let (spool, owned) = (spool.clone(), id.to_string());
     let done = tokio::task::spawn_blocking(move || spool.apply(&owned, order)).await;
     let result = match done {
-        Ok(Ok(text)) => Ok(text),
+        Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(format!("{id}: no such message in the queue"))
+            Err(OrderError::NotFound(id.to_string()))
         }
-        Ok(Err(e)) => Err(format!("{id}: {e}")),
-        Err(e) => Err(format!("{id}: {e}")),
+        Ok(Err(source)) => Err(OrderError::Spool {
+            id: id.to_string(),
+            source,
+        }),
+        Err(e) => Err(OrderError::Task(e)),
     };
-    if let Ok(text) = &result {
-        tracing::info!(target: "sluice::queue", "{id}: {text} by postmaster");
+    if let Ok(outcome) = &result {
+        tracing::info!(target: "sluice::queue", "{id}: {outcome} by postmaster");
     }
     result
 }
 
 async fn sleep_until(at: Option<Instant>) {
     if let Some(at) = at {
-        tokio::time::sleep_until(at.into()).await;
+        tokio::time::sleep_until(at).await;
     }
 }
 
