@@ -583,7 +583,202 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
-    use super::data_text;
+    use super::*;
+    use std::collections::HashMap;
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
+
+    /// What the next hop in memory answers.
+    struct Script {
+        mail: &'static str,
+        /// By address; 250 for the others.
+        rcpt: HashMap<&'static str, &'static str>,
+        data: &'static str,
+        /// The reply to the end of the message; `None` hangs up instead.
+        after_message: Option<&'static str>,
+    }
+
+    impl Default for Script {
+        fn default() -> Self {
+            Script {
+                mail: "250 2.1.0 Ok",
+                rcpt: HashMap::new(),
+                data: "354 go ahead",
+                after_message: Some("250 2.0.0 Ok: queued"),
+            }
+        }
+    }
+
+    /// A next hop that answers each command line from `script`, pipelined or not.
+    async fn next_hop(stream: DuplexStream, script: Script) {
+        let (read, mut write) = tokio::io::split(stream);
+        let mut lines = BufReader::new(read).lines();
+        let mut in_message = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply = if in_message {
+                if line != "." {
+                    continue;
+                }
+                in_message = false;
+                match script.after_message {
+                    Some(reply) => reply,
+                    None => return,
+                }
+            } else if line.starts_with("MAIL FROM:") {
+                script.mail
+            } else if let Some(address) = line.strip_prefix("RCPT TO:<") {
+                let address = address.trim_end_matches('>');
+                script.rcpt.get(address).copied().unwrap_or("250 2.1.5 Ok")
+            } else if line == "DATA" {
+                in_message = script.data.starts_with("354");
+                script.data
+            } else if line == "RSET" {
+                "250 2.0.0 Ok"
+            } else {
+                "500 5.5.1 what?"
+            };
+            if write
+                .write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Runs one transaction against `script`, with PIPELINING offered or not.
+    async fn run(
+        script: Script,
+        pipelining: bool,
+        recipients: &[&str],
+    ) -> Result<Transaction, ConnectionError> {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(next_hop(theirs, script));
+        let mut client = SmtpClient {
+            stream: ours,
+            timeout: Duration::from_secs(5),
+        };
+        let extensions = if pipelining { EXT_PIPELINING } else { 0 };
+        transaction(
+            &mut client,
+            extensions,
+            "app@example.edu",
+            recipients,
+            b"Subject: x\r\n\r\nbody\r\n",
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_refused_recipient_keeps_its_reply_and_the_others_get_the_final_one() {
+        for pipelining in [true, false] {
+            let script = Script {
+                rcpt: HashMap::from([("nobody@example.org", "550 5.1.1 User unknown")]),
+                ..Script::default()
+            };
+            let done = run(script, pipelining, &["a@example.org", "nobody@example.org"])
+                .await
+                .unwrap();
+            assert_eq!(
+                done.results,
+                [
+                    Outcome::Sent("250 2.0.0 Ok: queued".into()),
+                    Outcome::Failed("550 5.1.1 User unknown".into())
+                ],
+                "pipelining: {pipelining}"
+            );
+            assert!(done.reusable);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_sender_is_every_recipients_outcome() {
+        let script = Script {
+            mail: "451 4.3.0 busy",
+            data: "503 5.5.1 no sender",
+            ..Script::default()
+        };
+        let done = run(script, true, &["a@example.org", "b@example.org"])
+            .await
+            .unwrap();
+        assert_eq!(
+            done.results,
+            [
+                Outcome::Deferred("451 4.3.0 busy".into()),
+                Outcome::Deferred("451 4.3.0 busy".into())
+            ]
+        );
+        assert!(done.reusable, "RSET, and the connection goes on");
+    }
+
+    #[tokio::test]
+    async fn a_354_to_a_pipelined_data_without_recipients_ends_the_connection() {
+        let script = Script {
+            rcpt: HashMap::from([("a@example.org", "550 5.1.1 User unknown")]),
+            ..Script::default()
+        };
+        let done = run(script, true, &["a@example.org"]).await.unwrap();
+        assert_eq!(
+            done.results,
+            [Outcome::Failed("550 5.1.1 User unknown".into())]
+        );
+        assert!(
+            !done.reusable,
+            "the next hop waits for a message: whatever came next would be one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_next_hop_that_hangs_up_after_the_message_may_have_it() {
+        let script = Script {
+            after_message: None,
+            ..Script::default()
+        };
+        let e = run(script, true, &["a@example.org"]).await.unwrap_err();
+        assert!(e.message_sent(), "{e:?}");
+        let script = Script {
+            data: "451 4.3.0 not now",
+            ..Script::default()
+        };
+        let done = run(script, false, &["a@example.org"]).await.unwrap();
+        assert_eq!(
+            done.results,
+            [Outcome::Deferred("451 4.3.0 not now".into())]
+        );
+    }
+
+    #[test]
+    fn connection_errors_say_what_failed_where_on_one_line() {
+        let hop = NextHop {
+            host: "mx.example.org".into(),
+            port: 25,
+        };
+        let refused = ConnectionError::Refused {
+            hop: hop.clone(),
+            reply: Response {
+                code: 554,
+                esc: [5, 7, 1],
+                message: "go away\r\nBcc: forged".into(),
+            },
+        };
+        assert_eq!(
+            refused.to_string(),
+            "refused by mx.example.org:25: 554 5.7.1 go away  Bcc: forged"
+        );
+        let io = ConnectionError::Connect {
+            hop,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(
+            io.to_string()
+                .starts_with("cannot connect to mx.example.org:25: ")
+        );
+        assert!(
+            std::error::Error::source(&io).is_some(),
+            "the cause is kept"
+        );
+        assert!(!io.message_sent());
+    }
 
     #[test]
     fn data_is_dot_stuffed_and_terminated_once() {

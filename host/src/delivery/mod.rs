@@ -285,11 +285,17 @@ mod tests {
         envelope
     }
 
-    fn rules(pairs: &[(&str, TlsRule)]) -> TlsRules {
-        TlsRules::new(&DeliveryConfig {
-            tls_policy: pairs.iter().map(|&(d, r)| (d.to_string(), r)).collect(),
-            ..DeliveryConfig::default()
-        })
+    /// `[delivery]` as a postmaster writes it.
+    fn config(toml: &str) -> DeliveryConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    fn rules(pairs: &[(&str, &str)]) -> TlsRules {
+        let table: String = pairs
+            .iter()
+            .map(|(domain, rule)| format!("\"{domain}\" = \"{rule}\"\n"))
+            .collect();
+        TlsRules::new(&config(&format!("[tls_policy]\n{table}")))
     }
 
     fn group(domain: &str, rule: TlsRule, recipients: &[usize]) -> Group {
@@ -333,10 +339,7 @@ mod tests {
 
     #[test]
     fn each_domain_goes_under_its_own_tls_rule() {
-        let rules = rules(&[
-            ("Bank.Example", TlsRule::Verify),
-            ("partner.example", TlsRule::Required),
-        ]);
+        let rules = rules(&[("Bank.Example", "verify"), ("partner.example", "required")]);
         let e = envelope(&[
             ("a@bank.example", false),
             ("b@partner.example", false),
@@ -354,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_policys_request_for_tls_splits_a_domain_and_never_weakens_its_rule() {
-        let rules = rules(&[("bank.example", TlsRule::Verify)]);
+        let rules = rules(&[("bank.example", "verify")]);
         let e = envelope(&[
             ("a@other.example", false),
             ("b@other.example", true),
@@ -384,7 +387,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_recipient_without_a_domain_fails_without_a_connection() {
-        let delivery = Delivery::new(DeliveryConfig::default(), "relay.test".into()).unwrap();
+        let delivery = Delivery::new(config(""), "relay.test".into()).unwrap();
         let (leg, outcomes) = delivery
             .deliver_group(
                 &group("", TlsRule::Opportunistic, &[0]),
@@ -405,11 +408,8 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let config = DeliveryConfig {
-            smarthost: Some(format!("127.0.0.1:{port}")),
-            ..DeliveryConfig::default()
-        };
-        let delivery = Delivery::new(config, "relay.test".into()).unwrap();
+        let smarthost = config(&format!("smarthost = \"127.0.0.1:{port}\""));
+        let delivery = Delivery::new(smarthost, "relay.test".into()).unwrap();
         let (leg, outcomes) = delivery
             .deliver_group(
                 &group("example.org", TlsRule::Opportunistic, &[0, 1]),

@@ -312,6 +312,80 @@ pub fn retry_delay(schedule: &[Duration], attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    /// A queue over a spool in `dir` that signs with the Ed25519 key of the DKIM tests;
+    /// the runner's end of its channel.
+    fn signing_queue(dir: &std::path::Path) -> (Queue, mpsc::UnboundedReceiver<Order>) {
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/dkim/ed25519-s2.pem"
+        );
+        let config: crate::config::DkimConfig = toml::from_str(&format!(
+            "domain = \"relay.test\"\nselector = \"s2\"\nkey = \"{key}\"\n"
+        ))
+        .unwrap();
+        let dkim = Arc::new(Dkim::new(Some(&config)).unwrap());
+        let spool = Arc::new(Spool::open(dir).unwrap());
+        let (orders, runner) = mpsc::unbounded_channel();
+        (Queue::new(spool, orders, dkim), runner)
+    }
+
+    /// The value of the tag `name=` in a DKIM-Signature field.
+    fn tag<'a>(field: &'a str, name: &str) -> &'a str {
+        field
+            .split(';')
+            .map(str::trim)
+            .find_map(|t| t.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {name}= in {field}"))
+    }
+
+    #[tokio::test]
+    async fn submit_signs_the_message_as_spooled_and_tells_the_runner() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, mut runner) = signing_queue(dir.path());
+        let original =
+            Bytes::from_static(b"From: a@example.edu\r\nX-Drop: x\r\nSubject: hi\r\n\r\nbody\r\n");
+        let mut message = Message::without(original, std::iter::once(21..32));
+        message.prepend("Received: from client\r\n");
+        let unsigned = message.to_vec();
+        let envelope = Envelope::local(new_queue_id(), "a@example.edu", "b@example.org");
+        let id = envelope.id.clone();
+        let size = queue.submit(envelope, message).await.unwrap();
+
+        let (envelope, spooled) = queue.spool().load(&id).unwrap();
+        assert_eq!((envelope.size, size), (spooled.len(), spooled.len()));
+        assert!(
+            spooled.ends_with(&unsigned),
+            "the message, after its signature"
+        );
+        let signature =
+            String::from_utf8(spooled[..spooled.len() - unsigned.len()].to_vec()).unwrap();
+        assert!(signature.starts_with("DKIM-Signature: "), "{signature}");
+        // Signed in parts as in one piece: the same body hash and fields; the same
+        // signature (Ed25519's are deterministic) when made in the same second.
+        let in_one_piece = queue.dkim.sign(&[&unsigned]).unwrap();
+        for name in ["bh", "h", "d", "s"] {
+            assert_eq!(tag(&signature, name), tag(&in_one_piece, name), "{name}=");
+        }
+        if tag(&signature, "t") == tag(&in_one_piece, "t") {
+            assert_eq!(signature, in_one_piece);
+        }
+        assert!(matches!(runner.try_recv(), Ok(Order::New(new)) if new == id));
+    }
+
+    #[tokio::test]
+    async fn a_held_message_is_spooled_but_not_scheduled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, mut runner) = signing_queue(dir.path());
+        let mut envelope = Envelope::local(new_queue_id(), "a@example.edu", "b@example.org");
+        envelope.hold = true;
+        let id = envelope.id.clone();
+        let message = Message::from(b"Subject: held\r\n\r\nx\r\n".to_vec());
+        queue.submit(envelope, message).await.unwrap();
+        assert!(queue.spool().envelope(&id).unwrap().hold);
+        assert!(runner.try_recv().is_err(), "the runner is not told");
+    }
 
     #[test]
     fn queue_ids_are_unique_and_sorted() {

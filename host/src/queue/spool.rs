@@ -423,6 +423,23 @@ mod tests {
     }
 
     #[test]
+    fn a_message_in_parts_is_written_in_turn_under_one_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut message = Message::from(b"Subject: x\r\n\r\nbody\r\n".to_vec());
+        message.prepend("Received: y\r\n");
+        message.prepend("DKIM-Signature: z\r\n");
+        spool.store_unsynced(envelope("P1"), &message).unwrap();
+        spool.sync_queue().unwrap();
+        let (envelope, text) = spool.load("P1").unwrap();
+        assert_eq!(
+            text,
+            b"DKIM-Signature: z\r\nReceived: y\r\nSubject: x\r\n\r\nbody\r\n"
+        );
+        assert_eq!(envelope.checksum, Some(crc32fast::hash(&text)));
+    }
+
+    #[test]
     fn a_message_that_does_not_match_its_checksum_is_never_loaded() {
         for sync in [SpoolSync::Files, SpoolSync::Filesystem] {
             let dir = tempfile::tempdir().unwrap();
