@@ -180,11 +180,13 @@ impl Connection {
         rule: TlsRule,
         connectors: &Connectors,
     ) -> Result<Connection, ConnectionError> {
-        let hop_ = || hop.clone();
         let (client, ehlo) = greet(hop, helo, timeout).await?;
         if !ehlo.has_capability(EXT_START_TLS) {
             if rule != TlsRule::Opportunistic {
-                return Err(ConnectionError::NoStartTls { hop: hop_(), rule });
+                return Err(ConnectionError::NoStartTls {
+                    hop: hop.clone(),
+                    rule,
+                });
             }
             return Ok(Connection::plain(client, &ehlo));
         }
@@ -201,7 +203,7 @@ impl Connection {
             }
             Err(source) => {
                 return Err(ConnectionError::Handshake {
-                    hop: hop_(),
+                    hop: hop.clone(),
                     source,
                 });
             }
@@ -210,7 +212,7 @@ impl Connection {
             .ehlo(helo)
             .await
             .map_err(|source| ConnectionError::EhloAfterTls {
-                hop: hop_(),
+                hop: hop.clone(),
                 source,
             })?;
         let conn = tls_client.tls_connection();
@@ -266,12 +268,11 @@ async fn greet(
     helo: &str,
     timeout: Duration,
 ) -> Result<(SmtpClient<TcpStream>, EhloResponse<String>), ConnectionError> {
-    let hop_ = || hop.clone();
     let tcp = tokio::time::timeout(timeout, TcpStream::connect((hop.host.as_str(), hop.port)))
         .await
-        .map_err(|_| ConnectionError::ConnectTimeout { hop: hop_() })?
+        .map_err(|_| ConnectionError::ConnectTimeout { hop: hop.clone() })?
         .map_err(|source| ConnectionError::Connect {
-            hop: hop_(),
+            hop: hop.clone(),
             source,
         })?;
     let _ = tcp.set_nodelay(true);
@@ -281,14 +282,14 @@ async fn greet(
     };
     let greeting = tokio::time::timeout(timeout, client.read())
         .await
-        .map_err(|_| ConnectionError::GreetingTimeout { hop: hop_() })?
+        .map_err(|_| ConnectionError::GreetingTimeout { hop: hop.clone() })?
         .map_err(|source| ConnectionError::Greeting {
-            hop: hop_(),
+            hop: hop.clone(),
             source,
         })?;
     if greeting.code != 220 {
         return Err(ConnectionError::Refused {
-            hop: hop_(),
+            hop: hop.clone(),
             reply: greeting,
         });
     }
@@ -296,7 +297,7 @@ async fn greet(
         .ehlo(helo)
         .await
         .map_err(|source| ConnectionError::Ehlo {
-            hop: hop_(),
+            hop: hop.clone(),
             source,
         })?;
     Ok((client, ehlo))

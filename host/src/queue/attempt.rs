@@ -52,6 +52,15 @@ pub enum Outcome {
     Failed(String),
 }
 
+impl Outcome {
+    /// What was said.
+    pub fn into_text(self) -> String {
+        match self {
+            Outcome::Sent(text) | Outcome::Deferred(text) | Outcome::Failed(text) => text,
+        }
+    }
+}
+
 /// The way a recipient went in an attempt, as the delivery log names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leg {
@@ -156,30 +165,22 @@ async fn record(
             Some(d) => (d.outcome, Some(d.leg)),
             None => (Outcome::Deferred(NO_OUTCOME.into()), None),
         };
-        let (status, text, reason) = match outcome {
-            Outcome::Sent(text) => (RecipientStatus::Sent, text, None),
-            Outcome::Failed(text) => {
+        let (status, word, reason) = match &outcome {
+            Outcome::Sent(_) => (RecipientStatus::Sent, "sent", None),
+            Outcome::Failed(_) => {
                 let remote = leg.as_ref().and_then(|l| l.relay.clone());
-                (
-                    RecipientStatus::Failed,
-                    text,
-                    Some(Reason::Refused { remote }),
-                )
+                let refused = Reason::Refused { remote };
+                (RecipientStatus::Failed, "bounced", Some(refused))
             }
-            Outcome::Deferred(text) if expired => {
-                (RecipientStatus::Failed, text, Some(Reason::Expired))
+            Outcome::Deferred(_) if expired => {
+                (RecipientStatus::Failed, "expired", Some(Reason::Expired))
             }
             Outcome::Deferred(text) => {
                 last_error = Some(text.clone());
-                (RecipientStatus::Pending, text, None)
+                (RecipientStatus::Pending, "deferred", None)
             }
         };
-        let word = match (status, &reason) {
-            (RecipientStatus::Sent, _) => "sent",
-            (_, Some(Reason::Expired)) => "expired",
-            (RecipientStatus::Failed, _) => "bounced",
-            (RecipientStatus::Pending, _) => "deferred",
-        };
+        let text = outcome.into_text();
         tracing::info!(
             target: "sluice::delivery",
             "{}: from=<{}>, to=<{}>, relay={}, delay={delay}, attempts={}, tls={}, tls_rule={}, status={word} ({text})",

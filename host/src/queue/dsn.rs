@@ -91,38 +91,7 @@ pub fn bounce(
         queue_id = original.id,
     );
     for f in failures {
-        let _ = write!(
-            text,
-            "\r\nFinal-Recipient: rfc822; {rcpt}\r\n\
-             Action: failed\r\n\
-             Status: {status}\r\n",
-            rcpt = f.recipient.address,
-            status = status(f),
-        );
-        if let Reason::Refused {
-            remote: Some(remote),
-        } = &f.reason
-        {
-            // A host name, not HOST:PORT (RFC 3464 2.3.5).
-            let host = remote
-                .rsplit_once(':')
-                .map_or(remote.as_str(), |(host, _)| host)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let _ = write!(text, "Remote-MTA: dns; {host}\r\n");
-        }
-        // `smtp` when it is the next hop's reply; the relay's own words otherwise.
-        let said = diagnostic(f);
-        let kind = if !f.expired()
-            && said
-                .get(..3)
-                .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
-        {
-            "smtp"
-        } else {
-            "X-Sluice"
-        };
-        let _ = write!(text, "Diagnostic-Code: {kind}; {said}\r\n");
+        recipient_fields(&mut text, f);
     }
     let headers_end = memchr::memmem::find(message, b"\r\n\r\n")
         .map_or(message.len(), |i| i + 2)
@@ -142,6 +111,42 @@ pub fn bounce(
 
     let envelope = Envelope::local(id, "", &original.sender);
     Some((envelope, bytes))
+}
+
+/// The per-recipient fields of the delivery-status part (RFC 3464 2.3) for `f`.
+fn recipient_fields(text: &mut String, f: &Failure) {
+    let _ = write!(
+        text,
+        "\r\nFinal-Recipient: rfc822; {rcpt}\r\n\
+         Action: failed\r\n\
+         Status: {status}\r\n",
+        rcpt = f.recipient.address,
+        status = status(f),
+    );
+    if let Reason::Refused {
+        remote: Some(remote),
+    } = &f.reason
+    {
+        // A host name, not HOST:PORT (RFC 3464 2.3.5).
+        let host = remote
+            .rsplit_once(':')
+            .map_or(remote.as_str(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let _ = write!(text, "Remote-MTA: dns; {host}\r\n");
+    }
+    // `smtp` when it is the next hop's reply; the relay's own words otherwise.
+    let said = diagnostic(f);
+    let kind = if !f.expired()
+        && said
+            .get(..3)
+            .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
+    {
+        "smtp"
+    } else {
+        "X-Sluice"
+    };
+    let _ = write!(text, "Diagnostic-Code: {kind}; {said}\r\n");
 }
 
 fn diagnostic(f: &Failure) -> String {

@@ -4,7 +4,7 @@
 //!   writes itself (bounces, registry notices): signed, spooled, made durable, scheduled.
 //! - [`message`] — a message as parts, so header fields go on top without copying a body.
 //! - [`spool`] — the on-disk format and its crash-safe writes.
-//! - [`commit`] — the group commit that makes many sessions' messages durable at once.
+//! - `commit` — the group commit that makes many sessions' messages durable at once.
 //! - [`runner`] — the scheduler that hands due messages to delivery, with back-off.
 //! - [`attempt`] — one attempt from the queue's side: load, deliver, record, bounce.
 //! - [`dsn`] — the bounces (RFC 3464) for recipients that failed for good.
@@ -169,11 +169,13 @@ impl Queue {
     }
 
     /// Puts a message in the queue: DKIM-signs it (the signature goes on top, as a part
-    /// of its own), sets the envelope's size, writes it to the spool and makes it durable
-    /// with the messages arriving at the same time (one syncfs(2) of the spool's
-    /// filesystem, or with `sync = "files"` an fsync of the message and one of `queue/`:
-    /// see [`spool`]), then tells the runner unless the message is held. When this returns
-    /// `Ok`, the message survives a crash; the size as spooled is returned.
+    /// of its own), sets the envelope's size, writes it to the spool, and makes it durable
+    /// together with the messages arriving at the same time (group commit): by default one
+    /// syncfs(2) of the spool's filesystem, which flushes the batch's data and renames at
+    /// once; with `sync = "files"`, an fsync of the message's file before its rename and
+    /// one fsync of `queue/` for the batch (see [`spool`]). Then it tells the runner,
+    /// unless the message is held. When this returns `Ok`, the message survives a crash
+    /// or kill -9; it returns the size as spooled.
     pub async fn submit(
         &self,
         mut envelope: Envelope,

@@ -142,10 +142,10 @@ pub async fn run<D: Deliver>(
                 }
                 book.waiting.remove(&id);
                 book.in_flight.insert(id.clone(), Vec::new());
-                let (queue, deliverer, schedule) = (queue.clone(), deliverer.clone(), schedule.clone());
-                let finished = finished_tx.clone();
+                let (queue, deliverer) = (queue.clone(), deliverer.clone());
+                let (schedule, finished) = (schedule.clone(), finished_tx.clone());
                 tokio::spawn(async move {
-                    let attempted = attempt::run(&queue, deliverer.as_ref(), &schedule, &id).await;
+                    let attempted = attempt::run(&queue, &*deliverer, &schedule, &id).await;
                     drop(permit);
                     let _ = finished.send((id, attempted));
                 });
