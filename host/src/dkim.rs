@@ -60,11 +60,24 @@ impl Signer {
         })
     }
 
-    /// The `DKIM-Signature` field for `message`, CRLF-terminated.
-    pub fn sign(&self, message: &[u8]) -> anyhow::Result<String> {
+    /// The `DKIM-Signature` field for the message made of `chunks` in turn, CRLF-terminated.
+    /// Every chunk but the last must hold whole header fields only: mail-auth reads header
+    /// fields across chunks but takes the body from the chunk where the header section ends.
+    pub fn sign(&self, chunks: &[&[u8]]) -> anyhow::Result<String> {
+        fn with<K: SigningKey>(
+            signer: &DkimSigner<K, Done>,
+            chunks: &[&[u8]],
+        ) -> mail_auth::Result<mail_auth::dkim::Signature> {
+            match chunks {
+                [] => signer.sign(b""),
+                [whole] => signer.sign(whole),
+                // Never empty here: mail-auth's chained signing panics on no chunk at all.
+                chunks => signer.sign_chained(chunks.iter().copied()),
+            }
+        }
         let signature = match &self.key {
-            Key::Rsa(signer) => signer.sign(message),
-            Key::Ed25519(signer) => signer.sign(message),
+            Key::Rsa(signer) => with(signer, chunks),
+            Key::Ed25519(signer) => with(signer, chunks),
         }
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(signature.to_header())
@@ -156,11 +169,12 @@ impl Dkim {
         Ok(described)
     }
 
-    /// The `DKIM-Signature` field for `message`, or `None` when not signing (or when
-    /// signing failed, which is logged: the message goes unsigned rather than not at all).
-    pub fn sign(&self, message: &[u8]) -> Option<String> {
+    /// The `DKIM-Signature` field for the message made of `chunks` (see [`Signer::sign`]),
+    /// or `None` when not signing (or when signing failed, which is logged: the message
+    /// goes unsigned rather than not at all).
+    pub fn sign(&self, chunks: &[&[u8]]) -> Option<String> {
         let signer = self.current.load_full()?;
-        match signer.sign(message) {
+        match signer.sign(chunks) {
             Ok(field) => Some(field),
             Err(e) => {
                 tracing::error!(target: "sluice::dkim", "DKIM signing failed ({}): {e}", signer.describe());

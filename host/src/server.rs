@@ -7,7 +7,7 @@ use crate::delivery::Delivery;
 use crate::dkim::Dkim;
 use crate::policy::reload::{self, Reloader};
 use crate::policy::{Chain, PolicyEngine};
-use crate::queue::{Queue, Spool, runner};
+use crate::queue::{Queue, Schedule, Spool, runner};
 use crate::registry::Registry;
 use crate::reloadable::Reloadable;
 use crate::smtp::{ServerContext, listener};
@@ -32,10 +32,11 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             .with_context(|| format!("spool.dir {}", config.spool.dir.display()))?
             .syncing(config.spool.sync),
     );
-    // Signs what the relay accepts, and what it writes itself (bounces, registry notices).
+    // Signs what enters the queue: what the relay accepts, and what it writes itself
+    // (bounces, registry notices).
     let dkim = Arc::new(Dkim::new(config.dkim.as_ref())?);
     let registry = Arc::new(
-        Registry::open(&config, dkim.clone())
+        Registry::open(&config)
             .with_context(|| format!("store.db {}", config.store_db().display()))?,
     );
     let auth = Arc::new(
@@ -77,28 +78,28 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let watching_certificates = reloadable.watch_certificates();
     let listeners = listener::bind(&config.listeners).await?;
 
+    // The queue runner drives delivery's SMTP client; the queue knows it only as a
+    // `Deliver`.
     let (orders, runner_orders) = mpsc::unbounded_channel();
+    let queue = Queue::new(spool, orders, dkim.clone());
     let delivery = Arc::new(Delivery::new(
-        spool.clone(),
         config.delivery.clone(),
         config.hostname.clone(),
-        dkim.clone(),
     )?);
     tokio::spawn(runner::run(
-        spool.clone(),
+        queue.clone(),
         delivery,
         runner_orders,
-        config.delivery.concurrency,
+        Schedule::of(&config),
     ));
 
     let ctx = Arc::new(ServerContext {
         config: config.clone(),
         tls,
         chain,
-        queue: Queue::new(spool, orders),
+        queue,
         registry: Some(registry.clone()),
         auth: Some(auth),
-        dkim: reloadable.dkim.clone(),
     });
     tokio::spawn(registry.clone().run(ctx.queue.clone()));
 

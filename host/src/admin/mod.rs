@@ -101,7 +101,9 @@ impl Controls {
             Request::Queue(order) => self.steer_queue(order).await,
             Request::RegistryChanged => match self.registry.catch_up(&self.queue).await {
                 Ok(()) => Answer::RegistryRead,
-                Err(error) => Answer::Failed { error },
+                Err(error) => Answer::Failed {
+                    error: error.to_string(),
+                },
             },
         }
     }
@@ -135,7 +137,9 @@ impl Controls {
             QueueOrder::DeleteAll => {
                 return match self.queue.delete_all().await {
                     Ok(count) => Answer::Deleted { count },
-                    Err(error) => Answer::Failed { error },
+                    Err(error) => Answer::Failed {
+                        error: error.to_string(),
+                    },
                 };
             }
             QueueOrder::Hold { id } => (id, MessageOrder::Hold),
@@ -144,7 +148,9 @@ impl Controls {
         };
         match self.queue.order(&id, order).await {
             Ok(outcome) => Answer::Message { id, outcome },
-            Err(error) => Answer::Failed { error },
+            Err(error) => Answer::Failed {
+                error: error.to_string(),
+            },
         }
     }
 }

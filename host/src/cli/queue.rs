@@ -152,6 +152,10 @@ fn offline(config: &Config, order: QueueOrder) -> ExitCode {
             Ok(outcome) => {
                 println!("ok: {id}: {outcome} (the relay is not running: done on the spool)")
             }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                eprintln!("sluice: {id}: no such message in the queue");
+                code = ExitCode::FAILURE;
+            }
             Err(e) => {
                 eprintln!("sluice: {id}: {e}");
                 code = ExitCode::FAILURE;

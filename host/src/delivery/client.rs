@@ -7,6 +7,7 @@
 
 use super::NextHop;
 use crate::config::TlsRule;
+use crate::queue::Outcome;
 use mail_send::SmtpClient;
 use smtp_proto::{
     EXT_8BIT_MIME, EXT_PIPELINING, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse, Response,
@@ -27,8 +28,8 @@ const MAX_IDLE: usize = 16;
 /// An open, greeted connection to a next hop.
 pub struct Connection {
     stream: Stream,
-    /// "TLSv1.3" etc., or "none".
-    pub tls: String,
+    /// "TLSv1.3" etc.; `None` in clear.
+    pub tls: Option<String>,
     /// The extensions the next hop offered (smtp-proto's `EXT_*` bits).
     extensions: u32,
     idle_since: Instant,
@@ -41,23 +42,93 @@ enum Stream {
     Tls(Box<SmtpClient<TlsStream<TcpStream>>>),
 }
 
-/// What the next hop said about one recipient.
-#[derive(Debug, Clone)]
-pub enum RecipientResult {
-    Sent(String),
-    Deferred(String),
-    Failed(String),
+/// A transaction that ran to its end (whatever the next hop said).
+#[derive(Debug)]
+pub struct Transaction {
+    /// One outcome per recipient, in order.
+    pub results: Vec<Outcome>,
+    /// False when the dialogue went where the connection cannot carry another message.
+    pub reusable: bool,
 }
 
-/// A failure of the connection itself: every recipient is deferred. The flag says the
-/// message had been sent whole when it happened (so the next hop may have it: trying again
-/// at once, on another connection, could deliver it twice).
-#[derive(Debug)]
-pub struct ConnectionError(pub String, pub bool);
+/// A failure of the connection itself: every recipient of the transaction is deferred.
+/// Its text (one line: what a next hop says is made safe for the log) goes into the
+/// delivery log and the queue; the cause stays as the error's source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("timed out connecting to {hop}")]
+    ConnectTimeout { hop: NextHop },
+    #[error("cannot connect to {hop}: {source}")]
+    Connect {
+        hop: NextHop,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no greeting from {hop}: timed out")]
+    GreetingTimeout { hop: NextHop },
+    #[error("bad greeting from {hop}: {}", error_text(.source))]
+    Greeting {
+        hop: NextHop,
+        #[source]
+        source: mail_send::Error,
+    },
+    /// The greeting was not 220.
+    #[error("refused by {hop}: {}", reply_text(.reply))]
+    Refused {
+        hop: NextHop,
+        reply: Response<String>,
+    },
+    #[error("EHLO refused by {hop}: {}", error_text(.source))]
+    Ehlo {
+        hop: NextHop,
+        #[source]
+        source: mail_send::Error,
+    },
+    /// The rule wants TLS and the next hop does not offer STARTTLS.
+    #[error("TLS is {} but STARTTLS is not offered by {hop}: refusing to send in clear", .rule.as_str())]
+    NoStartTls { hop: NextHop, rule: TlsRule },
+    #[error("TLS handshake failed with {hop}: {}", error_text(.source))]
+    Handshake {
+        hop: NextHop,
+        #[source]
+        source: mail_send::Error,
+    },
+    #[error("EHLO after STARTTLS refused by {hop}: {}", error_text(.source))]
+    EhloAfterTls {
+        hop: NextHop,
+        #[source]
+        source: mail_send::Error,
+    },
+    /// The dialogue broke (I/O, a time-out, a reply that cannot be read) before the
+    /// message went out.
+    #[error("{}", error_text(.0))]
+    Dialogue(#[source] mail_send::Error),
+    /// The next hop gave no reply to MAIL.
+    #[error("no reply to MAIL")]
+    NoMailReply,
+    /// DATA went in a pipelined group whose replies stopped short of it.
+    #[error("no reply to DATA")]
+    NoDataReply,
+    #[error("timed out sending the message")]
+    SendTimeout,
+    #[error("sending the message: {0}")]
+    Send(#[source] std::io::Error),
+    /// The message went out whole, but no reply came in time.
+    #[error("no reply after the message")]
+    NoFinalReply,
+    /// The message went out whole, and the reply could not be read.
+    #[error("{}", error_text(.0))]
+    FinalReply(#[source] mail_send::Error),
+}
 
 impl ConnectionError {
-    fn before_data(text: String) -> Self {
-        ConnectionError(text, false)
+    /// Had the message gone out whole? Then the next hop may have it: trying again at
+    /// once, on another connection, could deliver it twice.
+    pub fn message_sent(&self) -> bool {
+        matches!(
+            self,
+            ConnectionError::NoFinalReply | ConnectionError::FinalReply(_)
+        )
     }
 }
 
@@ -73,9 +144,9 @@ fn reply_text(r: &Response<String>) -> String {
     one_line(&text)
 }
 
-fn error_text(e: mail_send::Error) -> String {
+fn error_text(e: &mail_send::Error) -> String {
     match e {
-        mail_send::Error::UnexpectedReply(r) => reply_text(&r),
+        mail_send::Error::UnexpectedReply(r) => reply_text(r),
         other => one_line(&other.to_string()),
     }
 }
@@ -109,15 +180,13 @@ impl Connection {
         rule: TlsRule,
         connectors: &Connectors,
     ) -> Result<Connection, ConnectionError> {
-        let fail =
-            |what: &str, e: String| ConnectionError::before_data(format!("{what} {hop}: {e}"));
         let (client, ehlo) = greet(hop, helo, timeout).await?;
         if !ehlo.has_capability(EXT_START_TLS) {
             if rule != TlsRule::Opportunistic {
-                return Err(fail(
-                    &format!("TLS is {} but STARTTLS is not offered by", rule.as_str()),
-                    "refusing to send in clear".into(),
-                ));
+                return Err(ConnectionError::NoStartTls {
+                    hop: hop.clone(),
+                    rule,
+                });
             }
             return Ok(Connection::plain(client, &ehlo));
         }
@@ -128,16 +197,24 @@ impl Connection {
         let mut tls_client = match client.start_tls(connector, &hop.host).await {
             Ok(tls_client) => tls_client,
             Err(e) if rule == TlsRule::Opportunistic => {
-                tracing::info!(%hop, error = %error_text(e), "TLS handshake failed; opportunistic TLS goes on in clear");
+                tracing::info!(%hop, error = %error_text(&e), "TLS handshake failed; opportunistic TLS goes on in clear");
                 let (client, ehlo) = greet(hop, helo, timeout).await?;
                 return Ok(Connection::plain(client, &ehlo));
             }
-            Err(e) => return Err(fail("TLS handshake failed with", error_text(e))),
+            Err(source) => {
+                return Err(ConnectionError::Handshake {
+                    hop: hop.clone(),
+                    source,
+                });
+            }
         };
         let ehlo = tls_client
             .ehlo(helo)
             .await
-            .map_err(|e| fail("EHLO after STARTTLS refused by", error_text(e)))?;
+            .map_err(|source| ConnectionError::EhloAfterTls {
+                hop: hop.clone(),
+                source,
+            })?;
         let conn = tls_client.tls_connection();
         let version = conn
             .protocol_version()
@@ -146,7 +223,7 @@ impl Connection {
             .replace("TLSv1_", "TLSv1.");
         Ok(Connection {
             stream: Stream::Tls(Box::new(tls_client)),
-            tls: version,
+            tls: Some(version),
             extensions: ehlo.capabilities,
             idle_since: Instant::now(),
             reusable: true,
@@ -156,7 +233,7 @@ impl Connection {
     fn plain(client: SmtpClient<TcpStream>, ehlo: &EhloResponse<String>) -> Connection {
         Connection {
             stream: Stream::Plain(client),
-            tls: "none".into(),
+            tls: None,
             extensions: ehlo.capabilities,
             idle_since: Instant::now(),
             reusable: true,
@@ -164,22 +241,24 @@ impl Connection {
     }
 
     /// Runs one transaction. `Err` means the connection failed (every recipient deferred,
-    /// the connection must be dropped); `Ok` gives one result per recipient, in order.
+    /// the connection must be dropped); `Ok` gives one result per recipient, in order,
+    /// and whether this connection may carry another message.
     pub async fn send(
         &mut self,
         sender: &str,
-        recipients: &[String],
+        recipients: &[&str],
         message: &[u8],
-    ) -> Result<Vec<RecipientResult>, ConnectionError> {
+    ) -> Result<Transaction, ConnectionError> {
         let extensions = self.extensions;
-        let (results, reusable) = match &mut self.stream {
+        let mut done = match &mut self.stream {
             Stream::Plain(c) => transaction(c, extensions, sender, recipients, message).await,
             Stream::Tls(c) => {
                 transaction(c.as_mut(), extensions, sender, recipients, message).await
             }
         }?;
-        self.reusable &= reusable;
-        Ok(results)
+        self.reusable &= done.reusable;
+        done.reusable = self.reusable;
+        Ok(done)
     }
 }
 
@@ -189,11 +268,13 @@ async fn greet(
     helo: &str,
     timeout: Duration,
 ) -> Result<(SmtpClient<TcpStream>, EhloResponse<String>), ConnectionError> {
-    let fail = |what: &str, e: String| ConnectionError::before_data(format!("{what} {hop}: {e}"));
     let tcp = tokio::time::timeout(timeout, TcpStream::connect((hop.host.as_str(), hop.port)))
         .await
-        .map_err(|_| fail("timed out connecting to", String::new()))?
-        .map_err(|e| fail("cannot connect to", e.to_string()))?;
+        .map_err(|_| ConnectionError::ConnectTimeout { hop: hop.clone() })?
+        .map_err(|source| ConnectionError::Connect {
+            hop: hop.clone(),
+            source,
+        })?;
     let _ = tcp.set_nodelay(true);
     let mut client = SmtpClient {
         stream: tcp,
@@ -201,26 +282,36 @@ async fn greet(
     };
     let greeting = tokio::time::timeout(timeout, client.read())
         .await
-        .map_err(|_| fail("no greeting from", "timed out".into()))?
-        .map_err(|e| fail("bad greeting from", error_text(e)))?;
+        .map_err(|_| ConnectionError::GreetingTimeout { hop: hop.clone() })?
+        .map_err(|source| ConnectionError::Greeting {
+            hop: hop.clone(),
+            source,
+        })?;
     if greeting.code != 220 {
-        return Err(fail("refused by", reply_text(&greeting)));
+        return Err(ConnectionError::Refused {
+            hop: hop.clone(),
+            reply: greeting,
+        });
     }
     let ehlo = client
         .ehlo(helo)
         .await
-        .map_err(|e| fail("EHLO refused by", error_text(e)))?;
+        .map_err(|source| ConnectionError::Ehlo {
+            hop: hop.clone(),
+            source,
+        })?;
     Ok((client, ehlo))
 }
 
+/// One transaction: the envelope (MAIL, RCPT, DATA; pipelined when offered), then the
+/// message if any recipient was accepted.
 async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
     extensions: u32,
     sender: &str,
-    recipients: &[String],
+    recipients: &[&str],
     message: &[u8],
-) -> Result<(Vec<RecipientResult>, bool), ConnectionError> {
-    let io = |e: mail_send::Error| ConnectionError::before_data(error_text(e));
+) -> Result<Transaction, ConnectionError> {
     let offers = |ext: u32| extensions & ext != 0;
     // Say onward what the message is (RFC 6152, RFC 6531), where the next hop offers it.
     // 8-bit text to a next hop without 8BITMIME goes as it is, as most MTAs do; UTF-8
@@ -231,25 +322,84 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     }
     if !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()) {
         if !offers(EXT_SMTP_UTF8) {
-            let failed = RecipientResult::Failed(
+            let failed = Outcome::Failed(
                 "553 5.6.7 the next hop does not offer SMTPUTF8, which these addresses need".into(),
             );
-            return Ok((recipients.iter().map(|_| failed.clone()).collect(), true));
+            return Ok(Transaction {
+                results: recipients.iter().map(|_| failed.clone()).collect(),
+                reusable: true,
+            });
         }
         params.push_str(" SMTPUTF8");
     }
     let pipelining = offers(EXT_PIPELINING);
+    let (results, go_ahead) =
+        match send_envelope(client, pipelining, sender, &params, recipients).await? {
+            AfterEnvelope::Accepted { results, go_ahead } => (results, go_ahead),
+            AfterEnvelope::Ended(done) => return Ok(done),
+        };
+    if go_ahead.code != 354 {
+        // No message was sent: the accepted recipients get DATA's refusal (a 2xx here is
+        // nonsense, taken as a temporary failure), and the transaction is ended.
+        let outcome = if go_ahead.code < 300 {
+            Outcome::Deferred(format!(
+                "unexpected reply to DATA: {}",
+                reply_text(&go_ahead)
+            ))
+        } else {
+            classify(&go_ahead)
+        };
+        let _ = client.cmd("RSET\r\n").await;
+        return Ok(Transaction {
+            results: fill(results, outcome),
+            reusable: true,
+        });
+    }
+    let outcome = send_message(client, message).await?;
+    Ok(Transaction {
+        results: fill(results, outcome),
+        reusable: true,
+    })
+}
+
+/// Where the envelope of a transaction left it.
+enum AfterEnvelope {
+    /// At least one recipient was accepted: the refused ones' outcomes (`None` for each
+    /// accepted one), and the reply to DATA.
+    Accepted {
+        results: Vec<Option<Outcome>>,
+        go_ahead: Response<String>,
+    },
+    /// No message will be sent (the sender or every recipient was refused): the
+    /// transaction is over.
+    Ended(Transaction),
+}
+
+/// MAIL, RCPT for each recipient, and DATA when one was accepted: in one group when the
+/// next hop offers PIPELINING, else one by one (stopping at a refused MAIL).
+async fn send_envelope<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    pipelining: bool,
+    sender: &str,
+    params: &str,
+    recipients: &[&str],
+) -> Result<AfterEnvelope, ConnectionError> {
     let mut commands = vec![format!("MAIL FROM:<{sender}>{params}\r\n")];
     commands.extend(recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")));
     let replies = if pipelining {
         // DATA goes in the same group (RFC 2920 3.1: it may end one): a round trip less
         // for every message.
         commands.push("DATA\r\n".into());
-        pipeline(client, &commands).await.map_err(io)?
+        pipeline(client, &commands)
+            .await
+            .map_err(ConnectionError::Dialogue)?
     } else {
         let mut replies = Vec::with_capacity(commands.len());
         for command in &commands {
-            let reply = client.cmd(command).await.map_err(io)?;
+            let reply = client
+                .cmd(command)
+                .await
+                .map_err(ConnectionError::Dialogue)?;
             let refused_mail = replies.is_empty() && reply.code >= 400;
             replies.push(reply);
             if refused_mail {
@@ -262,62 +412,52 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     let pipelined_data = pipelining
         .then(|| replies.get(recipients.len() + 1).cloned())
         .flatten();
-    let mail = &replies[0];
+    let Some(mail) = replies.first() else {
+        return Err(ConnectionError::NoMailReply);
+    };
     if mail.code >= 300 {
         // Without a sender there is no transaction: every recipient gets the MAIL reply.
         let outcome = classify(mail);
         let reusable = abandon(client, pipelined_data.as_ref()).await;
-        return Ok((
-            recipients.iter().map(|_| outcome.clone()).collect(),
+        return Ok(AfterEnvelope::Ended(Transaction {
+            results: recipients.iter().map(|_| outcome.clone()).collect(),
             reusable,
-        ));
+        }));
     }
-    let mut results: Vec<Option<RecipientResult>> = recipients
+    let mut results: Vec<Option<Outcome>> = replies
         .iter()
-        .zip(replies.iter().skip(1))
-        .map(|(_, r)| {
-            if r.code < 300 {
-                None
-            } else {
-                Some(classify(r))
-            }
-        })
+        .skip(1)
+        .take(recipients.len())
+        .map(|r| (r.code >= 300).then(|| classify(r)))
         .collect();
     results.resize(
         recipients.len(),
-        Some(RecipientResult::Deferred("no reply to RCPT".into())),
+        Some(Outcome::Deferred("no reply to RCPT".into())),
     );
     if results.iter().all(Option::is_some) {
         let reusable = abandon(client, pipelined_data.as_ref()).await;
-        return Ok((results.into_iter().flatten().collect(), reusable));
+        return Ok(AfterEnvelope::Ended(Transaction {
+            results: results.into_iter().flatten().collect(),
+            reusable,
+        }));
     }
     let go_ahead = match pipelined_data {
         Some(reply) => reply,
-        None if pipelining => {
-            return Err(ConnectionError::before_data("no reply to DATA".into()));
-        }
-        None => client.cmd("DATA\r\n").await.map_err(io)?,
+        None if pipelining => return Err(ConnectionError::NoDataReply),
+        None => client
+            .cmd("DATA\r\n")
+            .await
+            .map_err(ConnectionError::Dialogue)?,
     };
-    if go_ahead.code != 354 {
-        // No message was sent: the accepted recipients get DATA's refusal (a 2xx here is
-        // nonsense, taken as a temporary failure), and the transaction is ended.
-        let outcome = if go_ahead.code < 300 {
-            RecipientResult::Deferred(format!(
-                "unexpected reply to DATA: {}",
-                reply_text(&go_ahead)
-            ))
-        } else {
-            classify(&go_ahead)
-        };
-        let _ = client.cmd("RSET\r\n").await;
-        return Ok((
-            results
-                .into_iter()
-                .map(|r| r.unwrap_or_else(|| outcome.clone()))
-                .collect(),
-            true,
-        ));
-    }
+    Ok(AfterEnvelope::Accepted { results, go_ahead })
+}
+
+/// Sends the message after a 354 and reads the final reply: what it says of every
+/// accepted recipient.
+async fn send_message<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    message: &[u8],
+) -> Result<Outcome, ConnectionError> {
     let text = data_text(message);
     // Writing: the usual timeout for every 64 KiB, so a large message on a slow link has
     // the time it needs; then up to 10 minutes for the final reply (RFC 5321 4.5.3.2.6).
@@ -327,24 +467,25 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
         client.stream.flush().await
     })
     .await
-    .map_err(|_| ConnectionError::before_data("timed out sending the message".into()))?
-    .map_err(|e| ConnectionError::before_data(format!("sending the message: {e}")))?;
+    .map_err(|_| ConnectionError::SendTimeout)?
+    .map_err(ConnectionError::Send)?;
     let final_reply = tokio::time::timeout(FINAL_REPLY_TIMEOUT, client.read())
         .await
-        .map_err(|_| ConnectionError("no reply after the message".into(), true))?
-        .map_err(|e| ConnectionError(error_text(e), true))?;
-    let outcome = if final_reply.code < 300 {
-        RecipientResult::Sent(reply_text(&final_reply))
+        .map_err(|_| ConnectionError::NoFinalReply)?
+        .map_err(ConnectionError::FinalReply)?;
+    Ok(if final_reply.code < 300 {
+        Outcome::Sent(reply_text(&final_reply))
     } else {
         classify(&final_reply)
-    };
-    Ok((
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| outcome.clone()))
-            .collect(),
-        true,
-    ))
+    })
+}
+
+/// Every recipient's outcome: its own when it was refused, else `outcome`.
+fn fill(results: Vec<Option<Outcome>>, outcome: Outcome) -> Vec<Outcome> {
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| outcome.clone()))
+        .collect()
 }
 
 /// How long the next hop may take to answer the end of a message (RFC 5321 4.5.3.2.6).
@@ -400,11 +541,11 @@ async fn abandon<T: AsyncRead + AsyncWrite + Unpin>(
     true
 }
 
-fn classify(reply: &Response<String>) -> RecipientResult {
+fn classify(reply: &Response<String>) -> Outcome {
     if reply.code >= 500 {
-        RecipientResult::Failed(reply_text(reply))
+        Outcome::Failed(reply_text(reply))
     } else {
-        RecipientResult::Deferred(reply_text(reply))
+        Outcome::Deferred(reply_text(reply))
     }
 }
 
@@ -443,7 +584,202 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
-    use super::data_text;
+    use super::*;
+    use std::collections::HashMap;
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
+
+    /// What the next hop in memory answers.
+    struct Script {
+        mail: &'static str,
+        /// By address; 250 for the others.
+        rcpt: HashMap<&'static str, &'static str>,
+        data: &'static str,
+        /// The reply to the end of the message; `None` hangs up instead.
+        after_message: Option<&'static str>,
+    }
+
+    impl Default for Script {
+        fn default() -> Self {
+            Script {
+                mail: "250 2.1.0 Ok",
+                rcpt: HashMap::new(),
+                data: "354 go ahead",
+                after_message: Some("250 2.0.0 Ok: queued"),
+            }
+        }
+    }
+
+    /// A next hop that answers each command line from `script`, pipelined or not.
+    async fn next_hop(stream: DuplexStream, script: Script) {
+        let (read, mut write) = tokio::io::split(stream);
+        let mut lines = BufReader::new(read).lines();
+        let mut in_message = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply = if in_message {
+                if line != "." {
+                    continue;
+                }
+                in_message = false;
+                match script.after_message {
+                    Some(reply) => reply,
+                    None => return,
+                }
+            } else if line.starts_with("MAIL FROM:") {
+                script.mail
+            } else if let Some(address) = line.strip_prefix("RCPT TO:<") {
+                let address = address.trim_end_matches('>');
+                script.rcpt.get(address).copied().unwrap_or("250 2.1.5 Ok")
+            } else if line == "DATA" {
+                in_message = script.data.starts_with("354");
+                script.data
+            } else if line == "RSET" {
+                "250 2.0.0 Ok"
+            } else {
+                "500 5.5.1 what?"
+            };
+            if write
+                .write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Runs one transaction against `script`, with PIPELINING offered or not.
+    async fn run(
+        script: Script,
+        pipelining: bool,
+        recipients: &[&str],
+    ) -> Result<Transaction, ConnectionError> {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(next_hop(theirs, script));
+        let mut client = SmtpClient {
+            stream: ours,
+            timeout: Duration::from_secs(5),
+        };
+        let extensions = if pipelining { EXT_PIPELINING } else { 0 };
+        transaction(
+            &mut client,
+            extensions,
+            "app@example.edu",
+            recipients,
+            b"Subject: x\r\n\r\nbody\r\n",
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_refused_recipient_keeps_its_reply_and_the_others_get_the_final_one() {
+        for pipelining in [true, false] {
+            let script = Script {
+                rcpt: HashMap::from([("nobody@example.org", "550 5.1.1 User unknown")]),
+                ..Script::default()
+            };
+            let done = run(script, pipelining, &["a@example.org", "nobody@example.org"])
+                .await
+                .unwrap();
+            assert_eq!(
+                done.results,
+                [
+                    Outcome::Sent("250 2.0.0 Ok: queued".into()),
+                    Outcome::Failed("550 5.1.1 User unknown".into())
+                ],
+                "pipelining: {pipelining}"
+            );
+            assert!(done.reusable);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_sender_is_every_recipients_outcome() {
+        let script = Script {
+            mail: "451 4.3.0 busy",
+            data: "503 5.5.1 no sender",
+            ..Script::default()
+        };
+        let done = run(script, true, &["a@example.org", "b@example.org"])
+            .await
+            .unwrap();
+        assert_eq!(
+            done.results,
+            [
+                Outcome::Deferred("451 4.3.0 busy".into()),
+                Outcome::Deferred("451 4.3.0 busy".into())
+            ]
+        );
+        assert!(done.reusable, "RSET, and the connection goes on");
+    }
+
+    #[tokio::test]
+    async fn a_354_to_a_pipelined_data_without_recipients_ends_the_connection() {
+        let script = Script {
+            rcpt: HashMap::from([("a@example.org", "550 5.1.1 User unknown")]),
+            ..Script::default()
+        };
+        let done = run(script, true, &["a@example.org"]).await.unwrap();
+        assert_eq!(
+            done.results,
+            [Outcome::Failed("550 5.1.1 User unknown".into())]
+        );
+        assert!(
+            !done.reusable,
+            "the next hop waits for a message: whatever came next would be one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_next_hop_that_hangs_up_after_the_message_may_have_it() {
+        let script = Script {
+            after_message: None,
+            ..Script::default()
+        };
+        let e = run(script, true, &["a@example.org"]).await.unwrap_err();
+        assert!(e.message_sent(), "{e:?}");
+        let script = Script {
+            data: "451 4.3.0 not now",
+            ..Script::default()
+        };
+        let done = run(script, false, &["a@example.org"]).await.unwrap();
+        assert_eq!(
+            done.results,
+            [Outcome::Deferred("451 4.3.0 not now".into())]
+        );
+    }
+
+    #[test]
+    fn connection_errors_say_what_failed_where_on_one_line() {
+        let hop = NextHop {
+            host: "mx.example.org".into(),
+            port: 25,
+        };
+        let refused = ConnectionError::Refused {
+            hop: hop.clone(),
+            reply: Response {
+                code: 554,
+                esc: [5, 7, 1],
+                message: "go away\r\nBcc: forged".into(),
+            },
+        };
+        assert_eq!(
+            refused.to_string(),
+            "refused by mx.example.org:25: 554 5.7.1 go away  Bcc: forged"
+        );
+        let io = ConnectionError::Connect {
+            hop,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(
+            io.to_string()
+                .starts_with("cannot connect to mx.example.org:25: ")
+        );
+        assert!(
+            std::error::Error::source(&io).is_some(),
+            "the cause is kept"
+        );
+        assert!(!io.message_sent());
+    }
 
     #[test]
     fn data_is_dot_stuffed_and_terminated_once() {

@@ -1,341 +1,181 @@
-//! Delivery: taking a queued message to its next hops and recording what happened.
+//! Delivery: taking a queued message to its next hops. The queue runner drives it through
+//! [`queue::Deliver`]; loading the message and recording the outcome (the log line,
+//! retries, bounces) are the queue's (see [`queue::attempt`](crate::queue::attempt)).
 //!
 //! - [`route`] — where a domain's mail goes: a configured route, the smarthost, or MX.
 //! - [`client`] — the outbound SMTP connection (TLS by the domain's rule) and its reuse.
-//! - [`dsn`] — bounces (RFC 3464) for recipients that failed for good.
 //!
-//! An attempt groups the message's waiting recipients by domain, so one connection
-//! carries all the recipients of a next hop, and takes each group to the first next hop
-//! that answers. Every attempt logs one line per recipient, in the form postmasters grep:
-//! `QUEUEID: from=<s>, to=<r>, relay=HOST:PORT, delay=12, attempts=1, tls=TLSv1.3,
-//! tls_rule=opportunistic, status=sent (250 2.0.0 Ok)`.
+//! An attempt groups the message's waiting recipients by domain (and by whether a policy
+//! asked for TLS), so one transaction carries all the recipients of a domain, and takes
+//! each group to the first of its next hops that answers.
 
 pub mod client;
-pub mod dsn;
 pub mod route;
 
 pub use route::NextHop;
 
 use crate::config::{DeliveryConfig, TlsRule};
-use crate::dkim::Dkim;
-use crate::queue::{self, Envelope, RecipientStatus, Spool, spool};
-use client::{Connection, Connectors, Pool, RecipientResult};
+use crate::queue::{self, Delivered, Envelope, Leg, Outcome, RecipientStatus};
+use client::{Connection, ConnectionError, Connectors, Pool, Transaction};
 use route::{Route, Router};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// What came of one attempt, for the queue runner.
-pub struct Attempted {
-    /// When to try again; `None` when every recipient is done with (sent or failed).
-    pub retry_in: Option<Duration>,
-    /// A bounce queued for the sender, to be delivered in turn.
-    pub bounce: Option<String>,
-}
-
-/// Delivers queued messages.
+/// Delivers queued messages over SMTP.
 pub struct Delivery {
-    spool: Arc<Spool>,
     config: DeliveryConfig,
     router: Router,
     hostname: String,
     pool: Pool,
-    /// Signs the bounces the relay writes.
-    dkim: Arc<Dkim>,
     connectors: Connectors,
-    /// `tls_policy` by normalised domain (see [`route::normalise`]).
-    tls_policy: HashMap<String, TlsRule>,
+    /// The TLS rule of each domain.
+    tls_rules: TlsRules,
     /// Connections open to each next hop, within `connections_per_destination`.
     per_destination: Mutex<HashMap<NextHop, Arc<Semaphore>>>,
 }
 
-/// The outcome of taking one group of recipients to its next hop.
-struct GroupOutcome {
-    relay: String,
-    tls: String,
-    results: Vec<RecipientResult>,
+/// The recipients of one message that go together: one domain, under one TLS rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Group {
+    /// The domain, normalised (see [`route::normalise`]); empty for an address without one.
+    domain: String,
+    rule: TlsRule,
+    /// Indices in the envelope's recipients, in the order they came.
+    recipients: Vec<usize>,
+}
+
+/// `delivery.tls_policy` by normalised domain; `opportunistic` for every other domain.
+#[derive(Debug, Default)]
+struct TlsRules(HashMap<String, TlsRule>);
+
+impl TlsRules {
+    fn new(config: &DeliveryConfig) -> Self {
+        TlsRules(
+            config
+                .tls_policy
+                .iter()
+                .map(|(domain, rule)| (route::normalise(domain), *rule))
+                .collect(),
+        )
+    }
+
+    /// The rule for a (normalised) domain's mail; a policy's request for TLS makes
+    /// `opportunistic` `required`, and leaves a stricter rule as it is.
+    fn rule(&self, domain: &str, require_tls: bool) -> TlsRule {
+        match self.0.get(domain).copied() {
+            None | Some(TlsRule::Opportunistic) if require_tls => TlsRule::Required,
+            None => TlsRule::Opportunistic,
+            Some(rule) => rule,
+        }
+    }
+}
+
+/// The pending recipients of `envelope` in groups, by domain and by whether a policy
+/// asked for TLS, in the order of the domains' names.
+fn groups(envelope: &Envelope, rules: &TlsRules) -> Vec<Group> {
+    let mut by_domain: BTreeMap<(String, bool), Vec<usize>> = BTreeMap::new();
+    for (i, r) in envelope.recipients.iter().enumerate() {
+        if r.status == RecipientStatus::Pending {
+            let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+            by_domain
+                .entry((route::normalise(domain), r.require_tls))
+                .or_default()
+                .push(i);
+        }
+    }
+    by_domain
+        .into_iter()
+        .map(|((domain, require_tls), recipients)| Group {
+            rule: rules.rule(&domain, require_tls),
+            domain,
+            recipients,
+        })
+        .collect()
+}
+
+impl queue::Deliver for Delivery {
+    async fn attempt(&self, envelope: &Envelope, message: &[u8]) -> Vec<Delivered> {
+        let mut delivered = Vec::new();
+        for group in groups(envelope, &self.tls_rules) {
+            let addresses: Vec<&str> = group
+                .recipients
+                .iter()
+                .filter_map(|&i| envelope.recipients.get(i))
+                .map(|r| r.address.as_str())
+                .collect();
+            let (leg, outcomes) = self
+                .deliver_group(&group, &envelope.sender, &addresses, message)
+                .await;
+            delivered.extend(group.recipients.iter().zip(outcomes).map(|(&i, outcome)| {
+                Delivered {
+                    recipient: i,
+                    outcome,
+                    leg: leg.clone(),
+                }
+            }));
+        }
+        delivered
+    }
 }
 
 impl Delivery {
-    /// Delivery from `spool` as configured; `hostname` is said in EHLO.
-    pub fn new(
-        spool: Arc<Spool>,
-        config: DeliveryConfig,
-        hostname: String,
-        dkim: Arc<Dkim>,
-    ) -> anyhow::Result<Self> {
+    /// Delivery as configured; `hostname` is said in EHLO.
+    pub fn new(config: DeliveryConfig, hostname: String) -> anyhow::Result<Self> {
         let router = Router::new(&config);
         let connectors = Connectors {
             unverified: mail_send::smtp::tls::build_tls_connector(true)
                 .map_err(|e| anyhow::anyhow!("outbound TLS: {e}"))?,
             verifying: verifying_connector(&config)?,
         };
-        let tls_policy = config
-            .tls_policy
-            .iter()
-            .map(|(domain, rule)| (route::normalise(domain), *rule))
-            .collect();
         Ok(Self {
-            spool,
-            tls_policy,
+            tls_rules: TlsRules::new(&config),
             config,
             router,
             hostname,
             pool: Pool::default(),
-            dkim,
             connectors,
             per_destination: Mutex::default(),
         })
     }
 
-    /// The TLS rule for a domain's mail.
-    fn tls_rule(&self, domain: &str) -> TlsRule {
-        self.tls_policy
-            .get(domain)
-            .copied()
-            .unwrap_or(TlsRule::Opportunistic)
-    }
-
-    /// One delivery attempt for a queued message.
-    pub async fn attempt(&self, id: &str) -> Attempted {
-        let retry_soon = Attempted {
-            retry_in: Some(queue::retry_delay(&self.config.retry_intervals, 1)),
-            bounce: None,
-        };
-        let spool = self.spool.clone();
-        let owned_id = id.to_string();
-        let loaded = tokio::task::spawn_blocking(move || spool.load(&owned_id)).await;
-        let (mut envelope, message) = match loaded {
-            Ok(Ok(loaded)) => loaded,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Attempted {
-                    retry_in: None,
-                    bounce: None,
-                };
-            }
-            Ok(Err(e)) if spool::is_damaged(&e) => {
-                let spool = self.spool.clone();
-                let owned_id = id.to_string();
-                let moved = tokio::task::spawn_blocking(move || spool.set_aside(&owned_id)).await;
-                match moved {
-                    Ok(Ok(path)) => {
-                        tracing::error!(queue_id = id, error = %e, "not delivered: set aside as {}", path.display())
-                    }
-                    _ => {
-                        tracing::error!(queue_id = id, error = %e, "not delivered, and cannot be set aside")
-                    }
-                }
-                return Attempted {
-                    retry_in: None,
-                    bounce: None,
-                };
-            }
-            Ok(Err(e)) => {
-                tracing::error!(queue_id = id, error = %e, "cannot read queued message; will retry");
-                return retry_soon;
-            }
-            Err(e) => {
-                tracing::error!(queue_id = id, error = %e, "delivery task failed");
-                return retry_soon;
-            }
-        };
-        if envelope.hold {
-            return Attempted {
-                retry_in: None,
-                bounce: None,
-            };
-        }
-
-        // The waiting recipients by domain (and whether a policy asked for TLS), in the
-        // order they came.
-        let mut groups: BTreeMap<(String, bool), Vec<usize>> = BTreeMap::new();
-        for (i, r) in envelope.recipients.iter().enumerate() {
-            if r.status == RecipientStatus::Pending {
-                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-                groups
-                    .entry((route::normalise(domain), r.require_tls))
-                    .or_default()
-                    .push(i);
-            }
-        }
-        envelope.attempts += 1;
-        let delay = queue::now().saturating_sub(envelope.received);
-        let expired = Duration::from_secs(delay) >= self.config.max_queue_lifetime;
-        let mut last_error = None;
-        let mut failed = Vec::new();
-        for ((domain, require_tls), indices) in groups {
-            let rule = match self.tls_rule(&domain) {
-                TlsRule::Opportunistic if require_tls => TlsRule::Required,
-                rule => rule,
-            };
-            let addresses: Vec<String> = indices
-                .iter()
-                .map(|&i| envelope.recipients[i].address.clone())
-                .collect();
-            let outcome = self
-                .deliver_group(&domain, rule, &envelope.sender, &addresses, &message)
-                .await;
-            for (&i, result) in indices.iter().zip(&outcome.results) {
-                let rcpt = &mut envelope.recipients[i];
-                let (status, text) = match result {
-                    RecipientResult::Sent(t) => {
-                        rcpt.status = RecipientStatus::Sent;
-                        ("sent", t)
-                    }
-                    RecipientResult::Failed(t) => {
-                        rcpt.status = RecipientStatus::Failed;
-                        failed.push((i, Some(outcome.relay.clone()), false));
-                        ("bounced", t)
-                    }
-                    RecipientResult::Deferred(t) if expired => {
-                        rcpt.status = RecipientStatus::Failed;
-                        failed.push((i, None, true));
-                        ("expired", t)
-                    }
-                    RecipientResult::Deferred(t) => {
-                        last_error = Some(t.clone());
-                        ("deferred", t)
-                    }
-                };
-                rcpt.diagnostic = Some(text.clone());
-                tracing::info!(
-                    target: "sluice::delivery",
-                    "{id}: from=<{}>, to=<{}>, relay={}, delay={delay}, attempts={}, tls={}, tls_rule={}, status={status} ({text})",
-                    envelope.sender,
-                    rcpt.address,
-                    outcome.relay,
-                    envelope.attempts,
-                    outcome.tls,
-                    rule.as_str(),
-                );
-            }
-        }
-
-        let bounce = self.bounce(&envelope, &failed, &message).await;
-        let spool = self.spool.clone();
-        if envelope
-            .recipients
-            .iter()
-            .all(|r| r.status != RecipientStatus::Pending)
-        {
-            let owned_id = id.to_string();
-            match tokio::task::spawn_blocking(move || spool.remove(&owned_id)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(queue_id = id, error = %e, "cannot remove a delivered message")
-                }
-                Err(e) => tracing::error!(queue_id = id, error = %e, "spool task failed"),
-            }
-            return Attempted {
-                retry_in: None,
-                bounce,
-            };
-        }
-        let retry_in = queue::retry_delay(&self.config.retry_intervals, envelope.attempts);
-        envelope.next_attempt = queue::now() + retry_in.as_secs();
-        envelope.last_error = last_error;
-        match tokio::task::spawn_blocking(move || spool.update(&envelope)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(queue_id = id, error = %e, "cannot record the delivery attempt")
-            }
-            Err(e) => tracing::error!(queue_id = id, error = %e, "spool task failed"),
-        }
-        Attempted {
-            retry_in: Some(retry_in),
-            bounce,
-        }
-    }
-
-    /// Queues a bounce for the recipients that failed in this attempt: `(index, the next
-    /// hop that refused, expired)`. None for the null sender: a bounce never bounces.
-    async fn bounce(
-        &self,
-        envelope: &Envelope,
-        failed: &[(usize, Option<String>, bool)],
-        message: &[u8],
-    ) -> Option<String> {
-        if failed.is_empty() {
-            return None;
-        }
-        let failures: Vec<dsn::Failure<'_>> = failed
-            .iter()
-            .map(|(i, remote, expired)| dsn::Failure {
-                recipient: &envelope.recipients[*i],
-                remote: remote.as_deref().filter(|r| *r != "none"),
-                expired: *expired,
-            })
-            .collect();
-        let Some((mut bounce, mut text)) =
-            dsn::bounce(&self.hostname, envelope, &failures, message)
-        else {
-            tracing::info!(target: "sluice::delivery", "{}: failed recipients of a bounce (null sender): dropped, never bounced", envelope.id);
-            return None;
-        };
-        if let Some(signature) = self.dkim.sign(&text) {
-            text.splice(0..0, signature.into_bytes());
-            bounce.size = text.len();
-        }
-        let id = bounce.id.clone();
-        let spool = self.spool.clone();
-        match tokio::task::spawn_blocking(move || spool.store(bounce, &text)).await {
-            Ok(Ok(())) => {
-                tracing::info!(target: "sluice::delivery", "{}: sender non-delivery notification: {id}", envelope.id);
-                Some(id)
-            }
-            Ok(Err(e)) => {
-                tracing::error!(queue_id = %envelope.id, error = %e, "cannot queue a bounce");
-                None
-            }
-            Err(e) => {
-                tracing::error!(queue_id = %envelope.id, error = %e, "spool task failed");
-                None
-            }
-        }
-    }
-
-    /// Takes one domain's recipients to the first of its next hops that answers.
+    /// Takes one group's recipients to the first of its next hops that answers: the way it
+    /// went, and one outcome per recipient, in order.
     async fn deliver_group(
         &self,
-        domain: &str,
-        rule: TlsRule,
+        group: &Group,
         sender: &str,
-        recipients: &[String],
+        recipients: &[&str],
         message: &[u8],
-    ) -> GroupOutcome {
-        let all = |result: RecipientResult, relay: &str| GroupOutcome {
-            relay: relay.to_string(),
-            tls: "none".into(),
-            results: recipients.iter().map(|_| result.clone()).collect(),
+    ) -> (Leg, Vec<Outcome>) {
+        let leg = |relay: Option<&NextHop>, tls: Option<String>| Leg {
+            relay: relay.map(NextHop::to_string),
+            tls,
+            tls_rule: group.rule,
         };
-        if domain.is_empty() {
-            return all(
-                RecipientResult::Failed("550 5.1.3 no domain in the address".into()),
-                "none",
-            );
+        let all = |outcome: Outcome| recipients.iter().map(|_| outcome.clone()).collect();
+        if group.domain.is_empty() {
+            let refused = Outcome::Failed("550 5.1.3 no domain in the address".into());
+            return (leg(None, None), all(refused));
         }
-        let hops = match self.router.route(domain).await {
+        let hops = match self.router.route(&group.domain).await {
             Route::Hops(hops) => hops,
-            Route::NoMail(why) => return all(RecipientResult::Failed(why), "none"),
-            Route::Unknown(why) => return all(RecipientResult::Deferred(why), "none"),
+            Route::NoMail(why) => return (leg(None, None), all(Outcome::Failed(why))),
+            Route::Unknown(why) => return (leg(None, None), all(Outcome::Deferred(why))),
         };
-        let mut last_error = String::from("no next hop");
+        let mut last_error = None;
         for hop in &hops {
-            match self.send(hop, rule, sender, recipients, message).await {
-                Ok((tls, results)) => {
-                    return GroupOutcome {
-                        relay: hop.to_string(),
-                        tls,
-                        results,
-                    };
-                }
+            match self
+                .send(hop, group.rule, sender, recipients, message)
+                .await
+            {
+                Ok(sent) => return (leg(Some(hop), sent.tls), sent.results),
                 // This one did not answer (or not safely): the next one may.
-                Err(e) => last_error = e.0,
+                Err(e) => last_error = Some(e),
             }
         }
-        let relay = hops.last().map(|h| h.to_string()).unwrap_or_default();
-        all(RecipientResult::Deferred(last_error), &relay)
+        let why = last_error.map_or_else(|| "no next hop".to_string(), |e| e.to_string());
+        (leg(hops.last(), None), all(Outcome::Deferred(why)))
     }
 
     /// Sends to `hop` on a reused connection if one is idle, else a new one, within the
@@ -346,9 +186,9 @@ impl Delivery {
         hop: &NextHop,
         rule: TlsRule,
         sender: &str,
-        recipients: &[String],
+        recipients: &[&str],
         message: &[u8],
-    ) -> Result<(String, Vec<RecipientResult>), client::ConnectionError> {
+    ) -> Result<Sent, ConnectionError> {
         let limit = self
             .per_destination
             .lock()
@@ -374,26 +214,34 @@ impl Delivery {
                 }
             };
             match conn.send(sender, recipients, message).await {
-                Ok(results) => {
+                Ok(Transaction { results, reusable }) => {
                     let tls = conn.tls.clone();
-                    if conn.reusable {
+                    if reusable {
                         self.pool.put(hop, rule, conn);
                     }
-                    return Ok((tls, results));
+                    return Ok(Sent { tls, results });
                 }
                 // A reused connection the server had closed: once more on a new one (unless
                 // the message went out whole: the next hop may have it).
-                Err(e) if was_reused && !e.1 => continue,
+                Err(e) if was_reused && !e.message_sent() => continue,
                 Err(e) => {
-                    let results = recipients
-                        .iter()
-                        .map(|_| RecipientResult::Deferred(e.0.clone()))
-                        .collect();
-                    return Ok((conn.tls.clone(), results));
+                    let deferred = Outcome::Deferred(e.to_string());
+                    return Ok(Sent {
+                        tls: conn.tls.clone(),
+                        results: recipients.iter().map(|_| deferred.clone()).collect(),
+                    });
                 }
             }
         }
     }
+}
+
+/// What a next hop said, on a connection it answered.
+struct Sent {
+    /// The connection's TLS version; `None` in clear.
+    tls: Option<String>,
+    /// One outcome per recipient, in order.
+    results: Vec<Outcome>,
 }
 
 /// The TLS client for `verify`: the system's roots, or those of `delivery.ca_file`.
@@ -418,4 +266,164 @@ fn verifying_connector(config: &DeliveryConfig) -> anyhow::Result<tokio_rustls::
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Recipient;
+
+    fn envelope(recipients: &[(&str, bool)]) -> Envelope {
+        let mut envelope = Envelope::local("A1".into(), "app@example.edu", "x@example.org");
+        envelope.recipients = recipients
+            .iter()
+            .map(|&(address, require_tls)| Recipient {
+                require_tls,
+                ..Recipient::pending(address)
+            })
+            .collect();
+        envelope
+    }
+
+    /// `[delivery]` as a postmaster writes it.
+    fn config(toml: &str) -> DeliveryConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    fn rules(pairs: &[(&str, &str)]) -> TlsRules {
+        let table: String = pairs
+            .iter()
+            .map(|(domain, rule)| format!("\"{domain}\" = \"{rule}\"\n"))
+            .collect();
+        TlsRules::new(&config(&format!("[tls_policy]\n{table}")))
+    }
+
+    fn group(domain: &str, rule: TlsRule, recipients: &[usize]) -> Group {
+        Group {
+            domain: domain.into(),
+            rule,
+            recipients: recipients.to_vec(),
+        }
+    }
+
+    #[test]
+    fn recipients_go_together_by_domain_whatever_its_case() {
+        let e = envelope(&[
+            ("x@a.test", false),
+            ("y@B.Test", false),
+            ("z@A.TEST.", false),
+        ]);
+        assert_eq!(
+            groups(&e, &TlsRules::default()),
+            [
+                group("a.test", TlsRule::Opportunistic, &[0, 2]),
+                group("b.test", TlsRule::Opportunistic, &[1]),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_pending_recipients_are_grouped() {
+        let mut e = envelope(&[
+            ("x@a.test", false),
+            ("y@a.test", false),
+            ("z@b.test", false),
+        ]);
+        e.recipients[0].status = RecipientStatus::Sent;
+        e.recipients[2].status = RecipientStatus::Failed;
+        assert_eq!(
+            groups(&e, &TlsRules::default()),
+            [group("a.test", TlsRule::Opportunistic, &[1])]
+        );
+    }
+
+    #[test]
+    fn each_domain_goes_under_its_own_tls_rule() {
+        let rules = rules(&[("Bank.Example", "verify"), ("partner.example", "required")]);
+        let e = envelope(&[
+            ("a@bank.example", false),
+            ("b@partner.example", false),
+            ("c@other.example", false),
+        ]);
+        assert_eq!(
+            groups(&e, &rules),
+            [
+                group("bank.example", TlsRule::Verify, &[0]),
+                group("other.example", TlsRule::Opportunistic, &[2]),
+                group("partner.example", TlsRule::Required, &[1]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_policys_request_for_tls_splits_a_domain_and_never_weakens_its_rule() {
+        let rules = rules(&[("bank.example", "verify")]);
+        let e = envelope(&[
+            ("a@other.example", false),
+            ("b@other.example", true),
+            ("c@bank.example", true),
+        ]);
+        assert_eq!(
+            groups(&e, &rules),
+            [
+                group("bank.example", TlsRule::Verify, &[2]),
+                group("other.example", TlsRule::Opportunistic, &[0]),
+                group("other.example", TlsRule::Required, &[1]),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_address_without_a_domain_is_a_group_of_its_own() {
+        let e = envelope(&[("postmaster", false), ("x@a.test", false)]);
+        assert_eq!(
+            groups(&e, &TlsRules::default()),
+            [
+                group("", TlsRule::Opportunistic, &[0]),
+                group("a.test", TlsRule::Opportunistic, &[1]),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_recipient_without_a_domain_fails_without_a_connection() {
+        let delivery = Delivery::new(config(""), "relay.test".into()).unwrap();
+        let (leg, outcomes) = delivery
+            .deliver_group(
+                &group("", TlsRule::Opportunistic, &[0]),
+                "app@example.edu",
+                &["postmaster"],
+                b"Subject: x\r\n\r\n",
+            )
+            .await;
+        assert_eq!(leg.relay, None);
+        assert!(matches!(&outcomes[..], [Outcome::Failed(t)] if t.starts_with("550 5.1.3")));
+    }
+
+    #[tokio::test]
+    async fn a_next_hop_that_does_not_answer_defers_with_the_cause() {
+        // A port nothing listens on: bound, then let go.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let smarthost = config(&format!("smarthost = \"127.0.0.1:{port}\""));
+        let delivery = Delivery::new(smarthost, "relay.test".into()).unwrap();
+        let (leg, outcomes) = delivery
+            .deliver_group(
+                &group("example.org", TlsRule::Opportunistic, &[0, 1]),
+                "app@example.edu",
+                &["a@example.org", "b@example.org"],
+                b"Subject: x\r\n\r\n",
+            )
+            .await;
+        assert_eq!(leg.relay, Some(format!("127.0.0.1:{port}")));
+        assert_eq!(leg.tls, None);
+        assert_eq!(outcomes.len(), 2);
+        assert!(
+            matches!(&outcomes[0], Outcome::Deferred(t) if t.starts_with(&format!("cannot connect to 127.0.0.1:{port}"))),
+            "{outcomes:?}"
+        );
+    }
 }

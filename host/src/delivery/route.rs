@@ -162,6 +162,46 @@ mod tests {
         );
     }
 
+    /// `[delivery]` as a postmaster writes it.
+    fn config(toml: &str) -> DeliveryConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    fn hops(host: &str, port: u16) -> Route {
+        Route::Hops(vec![NextHop {
+            host: host.into(),
+            port,
+        }])
+    }
+
+    #[tokio::test]
+    async fn a_route_comes_before_the_smarthost_which_takes_every_other_domain() {
+        let router = Router::new(&config(
+            "smarthost = \"smart.example.edu:2525\"\n\
+             [routes]\n\"Bank.Example.\" = \"10.0.0.9\"\n",
+        ));
+        for domain in ["bank.example", "BANK.example.", "bank.example."] {
+            assert_eq!(router.route(domain).await, hops("10.0.0.9", 25), "{domain}");
+        }
+        assert_eq!(
+            router.route("other.example").await,
+            hops("smart.example.edu", 2525)
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_smarthost_only_routed_domains_skip_mx() {
+        let router = Router::new(&config("[routes]\n\"a.test\" = \"127.0.0.1:2600\"\n"));
+        assert_eq!(router.route("A.Test").await, hops("127.0.0.1", 2600));
+    }
+
+    #[test]
+    fn domains_compare_in_their_ascii_form() {
+        assert_eq!(normalise("Bank.Example."), "bank.example");
+        assert_eq!(normalise("Bücher.Example"), "xn--bcher-kva.example");
+        assert_eq!(normalise("xn--bcher-kva.example"), "xn--bcher-kva.example");
+    }
+
     #[test]
     fn a_null_mx_means_no_mail() {
         let route = order_mx("example.org", vec![(0, ".".to_string())]);

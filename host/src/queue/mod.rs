@@ -1,18 +1,35 @@
 //! The queue: messages accepted and spooled, waiting for the queue runner to deliver them.
 //!
+//! - [`Queue::submit`] — the one way in, for what sessions accept and for what the relay
+//!   writes itself (bounces, registry notices): signed, spooled, made durable, scheduled.
+//! - [`message`] — a message as parts, so header fields go on top without copying a body.
 //! - [`spool`] — the on-disk format and its crash-safe writes.
+//! - `commit` — the group commit that makes many sessions' messages durable at once.
 //! - [`runner`] — the scheduler that hands due messages to delivery, with back-off.
+//! - [`attempt`] — one attempt from the queue's side: load, deliver, record, bounce.
+//! - [`dsn`] — the bounces (RFC 3464) for recipients that failed for good.
+//!
+//! The queue does not know how mail is carried: delivery implements [`Deliver`], and
+//! `server` hands it to the runner.
 
+pub mod attempt;
+mod commit;
+pub mod dsn;
+pub mod message;
 pub mod runner;
 pub mod spool;
 
+use crate::dkim::Dkim;
+use commit::GroupCommit;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
-pub use runner::{MessageOrder, Order, OrderOutcome};
+pub use attempt::{Attempted, Deliver, Delivered, Leg, Outcome};
+pub use message::Message;
+pub use runner::{MessageOrder, Order, Schedule};
 pub use spool::Spool;
 
 /// A queued message's envelope and delivery state.
@@ -60,15 +77,15 @@ pub struct Recipient {
 
 impl Envelope {
     /// The envelope of a message the relay writes itself (a bounce, a notice) to one
-    /// recipient: `size` bytes, due now.
-    pub fn local(id: String, sender: &str, recipient: &str, size: usize) -> Envelope {
+    /// recipient, due now ([`Queue::submit`] sets its size).
+    pub fn local(id: String, sender: &str, recipient: &str) -> Envelope {
         Envelope {
             id,
             sender: sender.to_string(),
             recipients: vec![Recipient::pending(recipient)],
             received: now(),
             client: "127.0.0.1".into(),
-            size,
+            size: 0,
             hold: false,
             attempts: 0,
             next_attempt: 0,
@@ -122,44 +139,80 @@ pub fn new_queue_id() -> String {
     format!("{micros:013X}{n:03X}")
 }
 
-/// The handle sessions and the control socket use to put messages in the queue and to
-/// steer it; every change goes through the runner (see [`runner`]).
+/// The handle through which every message enters the queue — accepted by a session, a
+/// bounce, a registry notice — and through which the queue is steered; every change goes
+/// through the runner (see [`runner`]).
 #[derive(Clone)]
 pub struct Queue {
     spool: Arc<Spool>,
     runner: mpsc::UnboundedSender<Order>,
     commit: Arc<GroupCommit>,
+    /// Signs every message on its way in, as it will be relayed.
+    dkim: Arc<Dkim>,
 }
 
 impl Queue {
-    /// A queue over `spool` whose runner takes orders on `runner`.
-    pub fn new(spool: Arc<Spool>, runner: mpsc::UnboundedSender<Order>) -> Self {
+    /// A queue over `spool` whose runner takes orders on `runner`; what enters it is
+    /// signed by `dkim`.
+    pub fn new(spool: Arc<Spool>, runner: mpsc::UnboundedSender<Order>, dkim: Arc<Dkim>) -> Self {
         Self {
             spool,
             runner,
             commit: Arc::default(),
+            dkim,
         }
     }
 
-    /// Spools a message durably (fsync'd before this returns) and tells the runner.
-    pub async fn enqueue(&self, envelope: Envelope, message: Vec<u8>) -> std::io::Result<()> {
-        let spool = self.spool.clone();
+    /// The spool under the queue.
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    /// Puts a message in the queue: DKIM-signs it (the signature goes on top, as a part
+    /// of its own), sets the envelope's size, writes it to the spool, and makes it durable
+    /// together with the messages arriving at the same time (group commit): by default one
+    /// syncfs(2) of the spool's filesystem, which flushes the batch's data and renames at
+    /// once; with `sync = "files"`, an fsync of the message's file before its rename and
+    /// one fsync of `queue/` for the batch (see [`spool`]). Then it tells the runner,
+    /// unless the message is held. When this returns `Ok`, the message survives a crash
+    /// or kill -9; it returns the size as spooled.
+    pub async fn submit(
+        &self,
+        mut envelope: Envelope,
+        mut message: Message,
+    ) -> Result<usize, SubmitError> {
+        let (spool, dkim) = (self.spool.clone(), self.dkim.clone());
         let id = envelope.id.clone();
         let hold = envelope.hold;
-        tokio::task::spawn_blocking(move || spool.store_unsynced(envelope, &message))
-            .await
-            .map_err(std::io::Error::other)??;
+        // Signing reads the whole message (tens of milliseconds for a large one) and the
+        // spool is disk I/O: both off the async workers.
+        let size = tokio::task::spawn_blocking(move || {
+            let signature = {
+                let chunks = message.for_signing();
+                let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_ref()).collect();
+                dkim.sign(&chunks)
+            };
+            if let Some(signature) = signature {
+                message.prepend(signature.into_bytes());
+            }
+            envelope.size = message.len();
+            spool.store_unsynced(envelope, &message)?;
+            Ok(message.len())
+        })
+        .await
+        .map_err(SubmitError::Task)?
+        .map_err(SubmitError::Write)?;
         if let Err(e) = self.commit.sync(&self.spool).await {
             // The client is told to try again (451), so this copy must not be delivered too.
             let (spool, id) = (self.spool.clone(), id.clone());
             let _ = tokio::task::spawn_blocking(move || spool.remove(&id)).await;
-            return Err(e);
+            return Err(SubmitError::Sync(e));
         }
         if !hold {
             // The runner only stops with the process; a send error then does not matter.
             let _ = self.runner.send(Order::New(id));
         }
-        Ok(())
+        Ok(size)
     }
 
     /// Every waiting message is tried now.
@@ -168,23 +221,21 @@ impl Queue {
     }
 
     /// Holds, releases or deletes a message, once no attempt is delivering it.
-    pub async fn order(&self, id: &str, order: MessageOrder) -> Result<OrderOutcome, String> {
+    pub async fn order(&self, id: &str, order: MessageOrder) -> Result<OrderOutcome, OrderError> {
         let (answer, answered) = oneshot::channel();
         self.runner
             .send(Order::Message(id.to_string(), order, answer))
-            .map_err(|_| "the queue runner has stopped".to_string())?;
-        answered
-            .await
-            .map_err(|_| "the queue runner has stopped".to_string())?
+            .map_err(|_| OrderError::Stopped)?;
+        answered.await.map_err(|_| OrderError::Stopped)?
     }
 
     /// Deletes every message (held ones too); says how many.
-    pub async fn delete_all(&self) -> Result<usize, String> {
+    pub async fn delete_all(&self) -> Result<usize, OrderError> {
         let spool = self.spool.clone();
         let ids = tokio::task::spawn_blocking(move || spool.list())
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(OrderError::Task)?
+            .map_err(OrderError::List)?;
         let mut deleted = 0;
         for id in &ids {
             if self.order(id, MessageOrder::Delete).await.is_ok() {
@@ -195,105 +246,60 @@ impl Queue {
     }
 }
 
-/// Group commit: one sync (of the queue directory, or of the spool's filesystem) for every
-/// message renamed into the queue before it began, however many sessions wait for it. A
-/// sync that fails fails every message it was to cover: a later sync may succeed without
-/// having written them (the kernel reports a write error once).
-#[derive(Default)]
-struct GroupCommit {
-    state: std::sync::Mutex<CommitState>,
-    done: tokio::sync::Notify,
+/// Why a message could not be put in the queue (its sender is told to try again).
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("cannot write the message to the spool: {0}")]
+    Write(#[source] std::io::Error),
+    /// The sync that was to make it durable failed; the message was taken out again.
+    #[error("{0}")]
+    Sync(#[source] std::io::Error),
+    #[error("spool task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
-#[derive(Default)]
-struct CommitState {
-    /// Renames asked to be made durable, numbered in order.
-    asked: u64,
-    /// Every rename up to this number is durable.
-    durable: u64,
-    /// Ranges of renames `(after, up to]` whose sync failed (rare: kept until the process
-    /// ends, a few numbers each).
-    failed: Vec<(u64, u64)>,
-    /// An fsync is under way.
-    syncing: bool,
+/// Why a postmaster's order was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("{0}: no such message in the queue")]
+    NotFound(String),
+    #[error("{id}: {source}")]
+    Spool {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot list the queue: {0}")]
+    List(#[source] std::io::Error),
+    #[error("spool task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("the queue runner has stopped")]
+    Stopped,
 }
 
-impl GroupCommit {
-    /// Returns once every rename into the queue made before the call is durable.
-    async fn sync(&self, spool: &Arc<Spool>) -> std::io::Result<()> {
-        let lock = || self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let ticket = {
-            let mut state = lock();
-            state.asked += 1;
-            state.asked
-        };
-        loop {
-            // Registered before the state is read, so a wake-up in between is not missed.
-            let done = self.done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            let covers = {
-                let mut state = lock();
-                // A failed sync's renames stay failed, whatever a later sync says.
-                if state
-                    .failed
-                    .iter()
-                    .any(|&(after, upto)| after < ticket && ticket <= upto)
-                {
-                    return Err(std::io::Error::other(
-                        "the spool could not be made durable (see the log)",
-                    ));
-                }
-                if state.durable >= ticket {
-                    return Ok(());
-                }
-                if state.syncing {
-                    None
-                } else {
-                    state.syncing = true;
-                    Some((state.durable, state.asked))
-                }
-            };
-            let Some((after, covers)) = covers else {
-                // Someone else's fsync is under way; the next one may cover this rename.
-                done.await;
-                continue;
-            };
-            // Whatever becomes of this call (an error, or its future dropped mid-way), the
-            // next waiter must be able to sync: the guard hands the turn on.
-            let turn = Turn(self);
-            let spool = spool.clone();
-            let result = tokio::task::spawn_blocking(move || spool.sync_queue())
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
-            {
-                let mut state = lock();
-                match &result {
-                    Ok(()) => state.durable = state.durable.max(covers),
-                    Err(e) => {
-                        tracing::error!(error = %e, "spool: cannot make accepted messages durable; their clients are told to try again");
-                        state.failed.push((after, covers));
-                    }
-                }
-            }
-            drop(turn);
-            return result;
-        }
-    }
+/// What a postmaster's order did to a message (the control socket carries it to the
+/// command, which words it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderOutcome {
+    Held,
+    /// Hold, on a message held already.
+    AlreadyHeld,
+    Released,
+    /// Release, on a message that was not held.
+    NotHeld,
+    Deleted,
 }
 
-/// The turn to fsync, given back when dropped.
-struct Turn<'a>(&'a GroupCommit);
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        self.0
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .syncing = false;
-        self.0.done.notify_waiters();
+impl std::fmt::Display for OrderOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OrderOutcome::Held => "held",
+            OrderOutcome::AlreadyHeld => "already held",
+            OrderOutcome::Released => "released",
+            OrderOutcome::NotHeld => "not held",
+            OrderOutcome::Deleted => "deleted",
+        })
     }
 }
 
@@ -310,6 +316,80 @@ pub fn retry_delay(schedule: &[Duration], attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    /// A queue over a spool in `dir` that signs with the Ed25519 key of the DKIM tests;
+    /// the runner's end of its channel.
+    fn signing_queue(dir: &std::path::Path) -> (Queue, mpsc::UnboundedReceiver<Order>) {
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/dkim/ed25519-s2.pem"
+        );
+        let config: crate::config::DkimConfig = toml::from_str(&format!(
+            "domain = \"relay.test\"\nselector = \"s2\"\nkey = \"{key}\"\n"
+        ))
+        .unwrap();
+        let dkim = Arc::new(Dkim::new(Some(&config)).unwrap());
+        let spool = Arc::new(Spool::open(dir).unwrap());
+        let (orders, runner) = mpsc::unbounded_channel();
+        (Queue::new(spool, orders, dkim), runner)
+    }
+
+    /// The value of the tag `name=` in a DKIM-Signature field.
+    fn tag<'a>(field: &'a str, name: &str) -> &'a str {
+        field
+            .split(';')
+            .map(str::trim)
+            .find_map(|t| t.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {name}= in {field}"))
+    }
+
+    #[tokio::test]
+    async fn submit_signs_the_message_as_spooled_and_tells_the_runner() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, mut runner) = signing_queue(dir.path());
+        let original =
+            Bytes::from_static(b"From: a@example.edu\r\nX-Drop: x\r\nSubject: hi\r\n\r\nbody\r\n");
+        let mut message = Message::without(original, std::iter::once(21..32));
+        message.prepend("Received: from client\r\n");
+        let unsigned = message.to_vec();
+        let envelope = Envelope::local(new_queue_id(), "a@example.edu", "b@example.org");
+        let id = envelope.id.clone();
+        let size = queue.submit(envelope, message).await.unwrap();
+
+        let (envelope, spooled) = queue.spool().load(&id).unwrap();
+        assert_eq!((envelope.size, size), (spooled.len(), spooled.len()));
+        assert!(
+            spooled.ends_with(&unsigned),
+            "the message, after its signature"
+        );
+        let signature =
+            String::from_utf8(spooled[..spooled.len() - unsigned.len()].to_vec()).unwrap();
+        assert!(signature.starts_with("DKIM-Signature: "), "{signature}");
+        // Signed in parts as in one piece: the same body hash and fields; the same
+        // signature (Ed25519's are deterministic) when made in the same second.
+        let in_one_piece = queue.dkim.sign(&[&unsigned]).unwrap();
+        for name in ["bh", "h", "d", "s"] {
+            assert_eq!(tag(&signature, name), tag(&in_one_piece, name), "{name}=");
+        }
+        if tag(&signature, "t") == tag(&in_one_piece, "t") {
+            assert_eq!(signature, in_one_piece);
+        }
+        assert!(matches!(runner.try_recv(), Ok(Order::New(new)) if new == id));
+    }
+
+    #[tokio::test]
+    async fn a_held_message_is_spooled_but_not_scheduled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, mut runner) = signing_queue(dir.path());
+        let mut envelope = Envelope::local(new_queue_id(), "a@example.edu", "b@example.org");
+        envelope.hold = true;
+        let id = envelope.id.clone();
+        let message = Message::from(b"Subject: held\r\n\r\nx\r\n".to_vec());
+        queue.submit(envelope, message).await.unwrap();
+        assert!(queue.spool().envelope(&id).unwrap().hold);
+        assert!(runner.try_recv().is_err(), "the runner is not told");
+    }
 
     #[test]
     fn queue_ids_are_unique_and_sorted() {

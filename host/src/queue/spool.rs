@@ -37,11 +37,10 @@
 //!
 //! `SPOOL/lock` is locked (flock) by the relay that owns the spool.
 
-use super::Envelope;
-use super::runner::{MessageOrder, OrderOutcome};
+use super::{Envelope, Message, MessageOrder, OrderOutcome};
 use crate::config::SpoolSync;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &str = "SLUICE-SPOOL 1";
@@ -146,24 +145,26 @@ impl Spool {
         })
     }
 
-    /// Writes a new message durably; when this returns Ok the message survives a crash.
-    pub fn store(&self, envelope: Envelope, message: &[u8]) -> io::Result<()> {
-        self.store_unsynced(envelope, message)?;
-        self.sync_queue()
-    }
-
     /// Writes a new message (with its checksum; fsync'd in the `files` mode) and renames
     /// it into the queue; it is durable once [`sync_queue`](Self::sync_queue) has run,
-    /// which several messages may share (group commit).
-    pub fn store_unsynced(&self, mut envelope: Envelope, message: &[u8]) -> io::Result<()> {
+    /// which several messages may share (group commit). The message's parts are written
+    /// one after another, exactly as they will be relayed.
+    pub fn store_unsynced(&self, mut envelope: Envelope, message: &Message) -> io::Result<()> {
         let tmp = self.tmp.join(&envelope.id);
-        let mut file = File::create(&tmp).map_err(|e| with_path(e, &tmp))?;
-        let mut head = format!("{MAGIC}\n").into_bytes();
-        envelope.checksum = Some(crc32fast::hash(message));
-        serde_json::to_writer(&mut head, &envelope)?;
-        head.push(b'\n');
-        file.write_all(&head)?;
-        file.write_all(message)?;
+        let file = File::create(&tmp).map_err(|e| with_path(e, &tmp))?;
+        let mut checksum = crc32fast::Hasher::new();
+        message.parts().for_each(|part| checksum.update(part));
+        envelope.checksum = Some(checksum.finalize());
+        // Buffered, so the header line and the small parts on top go in one write; a part
+        // larger than the buffer is written straight through.
+        let mut out = BufWriter::with_capacity(64 * 1024, file);
+        writeln!(out, "{MAGIC}")?;
+        serde_json::to_writer(&mut out, &envelope)?;
+        out.write_all(b"\n")?;
+        for part in message.parts() {
+            out.write_all(part)?;
+        }
+        let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
         if self.sync == SpoolSync::Files {
             file.sync_all()?;
         }
@@ -375,6 +376,15 @@ mod tests {
     use super::*;
     use crate::queue::{Recipient, RecipientStatus};
 
+    impl Spool {
+        /// Writes a new message durably, as [`Queue::submit`](crate::queue::Queue::submit)
+        /// does for one message alone.
+        pub fn store(&self, envelope: Envelope, message: &[u8]) -> io::Result<()> {
+            self.store_unsynced(envelope, &Message::from(message.to_vec()))?;
+            self.sync_queue()
+        }
+    }
+
     fn envelope(id: &str) -> Envelope {
         Envelope {
             id: id.into(),
@@ -413,6 +423,23 @@ mod tests {
     }
 
     #[test]
+    fn a_message_in_parts_is_written_in_turn_under_one_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut message = Message::from(b"Subject: x\r\n\r\nbody\r\n".to_vec());
+        message.prepend("Received: y\r\n");
+        message.prepend("DKIM-Signature: z\r\n");
+        spool.store_unsynced(envelope("P1"), &message).unwrap();
+        spool.sync_queue().unwrap();
+        let (envelope, text) = spool.load("P1").unwrap();
+        assert_eq!(
+            text,
+            b"DKIM-Signature: z\r\nReceived: y\r\nSubject: x\r\n\r\nbody\r\n"
+        );
+        assert_eq!(envelope.checksum, Some(crc32fast::hash(&text)));
+    }
+
+    #[test]
     fn a_message_that_does_not_match_its_checksum_is_never_loaded() {
         for sync in [SpoolSync::Files, SpoolSync::Filesystem] {
             let dir = tempfile::tempdir().unwrap();
@@ -438,25 +465,22 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         spool.store(envelope("C1"), b"x\r\n").unwrap();
         assert_eq!(
-            spool.apply("C1", MessageOrder::Hold).unwrap().to_string(),
-            "held"
+            spool.apply("C1", MessageOrder::Hold).unwrap(),
+            OrderOutcome::Held
         );
         assert!(spool.envelope("C1").unwrap().hold);
         assert_eq!(
-            spool.apply("C1", MessageOrder::Hold).unwrap().to_string(),
-            "already held"
+            spool.apply("C1", MessageOrder::Hold).unwrap(),
+            OrderOutcome::AlreadyHeld
         );
         assert_eq!(
-            spool
-                .apply("C1", MessageOrder::Release)
-                .unwrap()
-                .to_string(),
-            "released"
+            spool.apply("C1", MessageOrder::Release).unwrap(),
+            OrderOutcome::Released
         );
         assert!(!spool.envelope("C1").unwrap().hold);
         assert_eq!(
-            spool.apply("C1", MessageOrder::Delete).unwrap().to_string(),
-            "deleted"
+            spool.apply("C1", MessageOrder::Delete).unwrap(),
+            OrderOutcome::Deleted
         );
         assert!(spool.list().unwrap().is_empty());
         let missing = spool.apply("C1", MessageOrder::Hold).unwrap_err();

@@ -16,7 +16,6 @@ pub mod store;
 pub mod table;
 
 use crate::config::Config;
-use crate::dkim::Dkim;
 use crate::queue::{self, Queue};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
@@ -43,13 +42,11 @@ pub struct Registry {
     round: tokio::sync::Mutex<()>,
     /// Outbox rows queued by this process.
     queued: Mutex<HashSet<i64>>,
-    /// Signs the notices.
-    dkim: Arc<Dkim>,
 }
 
 impl Registry {
     /// Opens the registry database named by the configuration and loads the table.
-    pub fn open(config: &Config, dkim: Arc<Dkim>) -> anyhow::Result<Registry> {
+    pub fn open(config: &Config) -> anyhow::Result<Registry> {
         let path = config.store_db();
         let mut store = Store::open(&path)?;
         store.changed()?;
@@ -65,7 +62,6 @@ impl Registry {
             check_interval: config.registry.check_interval,
             round: tokio::sync::Mutex::new(()),
             queued: Mutex::default(),
-            dkim,
         })
     }
 
@@ -171,22 +167,18 @@ impl Registry {
         store.outbox()
     }
 
-    /// Queues the outbox's notices, forgetting each once it is safely in the spool (a
-    /// crash in between sends it twice, never not at all). A row this process queued is
-    /// never queued again by it, even if it could not be forgotten.
+    /// Queues the outbox's notices (signed on their way in, as everything the queue
+    /// takes), forgetting each once it is safely in the spool (a crash in between sends it
+    /// twice, never not at all). A row this process queued is never queued again by it,
+    /// even if it could not be forgotten.
     async fn send(self: &Arc<Self>, queue: &Queue, outbox: Vec<(i64, Notice)>) {
         for (row, notice) in outbox {
             if self.queued().contains(&row) {
                 continue;
             }
-            let (mut envelope, mut text) =
-                notice::message(&notice, &self.notices_from, &self.hostname);
-            if let Some(signature) = self.dkim.sign(&text) {
-                text.splice(0..0, signature.into_bytes());
-                envelope.size = text.len();
-            }
+            let (envelope, message) = notice::message(&notice, &self.notices_from, &self.hostname);
             let id = envelope.id.clone();
-            if let Err(e) = queue.enqueue(envelope, text).await {
+            if let Err(e) = queue.submit(envelope, message).await {
                 tracing::error!(target: "sluice::registry", error = %e, "registry: cannot queue a notice to <{}>; trying again later", notice.recipient);
                 continue;
             }

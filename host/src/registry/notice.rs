@@ -2,7 +2,7 @@
 //! address is registered, and the notice when an unused one is removed.
 
 use super::table::{Registration, display};
-use crate::queue::{self, Envelope};
+use crate::queue::{self, Envelope, Message};
 
 /// A message to queue: written to the store's outbox with the change it tells of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ fn date(unix: u64) -> String {
 }
 
 /// The envelope and text that put `notice` in the queue, from `from`.
-pub fn message(notice: &Notice, from: &str, hostname: &str) -> (Envelope, Vec<u8>) {
+pub fn message(notice: &Notice, from: &str, hostname: &str) -> (Envelope, Message) {
     let id = queue::new_queue_id();
     let mut text = format!(
         "From: Mail Relay <{from}>\r\n\
@@ -125,10 +125,9 @@ pub fn message(notice: &Notice, from: &str, hostname: &str) -> (Envelope, Vec<u8
         text.push_str(line);
         text.push_str("\r\n");
     }
-    let bytes = text.into_bytes();
     (
-        Envelope::local(id, from, &notice.recipient, bytes.len()),
-        bytes,
+        Envelope::local(id, from, &notice.recipient),
+        Message::from(text.into_bytes()),
     )
 }
 
@@ -170,7 +169,7 @@ mod tests {
             assert!(notice.body.contains(part), "{part}: {}", notice.body);
         }
         let (envelope, text) = message(&notice, "postmaster@example.edu", "relay.example.edu");
-        let text = String::from_utf8(text).unwrap();
+        let text = String::from_utf8(text.to_vec()).unwrap();
         assert_eq!(envelope.recipients[0].address, "jdoe@example.edu");
         assert!(text.contains("Subject: Relay registration: 10.1.2.3 may now relay\r\n"));
         let head = text.split("\r\n\r\n").next().unwrap();

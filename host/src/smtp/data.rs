@@ -8,7 +8,7 @@ use super::reply::refusal;
 use super::session::{Next, Session, State};
 use crate::policy::message::MessageData;
 use crate::policy::{Hook, Rewrite, Verdict, format_trace};
-use crate::queue::{self, Envelope, Recipient};
+use crate::queue::{self, Envelope, Message, Recipient};
 use bytes::Bytes;
 
 /// Received fields at which a message is taken to be looping (Postfix's hopcount_limit).
@@ -208,11 +208,8 @@ impl Session {
             return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
         }
         let hold = decision.verdict == Verdict::Quarantine;
-        let mut message = self.build_message(&id, &tx.recipients, &tx.header_edits, body, &fields);
-        // Signed as it will be relayed (a millisecond of RSA at most).
-        if let Some(signature) = self.ctx.dkim.sign(&message) {
-            message.splice(0..0, signature.into_bytes());
-        }
+        let message = self.build_message(&id, &tx.recipients, &tx.header_edits, body, &fields);
+        // The queue signs it, sets its size and makes it durable before the 250.
         let envelope = Envelope {
             id: id.clone(),
             sender: tx.sender.clone(),
@@ -226,22 +223,24 @@ impl Session {
                 .collect(),
             received: queue::now(),
             client: peer.ip().to_string(),
-            size: message.len(),
+            size: 0,
             hold,
             attempts: 0,
             next_attempt: 0,
             last_error: None,
             checksum: None,
         };
-        let size = message.len();
-        if let Err(e) = self.ctx.queue.enqueue(envelope, message).await {
-            tracing::error!(session = self.id, %peer, queue_id = %id, error = %e, "cannot write the message to the spool");
-            return Reply::new(
-                451,
-                "4.3.0",
-                "Local error in processing: cannot queue the message",
-            );
-        }
+        let size = match self.ctx.queue.submit(envelope, message).await {
+            Ok(size) => size,
+            Err(e) => {
+                tracing::error!(session = self.id, %peer, queue_id = %id, error = %e, "cannot write the message to the spool");
+                return Reply::new(
+                    451,
+                    "4.3.0",
+                    "Local error in processing: cannot queue the message",
+                );
+            }
+        };
         if let Some(registry) = &self.ctx.registry {
             registry.relayed(peer.ip());
         }
@@ -265,9 +264,9 @@ impl Session {
         id: &str,
         recipients: &[String],
         edits: &[Rewrite],
-        body: &[u8],
+        body: &Bytes,
         fields: &[headers::Field],
-    ) -> Vec<u8> {
+    ) -> Message {
         let hostname = &self.ctx.config.hostname;
         let now = chrono::Utc::now().to_rfc2822();
         // The HELO name is the client's text: keep only what is safe in a header field.
@@ -336,6 +335,6 @@ impl Session {
         if !has("Message-ID") {
             top.push_str(&format_field("Message-ID", &format!("<{id}@{hostname}>")));
         }
-        headers::assemble(body, fields, &remove, &top)
+        headers::assemble(body, fields, &remove, top)
     }
 }

@@ -8,20 +8,19 @@ pub use sluice_mail::mime::{
     valid_field_value as valid_value,
 };
 
+use crate::queue::Message;
+use bytes::Bytes;
+
 /// Builds the message to spool: `prepend` (already formatted fields, CRLF-terminated) on
-/// top, then the received message without the fields whose names are in `remove`.
-pub fn assemble(message: &[u8], fields: &[Field], remove: &[String], prepend: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + prepend.len());
-    out.extend_from_slice(prepend.as_bytes());
-    let mut at = 0;
-    for field in fields
+/// top, then the received message without the fields whose names are in `remove`; in
+/// parts, so the received message is not copied.
+pub fn assemble(message: &Bytes, fields: &[Field], remove: &[String], prepend: String) -> Message {
+    let removed = fields
         .iter()
         .filter(|f| remove.iter().any(|r| r.eq_ignore_ascii_case(&f.name)))
-    {
-        out.extend_from_slice(&message[at..field.range.start]);
-        at = field.range.end;
-    }
-    out.extend_from_slice(&message[at..]);
+        .map(|f| f.range.clone());
+    let mut out = Message::without(message.clone(), removed);
+    out.prepend(prepend.into_bytes());
     out
 }
 
@@ -39,9 +38,14 @@ mod tests {
     #[test]
     fn removes_whole_fields_and_prepends() {
         let f = fields(MSG);
-        let out = assemble(MSG, &f, &["x-long".into()], "Received: x\r\n");
+        let out = assemble(
+            &Bytes::from_static(MSG),
+            &f,
+            &["x-long".into()],
+            "Received: x\r\n".into(),
+        );
         assert_eq!(
-            out,
+            out.to_vec(),
             b"Received: x\r\nSubject: hi\r\nFrom: a@b\r\n\r\nbody\r\n".to_vec()
         );
     }

@@ -54,8 +54,6 @@ pub struct ServerContext {
     pub registry: Option<Arc<Registry>>,
     /// The users AUTH checks against; `None` where nobody authenticates (`sluice session`).
     pub auth: Option<Arc<Auth>>,
-    /// Signs every accepted message (when `[dkim]` is configured).
-    pub dkim: Arc<Dkim>,
 }
 
 impl ServerContext {
@@ -68,15 +66,15 @@ impl ServerContext {
     ) -> anyhow::Result<Self> {
         // No runner reads the channel: what the session accepts stays in the spool.
         let (new_messages, _) = tokio::sync::mpsc::unbounded_channel();
+        let dkim = Arc::new(Dkim::new(config.dkim.as_ref())?);
         Ok(ServerContext {
             tls: crate::tls::acceptor(crate::tls::Certificates::load(
                 &config.tls,
                 &config.hostname,
             )?)?,
-            dkim: Arc::new(Dkim::new(config.dkim.as_ref())?),
             config: Arc::new(config),
             chain: Arc::new(ArcSwap::from_pointee(chain)),
-            queue: Queue::new(spool, new_messages),
+            queue: Queue::new(spool, new_messages, dkim),
             registry: None,
             auth: None,
         })

@@ -4,19 +4,34 @@
 //! A bounce goes from the null sender, so it can never bounce in turn: a bounce that
 //! fails is dropped with a log line (RFC 5321 4.5.5), never looped.
 
-use crate::queue::{self, Envelope, Recipient};
+use super::{Envelope, Recipient};
 use std::fmt::Write;
 
 /// Header fields of the original message returned at most.
 const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 
 /// One failed recipient, as the report names it.
-pub struct Failure<'a> {
-    pub recipient: &'a Recipient,
-    /// The next hop that refused, or `None` when the relay gave up by itself.
-    pub remote: Option<&'a str>,
-    /// True when the recipient expired (still deferred at the end of the queue lifetime).
-    pub expired: bool,
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The recipient, with what was last said about it (its `diagnostic`).
+    pub recipient: Recipient,
+    pub reason: Reason,
+}
+
+/// Why a recipient failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// Refused for good: by the next hop `remote` (`HOST:PORT`), or by the relay itself
+    /// when `None` (no domain, a domain that takes no mail).
+    Refused { remote: Option<String> },
+    /// Still deferred when the queue lifetime ran out.
+    Expired,
+}
+
+impl Failure {
+    fn expired(&self) -> bool {
+        self.reason == Reason::Expired
+    }
 }
 
 /// The bounce for `failures` of `original` (whose text is `message`), from `hostname`;
@@ -24,13 +39,13 @@ pub struct Failure<'a> {
 pub fn bounce(
     hostname: &str,
     original: &Envelope,
-    failures: &[Failure<'_>],
+    failures: &[Failure],
     message: &[u8],
 ) -> Option<(Envelope, Vec<u8>)> {
     if original.sender.is_empty() || failures.is_empty() {
         return None;
     }
-    let id = queue::new_queue_id();
+    let id = super::new_queue_id();
     let boundary = format!("{id}/{hostname}");
     let now = chrono::Utc::now().to_rfc2822();
     let arrival = chrono::DateTime::from_timestamp(original.received as i64, 0)
@@ -76,35 +91,7 @@ pub fn bounce(
         queue_id = original.id,
     );
     for f in failures {
-        let _ = write!(
-            text,
-            "\r\nFinal-Recipient: rfc822; {rcpt}\r\n\
-             Action: failed\r\n\
-             Status: {status}\r\n",
-            rcpt = f.recipient.address,
-            status = status(f),
-        );
-        if let Some(remote) = f.remote {
-            // A host name, not HOST:PORT (RFC 3464 2.3.5).
-            let host = remote
-                .rsplit_once(':')
-                .map_or(remote, |(host, _)| host)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let _ = write!(text, "Remote-MTA: dns; {host}\r\n");
-        }
-        // `smtp` when it is the next hop's reply; the relay's own words otherwise.
-        let said = diagnostic(f);
-        let kind = if !f.expired
-            && said
-                .get(..3)
-                .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
-        {
-            "smtp"
-        } else {
-            "X-Sluice"
-        };
-        let _ = write!(text, "Diagnostic-Code: {kind}; {said}\r\n");
+        recipient_fields(&mut text, f);
     }
     let headers_end = memchr::memmem::find(message, b"\r\n\r\n")
         .map_or(message.len(), |i| i + 2)
@@ -122,11 +109,47 @@ pub fn bounce(
     }
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
 
-    let envelope = Envelope::local(id, "", &original.sender, bytes.len());
+    let envelope = Envelope::local(id, "", &original.sender);
     Some((envelope, bytes))
 }
 
-fn diagnostic(f: &Failure<'_>) -> String {
+/// The per-recipient fields of the delivery-status part (RFC 3464 2.3) for `f`.
+fn recipient_fields(text: &mut String, f: &Failure) {
+    let _ = write!(
+        text,
+        "\r\nFinal-Recipient: rfc822; {rcpt}\r\n\
+         Action: failed\r\n\
+         Status: {status}\r\n",
+        rcpt = f.recipient.address,
+        status = status(f),
+    );
+    if let Reason::Refused {
+        remote: Some(remote),
+    } = &f.reason
+    {
+        // A host name, not HOST:PORT (RFC 3464 2.3.5).
+        let host = remote
+            .rsplit_once(':')
+            .map_or(remote.as_str(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let _ = write!(text, "Remote-MTA: dns; {host}\r\n");
+    }
+    // `smtp` when it is the next hop's reply; the relay's own words otherwise.
+    let said = diagnostic(f);
+    let kind = if !f.expired()
+        && said
+            .get(..3)
+            .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
+    {
+        "smtp"
+    } else {
+        "X-Sluice"
+    };
+    let _ = write!(text, "Diagnostic-Code: {kind}; {said}\r\n");
+}
+
+fn diagnostic(f: &Failure) -> String {
     let said = f
         .recipient
         .diagnostic
@@ -137,7 +160,7 @@ fn diagnostic(f: &Failure<'_>) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if f.expired {
+    if f.expired() {
         format!("gave up after the maximum time in the queue; last error: {said}")
     } else {
         said
@@ -145,8 +168,8 @@ fn diagnostic(f: &Failure<'_>) -> String {
 }
 
 /// The enhanced status code (RFC 3463): the next hop's when it gave one, else a general one.
-fn status(f: &Failure<'_>) -> String {
-    if f.expired {
+fn status(f: &Failure) -> String {
+    if f.expired() {
         return "4.4.7".into();
     }
     f.recipient
@@ -199,9 +222,10 @@ mod tests {
     fn reports_each_failed_recipient_to_the_sender() {
         let r = failed("nobody@example.org", "550 5.1.1 User unknown");
         let failures = [Failure {
-            recipient: &r,
-            remote: Some("mx.example.org:25"),
-            expired: false,
+            recipient: r,
+            reason: Reason::Refused {
+                remote: Some("mx.example.org:25".into()),
+            },
         }];
         let message = b"Subject: report\r\nFrom: app@example.edu\r\n\r\nsecret body\r\n";
         let (env, bytes) = bounce(
@@ -231,9 +255,8 @@ mod tests {
     fn never_for_the_null_sender_and_expired_is_4_4_7() {
         let r = failed("a@example.org", "421 4.4.2 timeout");
         let expired = [Failure {
-            recipient: &r,
-            remote: None,
-            expired: true,
+            recipient: r,
+            reason: Reason::Expired,
         }];
         assert!(bounce("relay", &original(""), &expired, b"x\r\n\r\n").is_none());
         let (_, bytes) = bounce(

@@ -1,0 +1,273 @@
+//! One delivery attempt, from the queue's side: load the message, hand its waiting
+//! recipients to the deliverer, and record what came of it — each recipient's state and
+//! its line in the delivery log, expiry at the end of the queue lifetime, the bounce for
+//! the sender, and when the next attempt is due.
+//!
+//! How mail is carried is not the queue's business: delivery implements [`Deliver`]. Every
+//! attempt logs one line per recipient, in the form postmasters grep:
+//! `QUEUEID: from=<s>, to=<r>, relay=HOST:PORT, delay=12, attempts=1, tls=TLSv1.3,
+//! tls_rule=opportunistic, status=sent (250 2.0.0 Ok)`.
+
+use super::dsn::{self, Failure, Reason};
+use super::runner::Schedule;
+use super::spool::{self, Spool};
+use super::{Envelope, Message, Queue, RecipientStatus};
+use crate::config::TlsRule;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the queue asks of delivery: take a message to its waiting recipients.
+pub trait Deliver: Send + Sync + 'static {
+    /// Takes `message` from `envelope.sender` to the envelope's pending recipients, and
+    /// says what became of each: one [`Delivered`] per pending recipient. A recipient left
+    /// out is taken as deferred.
+    fn attempt(
+        &self,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> impl Future<Output = Vec<Delivered>> + Send;
+}
+
+/// What became of one recipient in an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Which recipient: its index in the envelope's `recipients`.
+    pub recipient: usize,
+    pub outcome: Outcome,
+    /// How the attempt went for it.
+    pub leg: Leg,
+}
+
+/// What the next hop, or the relay on its behalf, said about a recipient: the text is
+/// its reply (or the relay's words), on one line, for the log, the queue and the bounce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the next hop (2xx after the message).
+    Sent(String),
+    /// Not now (4xx, no answer, a connection that failed): tried again later.
+    Deferred(String),
+    /// Refused for good (5xx, a domain that takes no mail): bounced to the sender.
+    Failed(String),
+}
+
+impl Outcome {
+    /// What was said.
+    pub fn into_text(self) -> String {
+        match self {
+            Outcome::Sent(text) | Outcome::Deferred(text) | Outcome::Failed(text) => text,
+        }
+    }
+}
+
+/// The way a recipient went in an attempt, as the delivery log names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leg {
+    /// The next hop that answered (`HOST:PORT`), or the last one tried when none did;
+    /// `None` when there was none to try (no route, no domain).
+    pub relay: Option<String>,
+    /// The TLS version of the connection; `None` in clear or without a connection.
+    pub tls: Option<String>,
+    /// The TLS rule the recipient's domain is under.
+    pub tls_rule: TlsRule,
+}
+
+/// What came of one attempt, for the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempted {
+    /// Nothing more to do for this message: every recipient is done with (sent or
+    /// failed), or it is held, set aside, or gone from the queue.
+    Finished,
+    /// Recipients wait: the next attempt is due after this long.
+    RetryAfter(Duration),
+}
+
+/// The diagnostic of a pending recipient the deliverer said nothing about.
+const NO_OUTCOME: &str = "451 4.3.0 delivery gave no outcome for this recipient";
+
+/// One attempt at the message `id`: load, deliver, record.
+pub async fn run<D: Deliver>(
+    queue: &Queue,
+    deliverer: &D,
+    schedule: &Schedule,
+    id: &str,
+) -> Attempted {
+    let (envelope, message) = match load(queue.spool(), schedule, id).await {
+        Loaded::Ready(envelope, message) => (envelope, message),
+        Loaded::Skip(attempted) => return attempted,
+    };
+    let delivered = deliverer.attempt(&envelope, &message).await;
+    record(queue, schedule, envelope, &message, delivered).await
+}
+
+/// A message ready to be delivered, or what to tell the runner instead.
+enum Loaded {
+    Ready(Envelope, Vec<u8>),
+    Skip(Attempted),
+}
+
+/// Reads the message from the spool; one that does not match its checksum is set aside.
+async fn load(spool: &Arc<Spool>, schedule: &Schedule, id: &str) -> Loaded {
+    let owned = id.to_string();
+    match blocking(spool, move |spool| spool.load(&owned)).await {
+        // Held after it was scheduled: it waits for a release.
+        Ok((envelope, _)) if envelope.hold => Loaded::Skip(Attempted::Finished),
+        Ok((envelope, message)) => Loaded::Ready(envelope, message),
+        // Deleted or delivered meanwhile.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Loaded::Skip(Attempted::Finished),
+        Err(e) if spool::is_damaged(&e) => {
+            let owned = id.to_string();
+            match blocking(spool, move |spool| spool.set_aside(&owned)).await {
+                Ok(path) => {
+                    tracing::error!(queue_id = id, error = %e, "not delivered: set aside as {}", path.display())
+                }
+                Err(aside) => {
+                    tracing::error!(queue_id = id, error = %e, %aside, "not delivered, and cannot be set aside")
+                }
+            }
+            Loaded::Skip(Attempted::Finished)
+        }
+        Err(e) => {
+            tracing::error!(queue_id = id, error = %e, "cannot read queued message; will retry");
+            let first = super::retry_delay(&schedule.retry_intervals, 1);
+            Loaded::Skip(Attempted::RetryAfter(first))
+        }
+    }
+}
+
+/// Records what came of the attempt: each pending recipient's outcome (a deferral past
+/// the queue lifetime fails), one log line each, the bounce for those that failed, then
+/// the message leaves the queue or waits for its next attempt.
+async fn record(
+    queue: &Queue,
+    schedule: &Schedule,
+    mut envelope: Envelope,
+    message: &[u8],
+    delivered: Vec<Delivered>,
+) -> Attempted {
+    let mut reports: Vec<Option<Delivered>> = vec![None; envelope.recipients.len()];
+    for d in delivered {
+        if let Some(slot) = reports.get_mut(d.recipient) {
+            *slot = Some(d);
+        }
+    }
+    envelope.attempts += 1;
+    let delay = super::now().saturating_sub(envelope.received);
+    let expired = Duration::from_secs(delay) >= schedule.max_queue_lifetime;
+    let mut last_error = None;
+    let mut failures = Vec::new();
+    for (rcpt, report) in envelope.recipients.iter_mut().zip(reports) {
+        if rcpt.status != RecipientStatus::Pending {
+            continue;
+        }
+        let (outcome, leg) = match report {
+            Some(d) => (d.outcome, Some(d.leg)),
+            None => (Outcome::Deferred(NO_OUTCOME.into()), None),
+        };
+        let (status, word, reason) = match &outcome {
+            Outcome::Sent(_) => (RecipientStatus::Sent, "sent", None),
+            Outcome::Failed(_) => {
+                let remote = leg.as_ref().and_then(|l| l.relay.clone());
+                let refused = Reason::Refused { remote };
+                (RecipientStatus::Failed, "bounced", Some(refused))
+            }
+            Outcome::Deferred(_) if expired => {
+                (RecipientStatus::Failed, "expired", Some(Reason::Expired))
+            }
+            Outcome::Deferred(text) => {
+                last_error = Some(text.clone());
+                (RecipientStatus::Pending, "deferred", None)
+            }
+        };
+        let text = outcome.into_text();
+        tracing::info!(
+            target: "sluice::delivery",
+            "{}: from=<{}>, to=<{}>, relay={}, delay={delay}, attempts={}, tls={}, tls_rule={}, status={word} ({text})",
+            envelope.id,
+            envelope.sender,
+            rcpt.address,
+            leg.as_ref().and_then(|l| l.relay.as_deref()).unwrap_or("none"),
+            envelope.attempts,
+            leg.as_ref().and_then(|l| l.tls.as_deref()).unwrap_or("none"),
+            leg.as_ref().map_or("none", |l| l.tls_rule.as_str()),
+        );
+        rcpt.status = status;
+        rcpt.diagnostic = Some(text);
+        if let Some(reason) = reason {
+            failures.push(Failure {
+                recipient: rcpt.clone(),
+                reason,
+            });
+        }
+    }
+    bounce(queue, &schedule.hostname, &envelope, &failures, message).await;
+    finish(queue.spool(), schedule, envelope, last_error).await
+}
+
+/// The message leaves the queue when every recipient is done with; otherwise its state
+/// is written with the time of its next attempt.
+async fn finish(
+    spool: &Arc<Spool>,
+    schedule: &Schedule,
+    mut envelope: Envelope,
+    last_error: Option<String>,
+) -> Attempted {
+    let id = envelope.id.clone();
+    if envelope
+        .recipients
+        .iter()
+        .all(|r| r.status != RecipientStatus::Pending)
+    {
+        let owned = id.clone();
+        if let Err(e) = blocking(spool, move |spool| spool.remove(&owned)).await {
+            tracing::error!(queue_id = %id, error = %e, "cannot remove a delivered message");
+        }
+        return Attempted::Finished;
+    }
+    let retry_in = super::retry_delay(&schedule.retry_intervals, envelope.attempts);
+    envelope.next_attempt = super::now() + retry_in.as_secs();
+    envelope.last_error = last_error;
+    if let Err(e) = blocking(spool, move |spool| spool.update(&envelope)).await {
+        tracing::error!(queue_id = %id, error = %e, "cannot record the delivery attempt");
+    }
+    Attempted::RetryAfter(retry_in)
+}
+
+/// Queues a bounce to the sender for the recipients that failed in this attempt, through
+/// the one way into the queue; none for the null sender: a bounce never bounces.
+async fn bounce(
+    queue: &Queue,
+    hostname: &str,
+    envelope: &Envelope,
+    failures: &[Failure],
+    message: &[u8],
+) {
+    if failures.is_empty() {
+        return;
+    }
+    let Some((bounce, text)) = dsn::bounce(hostname, envelope, failures, message) else {
+        tracing::info!(target: "sluice::delivery", "{}: failed recipients of a bounce (null sender): dropped, never bounced", envelope.id);
+        return;
+    };
+    let id = bounce.id.clone();
+    match queue.submit(bounce, Message::from(text)).await {
+        Ok(_) => {
+            tracing::info!(target: "sluice::delivery", "{}: sender non-delivery notification: {id}", envelope.id)
+        }
+        Err(e) => {
+            tracing::error!(queue_id = %envelope.id, error = %e, "cannot queue a bounce")
+        }
+    }
+}
+
+/// Runs `work` on the spool on the blocking pool (the spool is file I/O).
+async fn blocking<T: Send + 'static>(
+    spool: &Arc<Spool>,
+    work: impl FnOnce(&Spool) -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || work(&spool))
+        .await
+        .map_err(io::Error::other)?
+}
