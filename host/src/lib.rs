@@ -4,10 +4,16 @@
 //!
 //! ```text
 //! smtp::listener ─► smtp::session (one task per connection)
-//!     connect/EHLO/MAIL/RCPT/DATA ─► policy::chain (WebAssembly modules, in order)
-//!     end of DATA ─► headers added ─► queue::spool (fsync) ─► 250
-//! queue::runner ─► delivery (next hop, opportunistic STARTTLS) ─► sent · deferred · bounced
+//!     connect/EHLO/MAIL/RCPT/DATA ─► policy::chain (WebAssembly modules, in order, awaited
+//!                                    each under its deadline)
+//!     end of DATA ─► Received and the policies' header edits
+//!                ─► queue::Queue::submit (DKIM-sign, spool, group commit: durable) ─► 250
+//! queue::runner ─► queue::Deliver, implemented by delivery (next hop, TLS rule)
+//!               ─► sent · deferred · bounced (a DSN, submitted like any message)
 //! ```
+//!
+//! The layers point one way: `cli` → `server` → `smtp` → `policy` → `queue` ← `delivery`;
+//! `config`, [`protocol`] and the `sluice_mail` crate sit beneath them all.
 //!
 //! - [`auth`] — SMTP AUTH on the submission listeners, and their users.
 //! - [`admin`] — the control socket the postmaster's commands (status, reload, queue,
@@ -17,10 +23,11 @@
 //! - [`config`] — `sluice.toml`.
 //! - [`smtp`] — the SMTP server: sessions, one file per stage, strict DATA reading.
 //! - [`policy`] — the wasmtime runtime, the chain, the host functions modules import.
-//! - [`protocol`] — what SMTP defines, below `config` and `smtp`: valid envelope addresses.
-//! - [`queue`] — the spool on disk and the scheduler of delivery attempts.
+//! - [`protocol`] — what SMTP defines, below `smtp` and `policy`: replies.
+//! - [`queue`] — the one way into the queue, the spool on disk, the scheduler of delivery
+//!   attempts and what each attempt's outcome means (retries, expiry, bounces).
 //! - [`dkim`] — DKIM signing of accepted messages.
-//! - [`delivery`] — the outbound SMTP client and the per-attempt log.
+//! - [`delivery`] — routing, the outbound SMTP client and the TLS rules.
 //! - [`reloadable`] — what `sluice reload` reloads besides policies: DKIM keys, the certificate.
 //! - [`registry`] — the addresses registered to relay, and those blocked.
 //! - [`store`] — the embedded SQLite store (registry, users).

@@ -69,6 +69,14 @@ pub fn ascii_domain(domain: &str) -> Option<String> {
     idna::domain_to_ascii(domain).ok()
 }
 
+/// A domain as the relay compares domains (routes, TLS rules, a policy's request for TLS):
+/// without a trailing dot, lower-cased, in its ASCII (IDNA) form, so `Bank.Example.` and
+/// `bank.example` are one domain.
+pub fn normalise_domain(domain: &str) -> String {
+    let domain = domain.trim_end_matches('.');
+    ascii_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase())
+}
+
 /// Longest envelope address the relay passes on (RFC 5321 4.5.3.1: a 64-byte local part,
 /// `@` and a 255-byte domain).
 pub const MAX_ADDRESS_LEN: usize = 320;
@@ -89,6 +97,12 @@ pub fn valid_address(address: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domains_compare_without_case_trailing_dot_or_unicode_form() {
+        assert_eq!(normalise_domain("Bank.Example."), "bank.example");
+        assert_eq!(normalise_domain("Bücher.example"), "xn--bcher-kva.example");
+    }
 
     #[test]
     fn splits_at_the_last_unquoted_at() {

@@ -89,12 +89,9 @@ impl Router {
     }
 }
 
-/// A domain as routing and TLS rules compare it: without a trailing dot, lower-cased, in
-/// its ASCII (IDNA) form, so `Bank.Example.` and `bank.example` are one domain.
-pub fn normalise(domain: &str) -> String {
-    let domain = domain.trim_end_matches('.');
-    sluice_mail::ascii_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase())
-}
+// How routing and TLS rules compare domains: the mail crate's, one rule with the policy
+// runtime's (a module's request for TLS names a recipient's domain).
+pub use sluice_mail::address::normalise_domain as normalise;
 
 /// MX records to next hops: by preference, equal preferences in random order (RFC 5321
 /// 5.1, spreading the load); a lone MX of "." is a null MX (RFC 7505).

@@ -224,7 +224,7 @@ fn mark(address: &str) -> String {
         Some((local, domain)) => format!(
             "{}@{}",
             local.to_lowercase(),
-            crate::delivery::route::normalise(domain)
+            sluice_mail::address::normalise_domain(domain)
         ),
         None => address.to_lowercase(),
     }
