@@ -35,17 +35,17 @@
 //! - [`server`] — wiring it all together for `sluice serve`.
 
 pub mod admin;
-pub mod auth;
+mod auth;
 pub mod cli;
 pub mod config;
-pub mod delivery;
-pub mod dkim;
+mod delivery;
+mod dkim;
 pub mod policy;
-pub mod protocol;
-pub mod queue;
-pub mod registry;
-pub mod reloadable;
+mod protocol;
+mod queue;
+mod registry;
+mod reloadable;
 pub mod server;
-pub mod smtp;
-pub mod store;
-pub mod tls;
+mod smtp;
+mod store;
+mod tls;

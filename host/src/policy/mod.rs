@@ -12,16 +12,16 @@
 //! - [`builtin`] — the modules embedded in the relay (`builtin:NAME`).
 //! - [`reload`] — hot reload: the watcher, SIGHUP and `sluice reload`, and the status.
 
-pub mod builtin;
-pub mod chain;
-pub mod counters;
+pub(crate) mod builtin;
+pub(crate) mod chain;
+pub(crate) mod counters;
 pub mod engine;
-pub mod error;
-pub mod host;
+pub(crate) mod error;
+pub(crate) mod host;
 pub mod manifest;
-pub mod message;
-pub mod output;
-pub mod reload;
+pub(crate) mod message;
+pub(crate) mod output;
+pub(crate) mod reload;
 
 pub use chain::{
     Chain, ChainDecision, Decided, Hook, Rewrite, SessionChain, Verdict, format_trace,

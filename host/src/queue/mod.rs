@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
-pub use attempt::{Attempted, Deliver, Delivered, Leg, Outcome};
+pub use attempt::{Deliver, Delivered, Leg, Outcome};
 pub use message::Message;
 pub use runner::{MessageOrder, Order, Schedule};
 pub use spool::Spool;

@@ -88,11 +88,6 @@ impl DataReader {
         self.body
     }
 
-    /// Is the text so far a whole number of lines (BDAT messages must end with CRLF to be relayed by DATA)?
-    pub fn ends_at_line_start(&self) -> bool {
-        self.state == LineState::LineStart
-    }
-
     fn flag(&mut self, problem: DataProblem) {
         if self.problem.is_none() {
             self.problem = Some(problem);
@@ -251,7 +246,7 @@ mod tests {
     fn bdat_keeps_dots_and_checks_line_ends() {
         let mut r = DataReader::for_bdat(1 << 20, 998);
         assert_eq!(r.feed(b"a\r\n.\r\n"), None);
-        assert!(r.ends_at_line_start());
+        assert!(r.state == LineState::LineStart);
         assert_eq!(r.into_body(), b"a\r\n.\r\n");
         let mut r = DataReader::for_bdat(1 << 20, 998);
         r.feed(b"a\nb");
