@@ -121,18 +121,38 @@ fn body_of(n: usize) -> String {
     format!("line of message {n}\r\n").repeat(50)
 }
 
-/// A small random-number generator (xorshift), seeded by the clock; the seed is printed
-/// so that a failing run can be told apart.
+/// A small random-number generator (xorshift) that draws the moments of the kills.
+/// Its seed is `SLUICE_CHAOS_SEED` when that is set, else the clock's; it is printed with
+/// the command that replays it, so a failing run's kill schedule can be run again (the
+/// clients' timing still varies from run to run).
 struct Chaos(u64);
+
+/// The environment variable that fixes [`Chaos`]'s seed.
+const CHAOS_SEED: &str = "SLUICE_CHAOS_SEED";
 
 impl Chaos {
     fn new() -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
-        println!("chaos seed {seed}");
+        let seed = match std::env::var(CHAOS_SEED) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .unwrap_or_else(|e| panic!("{CHAOS_SEED}={text:?}: {e}")),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        };
+        // Xorshift stays at zero from zero; an odd seed never is (and stays the same when
+        // the printed seed is given back).
+        let seed = seed | 1;
+        // The test harness names the thread that runs a test after the test.
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("durability::")
+            .to_string();
+        println!(
+            "chaos seed {seed}; to replay: {CHAOS_SEED}={seed} cargo test --release --test e2e {test} -- --exact"
+        );
         Chaos(seed)
     }
 
