@@ -3,7 +3,6 @@
 
 use crate::support::relay::RelayOptions;
 use crate::support::{Conn, Relay, Sink};
-use std::time::Duration;
 
 fn out(o: &std::process::Output) -> String {
     format!(
@@ -81,10 +80,16 @@ async fn list_show_hold_flush_release_and_delete() {
     assert!(!outside.status.success(), "{}", out(&outside));
 
     sink.set_tempfail(false);
+    let flushed_at = relay.log_mark();
     assert!(out(&relay.command(&["queue", "flush"])).starts_with("ok"));
+    // The runner says how many messages the flush sent on their way: the held and the
+    // deleted ones are not among them.
+    relay
+        .wait_for_log_after(flushed_at, "queue flushed by postmaster count=1")
+        .await;
     let received = sink.wait_for(1).await;
     assert!(String::from_utf8_lossy(&received[0].data).contains("to be flushed"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.wait_for_queued(1).await;
     assert_eq!(sink.messages().len(), 1, "the held message waits");
     let list = out(&relay.command(&["queue", "list"]));
     assert!(

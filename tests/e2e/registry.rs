@@ -4,7 +4,7 @@
 //! under the running relay.
 
 use crate::support::relay::RelayOptions;
-use crate::support::{Conn, PATIENCE, Relay, Sink};
+use crate::support::{Conn, PATIENCE, Relay, Sink, lines_with};
 use std::net::IpAddr;
 
 /// The campus is 127.0.0.0/16, its workstations 127.0.9.0/24; 127.5.x.x is off campus.
@@ -222,7 +222,9 @@ async fn the_open_relay_tricks_never_get_mail_outside() {
             None => break,
         }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // An empty queue: everything the relay took has been delivered (a trick let through
+    // would have been a message of its own, to its own domain).
+    relay.wait_for_queued(0).await;
     assert_eq!(sink.messages().len(), 1);
 }
 
@@ -271,20 +273,21 @@ async fn unused_registrations_expire_with_a_notice_and_used_ones_stay() {
         [250, 250]
     );
     register(&relay, UNREGISTERED, "idle@example.edu");
-    // The busy machine keeps relaying; the idle one does not.
-    let mut expired = false;
-    for _ in 0..16 {
+    // The busy machine keeps relaying, every half second (well within the 3 s); the idle
+    // one does not.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !relay.log().contains("registration unused for 3s: removed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never expired:\n{}",
+            relay.log()
+        );
         assert_eq!(
             send_from(&relay, REGISTERED, &["a@gmail.com"]).await,
             [250, 250]
         );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        if relay.log().contains("registration unused for 3s: removed") {
-            expired = true;
-            break;
-        }
     }
-    assert!(expired, "never expired:\n{}", relay.log());
     let log = relay.log();
     assert!(log.contains("network=127.0.1.2"), "{log}");
     assert!(
@@ -355,8 +358,11 @@ async fn registry_commands_refuse_what_they_cannot_record() {
     assert!(fails(&["remove", "10.9.9.9"]).contains("not registered"));
     assert!(fails(&["unblock", "10.9.9.9"]).contains("not blocked"));
     assert!(registry(&relay, &["remove", "10.1.2.3"]).contains("removed 10.1.2.3"));
-    // One confirmation, for the one registration that was made.
-    sink.wait_for(1).await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // One confirmation, for the one registration that was made. A command that succeeds
+    // returns once the relay has queued the notices its change left, so by now every
+    // notice is queued, and once the queue is empty, delivered.
+    let log = relay.log();
+    assert_eq!(lines_with(&log, "registry notice to=").len(), 1, "{log}");
+    relay.wait_for_queued(0).await;
     assert_eq!(sink.messages().len(), 1);
 }

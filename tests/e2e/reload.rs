@@ -25,19 +25,6 @@ fn overwrite(relay: &Relay, bytes: &[u8]) {
     std::fs::write(relay.policies_dir().join("dept.wasm"), bytes).unwrap();
 }
 
-/// Waits until the log says `needle` `count` times.
-async fn wait_for_count(relay: &Relay, needle: &str, count: usize) {
-    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
-    while relay.log().matches(needle).count() < count {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the log said {needle:?} fewer than {count} times:\n{}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A session up to the end of RCPT, to an outside address.
 async fn open_session(relay: &Relay) -> Conn {
     let mut conn = Conn::greeted(relay.addr).await;
@@ -61,8 +48,11 @@ async fn a_replaced_module_decides_for_new_sessions_and_open_ones_keep_the_old()
     let mut before = open_session(&relay).await;
 
     // phi-guard (refuses PHI to outside addresses) → probe (does not).
+    let mark = relay.log_mark();
     deploy(&relay, "sluice_test_probe.wasm");
-    wait_for_count(&relay, "policy chain reloaded", 1).await;
+    relay
+        .wait_for_log_after(mark, "policy chain reloaded")
+        .await;
     let mut after = open_session(&relay).await;
     assert_eq!(
         send_phi(&mut after).await,
@@ -77,8 +67,11 @@ async fn a_replaced_module_decides_for_new_sessions_and_open_ones_keep_the_old()
     before.cmd("QUIT", 221).await;
 
     // And back, written in place.
+    let mark = relay.log_mark();
     overwrite(&relay, &std::fs::read(module("phi_guard.wasm")).unwrap());
-    wait_for_count(&relay, "policy chain reloaded", 2).await;
+    relay
+        .wait_for_log_after(mark, "policy chain reloaded")
+        .await;
     assert_eq!(send_phi(&mut open_session(&relay).await).await, 550);
 }
 
@@ -87,8 +80,11 @@ async fn a_broken_module_or_manifest_keeps_the_running_chain_and_status_says_why
     let sink = Sink::start().await;
     let relay = relay_with_dept(&sink).await;
 
+    let mark = relay.log_mark();
     overwrite(&relay, b"\0asm not really");
-    wait_for_count(&relay, "policy chain not reloaded", 1).await;
+    relay
+        .wait_for_log_after(mark, "policy chain not reloaded")
+        .await;
     assert_eq!(
         send_phi(&mut open_session(&relay).await).await,
         550,
@@ -104,23 +100,29 @@ async fn a_broken_module_or_manifest_keeps_the_running_chain_and_status_says_why
     );
     assert!(text.contains("dept.wasm"), "{text}");
 
+    let mark = relay.log_mark();
     std::fs::write(
         relay.policies_dir().join("policies.toml"),
         "[[policy]]\nname = \"x\"\nmodule = \"builtin:nonesuch\"\n",
     )
     .unwrap();
-    wait_for_count(&relay, "policy chain not reloaded", 2).await;
+    relay
+        .wait_for_log_after(mark, "policy chain not reloaded")
+        .await;
     let text = String::from_utf8_lossy(&relay.command(&["status"]).stdout).into_owned();
     assert!(text.contains("there is no builtin:nonesuch"), "{text}");
     assert_eq!(send_phi(&mut open_session(&relay).await).await, 550);
 
     // Mended: the next reload succeeds and the failure is no longer shown.
+    let mark = relay.log_mark();
     std::fs::write(
         relay.policies_dir().join("policies.toml"),
         "[[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n",
     )
     .unwrap();
-    wait_for_count(&relay, "policy chain reloaded", 1).await;
+    relay
+        .wait_for_log_after(mark, "policy chain reloaded")
+        .await;
     let text = String::from_utf8_lossy(&relay.command(&["status"]).stdout).into_owned();
     assert!(!text.contains("FAILED"), "{text}");
     assert!(text.contains("networks"), "{text}");
@@ -182,14 +184,16 @@ async fn nothing_is_lost_while_modules_are_swapped_under_load() {
             })
         })
         .collect();
-    for (i, file) in ["sluice_test_probe.wasm", "phi_guard.wasm"]
+    for file in ["sluice_test_probe.wasm", "phi_guard.wasm"]
         .iter()
         .cycle()
         .take(6)
-        .enumerate()
     {
+        let mark = relay.log_mark();
         deploy(&relay, file);
-        wait_for_count(&relay, "policy chain reloaded", i + 1).await;
+        relay
+            .wait_for_log_after(mark, "policy chain reloaded")
+            .await;
     }
     for client in clients {
         let codes = client.await.unwrap();
@@ -224,15 +228,29 @@ async fn a_file_written_in_pieces_is_loaded_once_whole() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(file);
-    wait_for_count(&relay, "policy chain reloaded", 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.wait_for_log("policy chain reloaded").await;
+    assert_eq!(send_phi(&mut open_session(&relay).await).await, 250);
+    // A later change, whose reload comes after any the pieces could still cause (the
+    // watcher takes changes in order): then the log holds every reload the pieces caused.
+    let mark = relay.log_mark();
+    std::fs::write(
+        relay.policies_dir().join("policies.toml"),
+        "[[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n",
+    )
+    .unwrap();
+    relay
+        .wait_for_log_after(mark, "policy chain reloaded: chain [\"networks\"]")
+        .await;
     let log = relay.log();
     assert!(
         !log.contains("not reloaded"),
         "a half-written file was loaded:\n{log}"
     );
-    assert_eq!(log.matches("policy chain reloaded").count(), 1, "{log}");
-    assert_eq!(send_phi(&mut open_session(&relay).await).await, 250);
+    assert_eq!(
+        log.matches("policy chain reloaded").count(),
+        2,
+        "the pieces made one reload:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -245,8 +263,9 @@ async fn a_restart_takes_unchanged_modules_compiled_from_the_cache() {
         "the first start compiles: {}",
         relay.log()
     );
+    let restarted = relay.log_mark();
     relay.restart().await;
-    wait_for_count(&relay, "module=\"dept\"", 2).await;
+    relay.wait_for_log_after(restarted, "module=\"dept\"").await;
     let log = relay.log();
     let dept: Vec<&str> = log
         .lines()

@@ -63,6 +63,11 @@ pub fn run_with_input(command: &mut std::process::Command, input: &str) -> std::
     child.wait_with_output().expect("run sluice")
 }
 
+/// The lines of `log` that contain `needle`, in order.
+pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(needle)).collect()
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

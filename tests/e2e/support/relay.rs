@@ -20,6 +20,17 @@ internal_domains = ["example.edu"]
 markers = ["[PHI]"]
 "#;
 
+/// A point in a relay's log (its length in bytes when taken, from [`Relay::log_mark`]):
+/// a wait from a mark sees only lines written after it, so a line an earlier step wrote
+/// cannot stand in for the one a later step causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogMark(u64);
+
+impl LogMark {
+    /// The log's beginning: everything the relay ever logged counts.
+    pub const START: LogMark = LogMark(0);
+}
+
 /// A running relay in its own directory (configuration, spool, policies, log).
 pub struct Relay {
     pub addr: SocketAddr,
@@ -148,7 +159,7 @@ impl Relay {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("relay.log"))
+            .open(self.log_path())
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["serve", "--config"])
@@ -191,22 +202,61 @@ impl Relay {
         self.spawn().await;
     }
 
-    /// Everything the relay has logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
+    /// The relay's log file (one file across restarts: each start appends to it).
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("relay.log")
     }
 
-    /// Waits until the log contains `needle`; panics after [`PATIENCE`].
+    /// Everything the relay has logged so far.
+    pub fn log(&self) -> String {
+        self.log_since(LogMark::START)
+    }
+
+    /// The log's end as it is now. Take it *before* the action whose line a test waits
+    /// for: a line written between the action and the wait is then still seen, and a line
+    /// an earlier step wrote is not.
+    pub fn log_mark(&self) -> LogMark {
+        LogMark(
+            std::fs::metadata(self.log_path())
+                .map(|m| m.len())
+                .unwrap_or(0),
+        )
+    }
+
+    /// What the relay has logged since `mark`.
+    pub fn log_since(&self, mark: LogMark) -> String {
+        let bytes = std::fs::read(self.log_path()).unwrap_or_default();
+        let from = usize::try_from(mark.0).map_or(bytes.len(), |m| m.min(bytes.len()));
+        String::from_utf8_lossy(&bytes[from..]).into_owned()
+    }
+
+    /// Waits until the log contains `needle`; panics after [`PATIENCE`]. Returns the whole
+    /// log. Only for a line that nothing before the step waited for could have written;
+    /// otherwise use [`Relay::wait_for_log_after`].
     pub async fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_log_count(LogMark::START, needle, 1).await
+    }
+
+    /// Waits until what was logged after `mark` contains `needle`; panics after
+    /// [`PATIENCE`]. Returns the log since `mark`.
+    pub async fn wait_for_log_after(&self, mark: LogMark, needle: &str) -> String {
+        self.wait_for_log_count(mark, needle, 1).await
+    }
+
+    /// Waits until what was logged after `mark` contains `needle` at least `count` times
+    /// (a counted line: the second attempt, the third reload); panics after [`PATIENCE`].
+    /// Returns the log since `mark`.
+    pub async fn wait_for_log_count(&self, mark: LogMark, needle: &str, count: usize) -> String {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
-            let log = self.log();
-            if log.contains(needle) {
+            let log = self.log_since(mark);
+            if log.matches(needle).count() >= count {
                 return log;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the log never said {needle:?}:\n{log}"
+                "the log never said {needle:?} {count} time(s) after byte {}:\n{log}",
+                mark.0
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -233,6 +283,25 @@ impl Relay {
                     .count()
             })
             .unwrap_or(0)
+    }
+
+    /// Waits until exactly `n` messages wait in the spool; panics after [`PATIENCE`].
+    /// Zero is the definite end of delivery: every message the relay took has been
+    /// delivered, bounced or dropped, and nothing more will come of it.
+    pub async fn wait_for_queued(&self, n: usize) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let queued = self.queued();
+            if queued == n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{queued} messages stayed in the queue, expected {n}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 
