@@ -182,7 +182,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match cli.command {
+    dispatch(cli.command)
+}
+
+/// Runs one command. One arm per command (long, but each arm is the whole story of its
+/// command: which configuration it loads and which function does the work).
+fn dispatch(command: Command) -> ExitCode {
+    match command {
         Command::Serve { config: path } => {
             let Some(config) = load_config(path.clone()) else {
                 return ExitCode::from(2);

@@ -42,25 +42,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let auth = Arc::new(
         Auth::open(&config).with_context(|| format!("store.db {}", config.store_db().display()))?,
     );
-    let policies = &config.policies;
-    std::fs::create_dir_all(&policies.dir)
-        .with_context(|| format!("policies.dir {}", policies.dir.display()))?;
-    let cache_dir = config.cache_dir();
-    let engine = PolicyEngine::new()
-        .context("starting the policy engine")?
-        .with_cache_dir(&cache_dir)
-        .with_context(|| format!("policies.cache_dir {}", cache_dir.display()))?
-        .with_registry(registry.table());
-    let chain = {
-        let engine = engine.clone();
-        let dir = policies.dir.clone();
-        tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await?
-    }
-    .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
-    tracing::info!(dir = %policies.dir.display(), chain = ?chain.names(), "policy chain loaded");
-    engine.retain_compiled(&chain.hashes());
-    let chain = Arc::new(ArcSwap::from_pointee(chain));
-    let reloader = Arc::new(Reloader::new(engine, policies.dir.clone(), chain.clone()));
+    let (chain, reloader) = start_policies(&config, &registry).await?;
     let admin = admin::bind(&config.admin_socket())?;
     // Watching starts before the relay listens, so no change made after that is missed.
     let watching = config
@@ -125,6 +107,35 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     // Accepted messages are on disk already; the next start delivers what is left.
     Ok(())
+}
+
+/// The policy engine (its compiled-module cache, the registry modules look up) and the
+/// chain as the policies directory describes it, compiled off the async workers; and the
+/// reloader that will swap in the next one.
+async fn start_policies(
+    config: &Config,
+    registry: &Registry,
+) -> anyhow::Result<(Arc<ArcSwap<Chain>>, Arc<Reloader>)> {
+    let policies = &config.policies;
+    std::fs::create_dir_all(&policies.dir)
+        .with_context(|| format!("policies.dir {}", policies.dir.display()))?;
+    let cache_dir = config.cache_dir();
+    let engine = PolicyEngine::new()
+        .context("starting the policy engine")?
+        .with_cache_dir(&cache_dir)
+        .with_context(|| format!("policies.cache_dir {}", cache_dir.display()))?
+        .with_registry(registry.table());
+    let chain = {
+        let engine = engine.clone();
+        let dir = policies.dir.clone();
+        tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await?
+    }
+    .context("policies")?;
+    tracing::info!(dir = %policies.dir.display(), chain = ?chain.names(), "policy chain loaded");
+    engine.retain_compiled(&chain.hashes());
+    let chain = Arc::new(ArcSwap::from_pointee(chain));
+    let reloader = Arc::new(Reloader::new(engine, policies.dir.clone(), chain.clone()));
+    Ok((chain, reloader))
 }
 
 /// SIGHUP reloads the policy chain (see [`reload`]), the DKIM keys and the certificate.

@@ -5,7 +5,7 @@ use super::Reply;
 use super::data_reader::{DataProblem, DataReader};
 use super::headers::{self, format_field};
 use super::reply::refusal;
-use super::session::{Next, Session, State};
+use super::session::{Next, Session, State, Transaction};
 use crate::policy::message::MessageData;
 use crate::policy::{Hook, Rewrite, Verdict, format_trace};
 use crate::queue::{self, Envelope, Message, Recipient};
@@ -131,32 +131,12 @@ impl Session {
         None
     }
 
+    /// What becomes of a complete message: refused as it came, refused or deferred by the
+    /// data hook, discarded, or queued (the reply is 250 only once it is durable).
     async fn accept_message(&mut self, reader: DataReader) -> Reply {
         let peer = self.peer;
         if let Some(problem) = reader.problem() {
-            let reply = match problem {
-                DataProblem::TooBig => Reply::new(
-                    552,
-                    "5.3.4",
-                    format!(
-                        "Message size exceeds the limit of {} bytes",
-                        self.ctx.config.limits.max_message_size
-                    ),
-                ),
-                DataProblem::LineTooLong => Reply::new(
-                    500,
-                    "5.5.2",
-                    format!(
-                        "Message line longer than {} characters",
-                        self.ctx.config.limits.text_line_length
-                    ),
-                ),
-                DataProblem::BareCr | DataProblem::BareLf => Reply::new(
-                    554,
-                    "5.5.2",
-                    "Message refused: bare CR or LF is not allowed (RFC 5321 2.3.8)",
-                ),
-            };
+            let reply = self.problem_reply(problem);
             tracing::warn!(session = self.id, %peer, ?problem, reply = %reply, "message refused");
             return reply;
         }
@@ -166,8 +146,7 @@ impl Session {
             body.extend_from_slice(b"\r\n");
         }
         let received = MessageData::new(Bytes::from(body));
-        let body = &received.raw;
-        let fields = headers::fields(body);
+        let fields = headers::fields(&received.raw);
         let hops = fields
             .iter()
             .filter(|f| f.name.eq_ignore_ascii_case("Received"))
@@ -187,7 +166,7 @@ impl Session {
         let Some(tx) = self.tx.take() else {
             return Reply::new(503, "5.5.1", "No transaction");
         };
-        let id = tx.id.clone();
+        let id = &tx.id;
         // Why this message was taken or refused, from the log alone: every module's say.
         tracing::info!(
             target: "sluice::policy",
@@ -208,16 +187,52 @@ impl Session {
             return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
         }
         let hold = decision.verdict == Verdict::Quarantine;
-        let message = self.build_message(&id, &tx.recipients, &tx.header_edits, body, &fields);
-        // The queue signs it, sets its size and makes it durable before the 250.
+        let message =
+            self.build_message(id, &tx.recipients, &tx.header_edits, &received.raw, &fields);
+        self.queue(tx, message, hold).await
+    }
+
+    /// The reply to a message the DATA reader found fault with.
+    fn problem_reply(&self, problem: DataProblem) -> Reply {
+        let limits = &self.ctx.config.limits;
+        match problem {
+            DataProblem::TooBig => Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "Message size exceeds the limit of {} bytes",
+                    limits.max_message_size
+                ),
+            ),
+            DataProblem::LineTooLong => Reply::new(
+                500,
+                "5.5.2",
+                format!(
+                    "Message line longer than {} characters",
+                    limits.text_line_length
+                ),
+            ),
+            DataProblem::BareCr | DataProblem::BareLf => Reply::new(
+                554,
+                "5.5.2",
+                "Message refused: bare CR or LF is not allowed (RFC 5321 2.3.8)",
+            ),
+        }
+    }
+
+    /// Queues the transaction's message (`hold`: quarantined): the queue signs it, sets its
+    /// size and makes it durable before the 250.
+    async fn queue(&mut self, tx: Transaction, message: Message, hold: bool) -> Reply {
+        let peer = self.peer;
+        let requests = self.policy.delivery_requests();
         let envelope = Envelope {
-            id: id.clone(),
+            id: tx.id.clone(),
             sender: tx.sender.clone(),
             recipients: tx
                 .recipients
                 .iter()
                 .map(|address| Recipient {
-                    require_tls: self.policy.delivery_requests().requires_tls(address),
+                    require_tls: requests.requires_tls(address),
                     ..Recipient::pending(address)
                 })
                 .collect(),
@@ -230,6 +245,7 @@ impl Session {
             last_error: None,
             checksum: None,
         };
+        let id = &tx.id;
         let size = match self.ctx.queue.submit(envelope, message).await {
             Ok(size) => size,
             Err(e) => {
