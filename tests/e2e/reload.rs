@@ -100,29 +100,14 @@ async fn a_broken_module_or_manifest_keeps_the_running_chain_and_status_says_why
     );
     assert!(text.contains("dept.wasm"), "{text}");
 
-    let mark = relay.log_mark();
-    std::fs::write(
-        relay.policies_dir().join("policies.toml"),
-        "[[policy]]\nname = \"x\"\nmodule = \"builtin:nonesuch\"\n",
-    )
-    .unwrap();
-    relay
-        .wait_for_log_after(mark, "policy chain not reloaded")
-        .await;
+    let manifest = "[[policy]]\nname = \"x\"\nmodule = \"builtin:nonesuch\"\n";
+    write_manifest(&relay, manifest, "policy chain not reloaded").await;
     let text = String::from_utf8_lossy(&relay.command(&["status"]).stdout).into_owned();
     assert!(text.contains("there is no builtin:nonesuch"), "{text}");
     assert_eq!(send_phi(&mut open_session(&relay).await).await, 550);
 
     // Mended: the next reload succeeds and the failure is no longer shown.
-    let mark = relay.log_mark();
-    std::fs::write(
-        relay.policies_dir().join("policies.toml"),
-        "[[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n",
-    )
-    .unwrap();
-    relay
-        .wait_for_log_after(mark, "policy chain reloaded")
-        .await;
+    write_manifest(&relay, NETWORKS_ONLY, "policy chain reloaded").await;
     let text = String::from_utf8_lossy(&relay.command(&["status"]).stdout).into_owned();
     assert!(!text.contains("FAILED"), "{text}");
     assert!(text.contains("networks"), "{text}");
@@ -232,15 +217,12 @@ async fn a_file_written_in_pieces_is_loaded_once_whole() {
     assert_eq!(send_phi(&mut open_session(&relay).await).await, 250);
     // A later change, whose reload comes after any the pieces could still cause (the
     // watcher takes changes in order): then the log holds every reload the pieces caused.
-    let mark = relay.log_mark();
-    std::fs::write(
-        relay.policies_dir().join("policies.toml"),
-        "[[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n",
+    write_manifest(
+        &relay,
+        NETWORKS_ONLY,
+        "policy chain reloaded: chain [\"networks\"]",
     )
-    .unwrap();
-    relay
-        .wait_for_log_after(mark, "policy chain reloaded: chain [\"networks\"]")
-        .await;
+    .await;
     let log = relay.log();
     assert!(
         !log.contains("not reloaded"),
@@ -276,4 +258,14 @@ async fn a_restart_takes_unchanged_modules_compiled_from_the_cache() {
         dept[1].contains("cached=true"),
         "the second start compiled nothing: {log}"
     );
+}
+
+/// A chain of the built-in networks module alone.
+const NETWORKS_ONLY: &str = "[[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n";
+
+/// Writes `policies.toml` and waits for the log line (`needle`) its reload writes.
+async fn write_manifest(relay: &Relay, manifest: &str, needle: &str) {
+    let mark = relay.log_mark();
+    std::fs::write(relay.policies_dir().join("policies.toml"), manifest).unwrap();
+    relay.wait_for_log_after(mark, needle).await;
 }

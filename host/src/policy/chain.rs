@@ -650,6 +650,10 @@ impl SessionChain {
         let Slot::Running(instance) = slot else {
             return Err(Failure::FailedEarlier);
         };
+        // The next yield a tick from now: the deadline left from the last call has passed
+        // while the client was talking, and would make every call begin with a needless
+        // trip through the scheduler.
+        instance.store.set_epoch_deadline(1);
         let outcome = match within(module.timeout, call.call(instance)).await {
             Some(result) => result
                 .map_err(|e| failure(&e, module.timeout))
