@@ -402,31 +402,49 @@ impl LoadedModule {
             registry: engine.registry().clone(),
             requests: requests.clone(),
             dry_run: self.mode == Mode::DryRun,
-            table: ResourceTable::new(),
+            table: resource_table(),
             wasi,
         };
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|s| &mut s.limits);
         // Give the worker back at every epoch tick: a module computing for long shares the
-        // thread with the sessions beside it, and its deadline (a timer) can fire.
+        // thread with the sessions beside it, and its deadline (a timer) can fire. The
+        // first tick counts from now.
         store.epoch_deadline_async_yield_and_update(1);
-        let bindings = match within(self.timeout, self.pre.instantiate_async(&mut store)).await {
-            Some(Ok(bindings)) => bindings,
-            Some(Err(e)) => return Err(Failure::Start(format!("{e:#}"))),
-            None => return Err(Failure::Timeout(self.timeout)),
+        store.set_epoch_deadline(1);
+        let started = within(self.timeout, self.pre.instantiate_async(&mut store)).await;
+        let failure = match started {
+            Some(Ok(bindings)) => {
+                return Ok(Instance {
+                    store,
+                    bindings,
+                    stdout,
+                    stderr,
+                });
+            }
+            Some(Err(e)) => Failure::Start(format!("{e:#}")),
+            None => Failure::Timeout(self.timeout),
         };
-        Ok(Instance {
-            store,
-            bindings,
-            stdout,
-            stderr,
-        })
+        // What its start code printed may say why it failed.
+        self.log_output([&stdout, &stderr], facts, None, true);
+        Err(failure)
     }
 
-    /// Logs what the module wrote to stdout and stderr during a call, within its budget;
-    /// `ended`: the instance is gone, so an unfinished last line is logged too.
-    fn log_output(&self, instance: &Instance, hook: Hook, queue_id: &str, ended: bool) {
-        for (stream, output) in [("stdout", &instance.stdout), ("stderr", &instance.stderr)] {
+    /// Logs what the module wrote to stdout and stderr, within its budget, tagged with
+    /// the session and the hook it wrote at (none: as the session ended); `ended`: the
+    /// instance is gone, so an unfinished last line is logged too.
+    fn log_output(
+        &self,
+        streams: [&CapturedOutput; 2],
+        facts: &SessionFacts,
+        hook: Option<Hook>,
+        ended: bool,
+    ) {
+        let [stdout, stderr] = streams;
+        let (peer, session) = (facts.peer.ip(), facts.session);
+        let queue_id = facts.queue_id.as_deref().unwrap_or("-");
+        let hook = hook.map_or("end", Hook::as_str);
+        for (stream, output) in [("stdout", stdout), ("stderr", stderr)] {
             let (lines, dropped_bytes) = output.take_lines(ended);
             if lines.is_empty() && dropped_bytes == 0 {
                 continue;
@@ -442,9 +460,8 @@ impl LoadedModule {
                     super::output::LINES_PER_SECOND
                 );
             }
-            let peer = instance.store.data().facts.peer.ip();
             for line in &lines[..allowed.lines] {
-                tracing::info!(module, stream, hook = hook.as_str(), %peer, queue_id, "{line}");
+                tracing::info!(module, stream, hook, session, %peer, queue_id, "{line}");
             }
             if dropped_bytes > 0 {
                 tracing::warn!(
@@ -457,6 +474,17 @@ impl LoadedModule {
             }
         }
     }
+}
+
+/// Host resources (pollables, streams, the message body) one instance may hold at once:
+/// they live in the host's memory, outside the module's `max_memory`, and a policy needs a
+/// handful.
+const MAX_RESOURCES: usize = 1_000;
+
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
 }
 
 /// Elements of a module's tables at most: far more than any policy needs, far less than
@@ -656,13 +684,13 @@ impl SessionChain {
         instance.store.set_epoch_deadline(1);
         let outcome = match within(module.timeout, call.call(instance)).await {
             Some(result) => result
-                .map_err(|e| failure(&e, module.timeout))
+                .map_err(|e| failure(&e))
                 .and_then(|d| check_decision(d).map_err(Failure::Broken)),
             // The call was dropped where it stood: in the module's code or in a host call.
             None => Err(Failure::Timeout(module.timeout)),
         };
-        let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
-        module.log_output(instance, call.hook(), queue_id, outcome.is_err());
+        let streams = [&instance.stdout, &instance.stderr];
+        module.log_output(streams, &self.facts, Some(call.hook()), outcome.is_err());
         if outcome.is_err() {
             *slot = Slot::Failed;
         }
@@ -694,6 +722,18 @@ impl SessionChain {
             reply: None,
             rewrites,
             decided_by: None,
+        }
+    }
+}
+
+/// The session ended: what its modules printed without a line end yet is logged.
+impl Drop for SessionChain {
+    fn drop(&mut self) {
+        for (module, slot) in self.chain.modules.iter().zip(&self.slots) {
+            if let Slot::Running(instance) = slot {
+                let streams = [&instance.stdout, &instance.stderr];
+                module.log_output(streams, &self.facts, None, true);
+            }
         }
     }
 }
@@ -735,7 +775,12 @@ impl LoadedModule {
         let (verdict, reply, rewrites) = match outcome {
             Ok(decision) => decision,
             Err(failure) => {
-                tracing::warn!(module = name, hook = hook.as_str(), queue_id, on_error = ?self.on_error, "policy module failed: {failure}");
+                // A module that cannot even start is the deployment's problem: an error.
+                if matches!(failure, Failure::Start(_)) {
+                    tracing::error!(module = name, hook = hook.as_str(), queue_id, on_error = ?self.on_error, "policy module failed: {failure}");
+                } else {
+                    tracing::warn!(module = name, hook = hook.as_str(), queue_id, on_error = ?self.on_error, "policy module failed: {failure}");
+                }
                 // A module on trial (dry-run) decides nothing, not even by failing.
                 decided.dry_run = self.mode == Mode::DryRun;
                 let tempfail = self.on_error == OnError::Tempfail && !decided.dry_run;
@@ -814,9 +859,10 @@ fn note(trace: &mut Vec<Decided>, decided: Decided) {
     }
 }
 
-fn failure(error: &wasmtime::Error, timeout: Duration) -> Failure {
+/// What a failed call's error means. (An epoch interrupt cannot happen: the stores yield
+/// at their deadline instead, and the time limit is kept by [`within`].)
+fn failure(error: &wasmtime::Error) -> Failure {
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Failure::Timeout(timeout),
         Some(trap) => Failure::Broken(format!("trapped: {trap}")),
         // The root cause only: the rest is a multi-line wasm backtrace, not for a log line.
         None => Failure::Broken(format!("failed: {}", error.root_cause())),

@@ -281,8 +281,8 @@ fn engine_config(pooling: bool) -> Config {
             // A session's instances are short-lived: returning their slots in batches costs
             // less than a madvise per slot each time (measured: 10 µs → 7 µs per module).
             .decommit_batch_size(32)
-            // A hook call in progress runs on a fiber stack of its own: one per session
-            // that is in a hook at this moment, so as many as there are instances.
+            // Hook calls run on fiber stacks, and each store keeps the one it last used
+            // for as long as it lives: one stack per live instance.
             .total_stacks(4000);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // 256 MiB reserved per memory slot (no guard region beyond it): bounds checks are

@@ -36,6 +36,8 @@ pub struct SessionFacts {
     pub recipients: Vec<String>,
     /// The queue id of the transaction in progress (for the log; modules do not see it).
     pub queue_id: Option<String>,
+    /// The session's number in the log (modules do not see it).
+    pub session: u64,
 }
 
 impl SessionFacts {
@@ -51,6 +53,7 @@ impl SessionFacts {
             sender: None,
             recipients: Vec::new(),
             queue_id: None,
+            session: 0,
         }
     }
 }
@@ -175,14 +178,14 @@ impl HostState {
         line.push_str(&message);
         let line = clean_line(&line);
         let module = &*self.module;
-        let peer = self.facts.peer.ip();
+        let (peer, session) = (self.facts.peer.ip(), self.facts.session);
         let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
         match level {
-            log::Level::Trace => tracing::trace!(module, %peer, queue_id, "{line}"),
-            log::Level::Debug => tracing::debug!(module, %peer, queue_id, "{line}"),
-            log::Level::Info => tracing::info!(module, %peer, queue_id, "{line}"),
-            log::Level::Warn => tracing::warn!(module, %peer, queue_id, "{line}"),
-            log::Level::Error => tracing::error!(module, %peer, queue_id, "{line}"),
+            log::Level::Trace => tracing::trace!(module, session, %peer, queue_id, "{line}"),
+            log::Level::Debug => tracing::debug!(module, session, %peer, queue_id, "{line}"),
+            log::Level::Info => tracing::info!(module, session, %peer, queue_id, "{line}"),
+            log::Level::Warn => tracing::warn!(module, session, %peer, queue_id, "{line}"),
+            log::Level::Error => tracing::error!(module, session, %peer, queue_id, "{line}"),
         }
     }
 }
@@ -233,6 +236,13 @@ fn mark(address: &str) -> String {
 impl super::engine::sluice::policy::delivery::Host for HostState {
     fn require_tls(&mut self, recipient: String) {
         let module = &*self.module;
+        if !sluice_mail::address::valid_address(&recipient) {
+            // Not an address the relay would deliver to: nothing to mark, and its text is
+            // not for the log as it stands.
+            let recipient = clean_line(&recipient);
+            tracing::warn!(module, %recipient, "require-tls for something not an address ignored");
+            return;
+        }
         if self.facts.queue_id.is_none() {
             // Marks are about a transaction's recipients; before MAIL there is none.
             tracing::warn!(module, %recipient, "require-tls outside a transaction ignored");

@@ -18,7 +18,7 @@ pub struct Message {
 
 impl Message {
     /// `original` less the byte ranges in `removed`: whole header fields, in the order
-    /// they come, as [`headers::fields`](crate::smtp::headers) gives them. A range that
+    /// they come, as `sluice_mail::mime::header_fields` gives them. A range that
     /// overlaps an earlier one or runs past the end is ignored.
     pub fn without(original: Bytes, removed: impl IntoIterator<Item = Range<usize>>) -> Message {
         let mut parts = Vec::new();

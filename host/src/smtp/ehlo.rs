@@ -14,6 +14,7 @@ impl Session {
         // A new EHLO ends any transaction (RFC 5321 4.1.4). The hook sees the name offered.
         self.reset_transaction();
         self.helo = Some(name.to_string());
+        self.helo_edits.clear();
         self.publish();
         let decision = self.policy.on_helo(name).await;
         if let Some(reply) = refusal(Hook::Helo, &decision, name) {
@@ -26,7 +27,7 @@ impl Session {
             self.reply(reply);
             return None;
         }
-        self.keep_session_edits(decision.rewrites);
+        self.helo_edits = self.session_edits(decision.rewrites);
         self.esmtp = esmtp;
         let hostname = &self.ctx.config.hostname;
         let first = format!("{hostname} Hello [{}]", self.peer.ip());

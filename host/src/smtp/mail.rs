@@ -48,7 +48,7 @@ impl Session {
             id: queue::new_queue_id(),
             sender: sender.clone(),
             recipients: Vec::new(),
-            header_edits: self.session_edits.clone(),
+            header_edits: [&self.connect_edits[..], &self.helo_edits[..]].concat(),
             bdat: None,
         });
         self.publish();

@@ -92,8 +92,11 @@ pub struct Session {
     /// The transaction: from MAIL (while the mail-from hook decides, tentatively) to the
     /// end of DATA or RSET.
     pub(super) tx: Option<Transaction>,
-    /// Header edits from the connect and helo hooks: they apply to every message.
-    pub(super) session_edits: Vec<Rewrite>,
+    /// Header edits from the connect hook: they apply to every message of the session.
+    pub(super) connect_edits: Vec<Rewrite>,
+    /// Header edits from the helo hook of the greeting in force: replaced by the next
+    /// EHLO, gone after a refused one or STARTTLS.
+    pub(super) helo_edits: Vec<Rewrite>,
     /// What the listener is for: whether AUTH is offered, and required before MAIL.
     pub(super) kind: ListenerKind,
     errors: usize,
@@ -113,6 +116,11 @@ impl Session {
             authenticated_user,
             ..
         } = facts.clone();
+        let id = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let facts = SessionFacts {
+            session: id,
+            ..facts
+        };
         let policy = ctx.chain.load_full().start_session(Arc::new(facts));
         Session {
             ctx,
@@ -120,7 +128,7 @@ impl Session {
             peer,
             local,
             listener,
-            id: SESSIONS.fetch_add(1, Ordering::Relaxed),
+            id,
             policy,
             input: Vec::with_capacity(4096),
             output: Vec::with_capacity(1024),
@@ -130,7 +138,8 @@ impl Session {
             tls,
             user: authenticated_user,
             tx: None,
-            session_edits: Vec::new(),
+            connect_edits: Vec::new(),
+            helo_edits: Vec::new(),
             kind: ListenerKind::Relay,
             errors: 0,
         }
@@ -189,7 +198,7 @@ impl Session {
                 decision.decided_by
             ));
         }
-        self.keep_session_edits(decision.rewrites);
+        self.connect_edits = self.session_edits(decision.rewrites);
         let greeting = format!("{} ESMTP Sluice", self.ctx.config.hostname);
         self.reply(Reply::new(220, "", greeting));
         self.flush().await.map_err(|e| format!("write error: {e}"))
@@ -470,6 +479,7 @@ impl Session {
             sender: tx.map(|tx| tx.sender.clone()),
             recipients: tx.map(|tx| tx.recipients.clone()).unwrap_or_default(),
             queue_id: tx.map(|tx| tx.id.clone()),
+            session: self.id,
         };
         self.policy.set_facts(&Arc::new(facts));
     }
@@ -479,20 +489,21 @@ impl Session {
         self.tx.as_ref().map_or("-", |tx| tx.id.as_str())
     }
 
-    /// Keeps header edits from the connect and helo hooks for every message of the session.
-    pub(super) fn keep_session_edits(&mut self, rewrites: Vec<Rewrite>) {
-        for rewrite in rewrites {
-            match rewrite {
+    /// The header edits of a hook before MAIL (connect, helo), which apply to every
+    /// message; envelope rewrites mean nothing there and are ignored.
+    pub(super) fn session_edits(&self, rewrites: Vec<Rewrite>) -> Vec<Rewrite> {
+        rewrites
+            .into_iter()
+            .filter(|rewrite| match rewrite {
                 Rewrite::AddHeader(..) | Rewrite::RemoveHeader(_) | Rewrite::ReplaceHeader(..) => {
-                    if valid_header_edit(&rewrite) {
-                        self.session_edits.push(rewrite);
-                    }
+                    valid_header_edit(rewrite)
                 }
                 other => {
-                    tracing::warn!(session = self.id, rewrite = ?other, "envelope rewrite before MAIL ignored")
+                    tracing::warn!(session = self.id, rewrite = ?other, "envelope rewrite before MAIL ignored");
+                    false
                 }
-            }
-        }
+            })
+            .collect()
     }
 
     /// Applies rewrites from a hook inside a transaction. `accepted` is the recipient the
@@ -501,7 +512,13 @@ impl Session {
     pub(super) fn apply_rewrites(&mut self, rewrites: Vec<Rewrite>, accepted: Option<String>) {
         let max_recipients = self.ctx.config.limits.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
-            return self.keep_session_edits(rewrites);
+            // Every hook that calls this is inside a transaction.
+            tracing::warn!(
+                session = self.id,
+                ?rewrites,
+                "rewrites outside a transaction ignored"
+            );
+            return;
         };
         let mut recipient = accepted;
         let mut added = Vec::new();

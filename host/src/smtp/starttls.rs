@@ -36,6 +36,7 @@ impl Session {
         tracing::debug!(session = self.id, peer = %self.peer, tls = ?info, "TLS established");
         self.reset_transaction();
         self.helo = None;
+        self.helo_edits.clear();
         self.tls = info;
         self.publish();
         Ok(())
