@@ -9,7 +9,7 @@
 //! works: `sluice check-config` finds every bad value `sluice serve` would, and nothing
 //! after this module parses configuration text again. Rules that tie keys together are
 //! checked once the whole file is read ([`Config::parse`]). This module sits below every
-//! other: it uses only [`crate::protocol`].
+//! other: of the relay it uses nothing, and of the mail crate its address rule.
 
 use serde::Deserialize;
 use sluice_mail::address::valid_address;
