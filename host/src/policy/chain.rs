@@ -412,7 +412,8 @@ impl LoadedModule {
         // first tick counts from now.
         store.epoch_deadline_async_yield_and_update(1);
         store.set_epoch_deadline(1);
-        let started = within(self.timeout, self.pre.instantiate_async(&mut store)).await;
+        let deadline = Instant::now() + self.timeout;
+        let started = within(deadline, self.pre.instantiate_async(&mut store)).await;
         let failure = match started {
             Some(Ok(bindings)) => {
                 return Ok(Instance {
@@ -660,15 +661,21 @@ impl SessionChain {
         &mut self,
         index: usize,
         call: &HookCall<'_>,
+        started: Instant,
     ) -> Result<(Verdict, Option<Reply>, Vec<Rewrite>), Failure> {
         let module = &self.chain.modules[index];
         let slot = &mut self.slots[index];
+        let mut deadline = started + module.timeout;
         if let Slot::NotStarted = slot {
             *slot = match module
                 .instantiate(&self.chain.engine, &self.facts, &self.requests)
                 .await
             {
-                Ok(instance) => Slot::Running(Box::new(instance)),
+                Ok(instance) => {
+                    // Starting had its own time limit; the call gets all of its own.
+                    deadline = Instant::now() + module.timeout;
+                    Slot::Running(Box::new(instance))
+                }
                 Err(failure) => {
                     *slot = Slot::Failed;
                     return Err(failure);
@@ -682,7 +689,7 @@ impl SessionChain {
         // while the client was talking, and would make every call begin with a needless
         // trip through the scheduler.
         instance.store.set_epoch_deadline(1);
-        let outcome = match within(module.timeout, call.call(instance)).await {
+        let outcome = match within(deadline, call.call(instance)).await {
             Some(result) => result
                 .map_err(|e| failure(&e))
                 .and_then(|d| check_decision(d).map_err(Failure::Broken)),
@@ -702,7 +709,7 @@ impl SessionChain {
         let mut rewrites = Vec::new();
         for index in 0..self.chain.modules.len() {
             let started = Instant::now();
-            let outcome = self.ask(index, &call).await;
+            let outcome = self.ask(index, &call, started).await;
             let module = &self.chain.modules[index];
             let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
             let settled = module.settle(&call, outcome, started.elapsed(), queue_id);
@@ -834,12 +841,12 @@ impl LoadedModule {
     }
 }
 
-/// Runs `call` for at most `limit`; `None` when the time ran out first, and the call was
+/// Runs `call` until `deadline`; `None` when the time ran out first, and the call was
 /// dropped where it stood. Unlike `tokio::time::timeout`, the timer is set only once the
 /// call has had to wait: most hook calls finish at their first poll, in well under a
 /// microsecond, and a timer for each would cost as much as the call itself.
-async fn within<T>(limit: Duration, call: impl Future<Output = T>) -> Option<T> {
-    let deadline = tokio::time::Instant::now() + limit;
+async fn within<T>(deadline: Instant, call: impl Future<Output = T>) -> Option<T> {
+    let deadline = tokio::time::Instant::from_std(deadline);
     let mut call = std::pin::pin!(call);
     let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {

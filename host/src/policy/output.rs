@@ -57,6 +57,10 @@ impl CapturedOutput {
     /// dropped because the buffer was full.
     pub fn take_lines(&self, unfinished: bool) -> (Vec<String>, usize) {
         let mut pending = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.bytes.is_empty() && pending.dropped == 0 {
+            // The common case, after every hook call of a module that printed nothing.
+            return (Vec::new(), 0);
+        }
         let dropped = std::mem::take(&mut pending.dropped);
         let end = if unfinished || dropped > 0 {
             pending.bytes.len()
