@@ -124,7 +124,10 @@ impl Controls {
             (Err(p), Err(r)) => Answer::Failed {
                 error: format!("{p}; {r}"),
             },
-            (Err(error), Ok(_)) | (Ok(_), Err(error)) => Answer::Failed { error },
+            (Err(error), Ok(_)) => Answer::Failed {
+                error: error.to_string(),
+            },
+            (Ok(_), Err(error)) => Answer::Failed { error },
         }
     }
 

@@ -77,6 +77,15 @@ pub struct ConfigValueError {
     pub key: String,
 }
 
+/// Why a reload left the running chain in place.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the reload task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Why the policy engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

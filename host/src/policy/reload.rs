@@ -11,6 +11,7 @@
 
 use super::chain::{Chain, ModuleStatus};
 use super::engine::PolicyEngine;
+use super::error::ReloadError;
 use super::manifest::MANIFEST_FILE;
 use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
@@ -81,14 +82,14 @@ impl Reloader {
 
     /// Loads the chain as the directory describes it now and swaps it in; on failure the
     /// running chain stays. Returns what was loaded, or why nothing was.
-    pub async fn reload(&self, trigger: &str) -> Result<String, String> {
+    pub async fn reload(&self, trigger: &str) -> Result<String, ReloadError> {
         let _one_at_a_time = self.running.lock().await;
         let started = Instant::now();
         let (engine, dir) = (self.engine.clone(), self.dir.clone());
-        let loaded = tokio::task::spawn_blocking(move || Chain::load(&engine, &dir))
-            .await
-            .map_err(|e| format!("the reload task failed: {e}"))
-            .and_then(|chain| chain.map_err(|e| e.to_string()));
+        let loaded = match tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await {
+            Ok(loaded) => loaded.map_err(ReloadError::from),
+            Err(task) => Err(ReloadError::from(task)),
+        };
         let millis = started.elapsed().as_millis() as u64;
         let event = |message: &str| ReloadEvent {
             at: unix_secs(SystemTime::now()),
@@ -114,7 +115,7 @@ impl Reloader {
             }
             Err(e) => {
                 tracing::error!(trigger, dir = %self.dir.display(), "policy chain not reloaded, the running one stays: {e}");
-                history.last_error = Some(event(&e));
+                history.last_error = Some(event(&e.to_string()));
                 Err(e)
             }
         }

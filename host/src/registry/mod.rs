@@ -99,7 +99,7 @@ impl Registry {
     /// One round of book-keeping now; when it returns `Ok`, the relay decides by the
     /// database as it is (`sluice registry` waits for this, so a block is in force when it
     /// returns).
-    pub async fn catch_up(self: &Arc<Self>, queue: &Queue) -> Result<(), String> {
+    pub async fn catch_up(self: &Arc<Self>, queue: &Queue) -> Result<(), CatchUpError> {
         let _round = self.round.lock().await;
         let registry = self.clone();
         let failure = match tokio::task::spawn_blocking(move || registry.keep_books()).await {
@@ -107,8 +107,8 @@ impl Registry {
                 self.send(queue, outbox).await;
                 return Ok(());
             }
-            Ok(Err(e)) => format!("registry: {e:#}"),
-            Err(e) => format!("registry task failed: {e}"),
+            Ok(Err(e)) => CatchUpError::Store(e),
+            Err(e) => CatchUpError::Task(e),
         };
         tracing::error!(target: "sluice::registry", "{failure}");
         Err(failure)
@@ -203,4 +203,13 @@ impl Registry {
             }
         }
     }
+}
+
+/// Why a round of book-keeping failed; the relay goes on deciding by the table it has.
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    #[error("registry: {0:#}")]
+    Store(anyhow::Error),
+    #[error("registry task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
