@@ -580,6 +580,11 @@ impl HookCall<'_> {
 }
 
 impl SessionChain {
+    /// What the modules see of the session now.
+    pub fn facts(&self) -> &SessionFacts {
+        &self.facts
+    }
+
     /// Replaces the facts every module sees from now on.
     pub fn set_facts(&mut self, facts: &Arc<SessionFacts>) {
         self.facts = facts.clone();

@@ -458,9 +458,12 @@ impl Session {
 
     /// Ends the mail transaction (RSET, a new EHLO, STARTTLS, or the end of DATA).
     pub(super) fn reset_transaction(&mut self) {
-        // Published whatever the transaction was: the data stage takes it out before it ends.
+        // Published when the modules still see a transaction, even one the data stage has
+        // already taken out; not on every RSET.
         self.tx = None;
-        self.publish();
+        if self.policy.facts().queue_id.is_some() {
+            self.publish();
+        }
         self.policy.take_transaction_trace();
         self.policy.delivery_requests().clear();
     }
