@@ -18,7 +18,7 @@ const MODULES: usize = 5;
 const ROUNDS: usize = 7;
 
 fn main() {
-    let engine = PolicyEngine::new().expect("the policy engine");
+    let engine = PolicyEngine::new(64).expect("the policy engine");
     let specs = (0..MODULES)
         .map(|i| PolicySpec {
             name: format!("networks-{i}"),

@@ -116,6 +116,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// DKIM signing of every accepted message; absent, nothing is signed.
     pub dkim: Option<DkimConfig>,
+    /// Where mail to `<postmaster>` (no domain, RFC 5321 4.5.1) goes (default:
+    /// `postmaster@HOSTNAME`).
+    pub postmaster: Option<EnvelopeAddress>,
 }
 
 /// One listening socket.
@@ -136,6 +139,10 @@ pub struct ListenerConfig {
     /// address it likes, so it is believed from these and refused from anyone else.
     #[serde(default)]
     pub proxy_from: Vec<ipnet::IpNet>,
+    /// Open connections on this listener, within `limits.max_connections` (default: all of
+    /// it for a relay listener; a quarter of it for submission and smtps, which are
+    /// reachable from anywhere and must not take the campus systems' places).
+    pub max_connections: Option<usize>,
 }
 
 /// What a listener is for.
@@ -167,6 +174,14 @@ impl ListenerKind {
 }
 
 impl ListenerConfig {
+    /// How many connections this listener takes at once, given the relay's `limits`.
+    pub fn connection_limit(&self, limits: &Limits) -> usize {
+        self.max_connections.unwrap_or(match self.kind {
+            ListenerKind::Relay => limits.max_connections,
+            _ => (limits.max_connections / 4).max(1),
+        })
+    }
+
     /// The name policies and logs use for this listener.
     pub fn name(&self) -> String {
         self.name.clone().unwrap_or_else(|| match self.kind {
@@ -336,6 +351,17 @@ pub struct Limits {
     pub text_line_length: usize,
     /// Bad commands in one session before the relay hangs up.
     pub max_errors: usize,
+    /// Longest a session may last, however busy: a client that sends a byte every few
+    /// seconds never trips `command_timeout`, and must not hold a connection for hours.
+    #[serde(with = "duration")]
+    pub session_timeout: Duration,
+    /// Longest the text of one message may take to arrive (DATA, or all of its BDAT chunks).
+    #[serde(with = "duration")]
+    pub data_timeout: Duration,
+    /// NOOP, RSET, VRFY and HELP a session may send between two messages before the relay
+    /// hangs up (Postfix's `smtpd_junk_command_limit`): they cost nothing to send, and would
+    /// keep an idle session alive for ever.
+    pub max_junk_commands: usize,
 }
 
 impl Default for Limits {
@@ -350,6 +376,9 @@ impl Default for Limits {
             command_line_length: 2048,
             text_line_length: 998,
             max_errors: 20,
+            session_timeout: Duration::from_secs(30 * 60),
+            data_timeout: Duration::from_secs(10 * 60),
+            max_junk_commands: 100,
         }
     }
 }
@@ -677,6 +706,7 @@ impl Default for Config {
                 kind: ListenerKind::Relay,
                 proxy_protocol: false,
                 proxy_from: Vec::new(),
+                max_connections: None,
             }],
             tls: TlsConfig::default(),
             limits: Limits::default(),
@@ -688,6 +718,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
             dkim: None,
+            postmaster: None,
         }
     }
 }
@@ -717,6 +748,14 @@ impl Config {
             .db
             .clone()
             .unwrap_or_else(|| self.spool.dir.join("sluice.db"))
+    }
+
+    /// The mailbox `RCPT TO:<postmaster>` reaches (default: `postmaster@HOSTNAME`).
+    pub fn postmaster(&self) -> String {
+        match &self.postmaster {
+            Some(address) => address.to_string(),
+            None => format!("postmaster@{}", self.hostname),
+        }
     }
 
     /// Who notices from the relay come from (default: `postmaster@HOSTNAME`).
@@ -774,6 +813,18 @@ impl Config {
                 ),
             );
         }
+        if let Some(l) = self.listeners.iter().find(|l| {
+            l.max_connections
+                .is_some_and(|n| n == 0 || n > self.limits.max_connections)
+        }) {
+            return invalid(
+                "listener.max_connections",
+                format!(
+                    "listener {}: must be from 1 to limits.max_connections ({})",
+                    l.addr, self.limits.max_connections
+                ),
+            );
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls", "set both `cert` and `key`, or neither".into());
         }
@@ -811,6 +862,12 @@ impl Limits {
         }
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return invalid("limits.max_connections", "must be at least 1");
+        }
+        if self.session_timeout < self.command_timeout || self.data_timeout.is_zero() {
+            return invalid(
+                "limits.session_timeout",
+                "session_timeout must be at least command_timeout, and data_timeout above zero",
+            );
         }
         Ok(())
     }

@@ -21,6 +21,7 @@
 //! - [`cli`] — the commands besides `serve`: status, reload, queue, registry, user, policy
 //!   check/test, session.
 //! - [`config`] — `sluice.toml`.
+//! - [`logging`] — the log writer, which escapes what clients sent.
 //! - [`smtp`] — the SMTP server: sessions, one file per stage, strict DATA reading.
 //! - [`policy`] — the wasmtime runtime, the chain, the host functions modules import.
 //! - [`protocol`] — what SMTP defines, below `smtp` and `policy`: replies.
@@ -40,6 +41,7 @@ pub mod cli;
 pub mod config;
 mod delivery;
 mod dkim;
+pub mod logging;
 pub mod policy;
 mod protocol;
 mod queue;

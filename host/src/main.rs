@@ -174,13 +174,14 @@ fn main() -> ExitCode {
         | Command::User { .. } => "warn",
         _ => "info",
     };
+    let colours = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(move || sluice::logging::Escaping::new(std::io::stderr(), colours))
+        .with_ansi(colours)
         .init();
     dispatch(cli.command)
 }
@@ -204,7 +205,13 @@ fn dispatch(command: Command) -> ExitCode {
             })
         }
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
-            Ok((_, path)) => {
+            Ok((config, path)) => {
+                // The chain's manifest too: among other things, that the chain fits the
+                // instance pool, which holds MAX_POLICIES modules per connection.
+                if let Err(e) = sluice::policy::manifest::load(&config.policies.dir) {
+                    eprintln!("sluice: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }

@@ -120,7 +120,7 @@ async fn start_policies(
     std::fs::create_dir_all(&policies.dir)
         .with_context(|| format!("policies.dir {}", policies.dir.display()))?;
     let cache_dir = config.cache_dir();
-    let engine = PolicyEngine::new()
+    let engine = PolicyEngine::new(config.limits.max_connections)
         .context("starting the policy engine")?
         .with_cache_dir(&cache_dir)
         .with_context(|| format!("policies.cache_dir {}", cache_dir.display()))?

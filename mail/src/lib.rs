@@ -21,5 +21,5 @@ pub mod counter;
 pub mod mime;
 pub mod reply;
 
-pub use address::{Address, ascii_domain};
+pub use address::{Address, AddressError, ascii_domain, canonical_mailbox};
 pub use mime::{Parsed, Part};

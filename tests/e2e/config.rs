@@ -60,3 +60,31 @@ fn a_missing_builtin_module_is_an_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_refuses_a_chain_longer_than_the_instance_pool_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.d");
+    std::fs::create_dir_all(&policies).unwrap();
+    let chain: String = (0..17)
+        .map(|i| format!("[[policy]]\nname = \"p{i}\"\nmodule = \"builtin:networks\"\n"))
+        .collect();
+    std::fs::write(policies.join("policies.toml"), chain).unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!("[policies]\ndir = \"{}\"\n", policies.display()),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run sluice");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("17 policies in the chain; at most 16"),
+        "{stderr}"
+    );
+}

@@ -42,7 +42,7 @@ use std::time::Duration;
 /// `sluice policy check`: loads the module as the relay would and says what it is, or
 /// exactly why it would be refused.
 pub fn check(path: &Path) -> ExitCode {
-    let engine = match PolicyEngine::new() {
+    let engine = match PolicyEngine::new(1) {
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("sluice: cannot start the policy engine: {e}");
@@ -153,7 +153,7 @@ async fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize)
             ));
         }
     }
-    let engine = PolicyEngine::new().map_err(|e| format!("the policy engine: {e}"))?;
+    let engine = PolicyEngine::new(1).map_err(|e| format!("the policy engine: {e}"))?;
     let name = module
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

@@ -36,7 +36,7 @@ pub async fn run(config: Config, client: Client) -> ExitCode {
 
 async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut engine = PolicyEngine::new()?;
+    let mut engine = PolicyEngine::new(1)?;
     // The registry as it stands, so a registered or blocked client is seen as such.
     let db = config.store_db();
     let store = tokio::task::spawn_blocking(move || {

@@ -227,6 +227,10 @@ enum Failure {
     /// Failed at an earlier hook of this session, so it is not entered again.
     #[error("failed earlier in this session")]
     FailedEarlier,
+    /// The relay had no instance (or fiber stack) left to run it: the relay's failure, not
+    /// the module's, so the chain fails closed whatever the module's `on_error` says.
+    #[error("no capacity left to run it: {0}")]
+    Capacity(String),
 }
 
 /// One module, compiled and pre-linked, ready to instantiate per session.
@@ -423,6 +427,7 @@ impl LoadedModule {
                     stderr,
                 });
             }
+            Some(Err(e)) if out_of_capacity(&e) => Failure::Capacity(e.to_string()),
             Some(Err(e)) => Failure::Start(format!("{e:#}")),
             None => Failure::Timeout(self.timeout),
         };
@@ -681,6 +686,8 @@ impl SessionChain {
                     deadline = Instant::now() + module.timeout;
                     Slot::Running(Box::new(instance))
                 }
+                // Out of capacity, it is tried again at the next hook.
+                Err(failure @ Failure::Capacity(_)) => return Err(failure),
                 Err(failure) => {
                     *slot = Slot::Failed;
                     return Err(failure);
@@ -703,7 +710,8 @@ impl SessionChain {
         };
         let streams = [&instance.stdout, &instance.stderr];
         module.log_output(streams, &self.facts, Some(call.hook()), outcome.is_err());
-        if outcome.is_err() {
+        // A call that found no fiber stack never entered the module: it is still whole.
+        if outcome.is_err() && !matches!(outcome, Err(Failure::Capacity(_))) {
             *slot = Slot::Failed;
         }
         outcome
@@ -786,6 +794,27 @@ impl LoadedModule {
         };
         let (verdict, reply, rewrites) = match outcome {
             Ok(decision) => decision,
+            Err(failure @ Failure::Capacity(_)) => {
+                // Running out is the relay's failure: the client is told to come back,
+                // whatever `on_error` and the mode say, so a fail-open limit still limits.
+                tracing::error!(
+                    module = name,
+                    hook = hook.as_str(),
+                    queue_id,
+                    "policy module not run, the relay is out of capacity: {failure}"
+                );
+                decided.outcome = Err(failure.to_string());
+                decided.reply = Some(match hook {
+                    Hook::Connect => Reply::new(421, "4.3.2", "System busy, try again later"),
+                    _ => Reply::new(451, "4.3.2", "System busy, try again later"),
+                });
+                let ends = Some((Verdict::Tempfail, decided.reply.clone()));
+                return Settled {
+                    decided,
+                    rewrites: Vec::new(),
+                    ends,
+                };
+            }
             Err(failure) => {
                 // A module that cannot even start is the deployment's problem: an error.
                 if matches!(failure, Failure::Start(_)) {
@@ -874,11 +903,21 @@ fn note(trace: &mut Vec<Decided>, decided: Decided) {
 /// What a failed call's error means. (An epoch interrupt cannot happen: the stores yield
 /// at their deadline instead, and the time limit is kept by [`within`].)
 fn failure(error: &wasmtime::Error) -> Failure {
+    if out_of_capacity(error) {
+        return Failure::Capacity(error.to_string());
+    }
     match error.downcast_ref::<Trap>() {
         Some(trap) => Failure::Broken(format!("trapped: {trap}")),
         // The root cause only: the rest is a multi-line wasm backtrace, not for a log line.
         None => Failure::Broken(format!("failed: {}", error.root_cause())),
     }
+}
+
+/// Did the instance pool (instances, memories, tables or fiber stacks) run out?
+fn out_of_capacity(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
 }
 
 /// Checks a module's decision and turns it into the host's types. A reply whose code does

@@ -2,14 +2,14 @@
 //! hook's chain, rewrites, dry-run and `on_error`.
 
 use super::*;
-use crate::policy::manifest::{default_max_memory, default_timeout};
+use crate::policy::manifest::{MAX_POLICIES, default_max_memory, default_timeout};
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 /// One engine for every test: modules compile once (its cache), as in the relay.
 fn engine() -> &'static PolicyEngine {
     static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
-    ENGINE.get_or_init(|| PolicyEngine::new().expect("the policy engine"))
+    ENGINE.get_or_init(|| PolicyEngine::new(64).expect("the policy engine"))
 }
 
 /// A built-in module under `name`, enforcing, failing closed, with `config`.
@@ -280,4 +280,35 @@ async fn within_answers_what_finishes_and_drops_what_waits_past_its_limit() {
     };
     assert_eq!(within(limit(), waits).await, Some(8));
     assert_eq!(within(limit(), std::future::pending::<u8>()).await, None);
+}
+
+#[tokio::test]
+async fn running_out_of_instances_fails_closed_whatever_on_error_says() {
+    // A pool for one session: MAX_POLICIES instances, so with one module per session
+    // the pool is full after that many sessions.
+    let engine = PolicyEngine::new(1).expect("the policy engine");
+    let fail_open = PolicySpec {
+        on_error: OnError::Continue,
+        ..module("rate-limit", "networks", &[])
+    };
+    let chain = Arc::new(Chain::from_specs(&engine, vec![fail_open]).expect("the chain loads"));
+    let mut sessions = Vec::new();
+    for _ in 0..MAX_POLICIES {
+        let mut s = chain.start_session(Arc::new(facts("127.0.0.1")));
+        let decision = s.on_connect().await;
+        assert_eq!(decision.verdict, Verdict::Continue);
+        sessions.push(s);
+    }
+    // One session too many: the module cannot be had, and `continue` must not skip it.
+    let mut over = chain.start_session(Arc::new(facts("127.0.0.1")));
+    let decision = over.on_connect().await;
+    assert_eq!(decision.verdict, Verdict::Tempfail);
+    let reply = decision.reply.expect("a reply");
+    assert_eq!((reply.code, reply.enhanced.as_str()), (421, "4.3.2"));
+    let decision = over.on_mail_from("a@example.edu", NO_PARAMS).await;
+    assert_eq!(decision.reply.map(|r| r.code), Some(451));
+    // Capacity given back, the same session is served: the module was not written off.
+    sessions.pop();
+    let decision = over.on_mail_from("a@example.edu", NO_PARAMS).await;
+    assert_eq!(decision.verdict, Verdict::Continue, "{:?}", decision.reply);
 }

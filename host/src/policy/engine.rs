@@ -11,6 +11,7 @@
 use super::counters::Counters;
 use super::error::{EngineError, ModuleError};
 use super::host::HostState;
+use super::manifest::MAX_POLICIES;
 use crate::registry::Table;
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
@@ -57,15 +58,16 @@ pub struct PolicyEngine {
 }
 
 impl PolicyEngine {
-    /// Builds the engine and starts the epoch ticker thread.
-    pub fn new() -> Result<Self, EngineError> {
-        let engine = match Engine::new(&engine_config(true)) {
+    /// Builds the engine, with an instance pool for `sessions` sessions running a full
+    /// chain at once, and starts the epoch ticker thread.
+    pub fn new(sessions: usize) -> Result<Self, EngineError> {
+        let engine = match Engine::new(&engine_config(Some(sessions))) {
             Ok(engine) => engine,
             Err(e) => {
                 // The pooling allocator reserves address space up front; where that is refused
                 // (a small ulimit -v), on-demand allocation still works, only slower.
                 tracing::warn!(error = %e, "pooling allocator unavailable, allocating instances on demand");
-                Engine::new(&engine_config(false)).map_err(EngineError::Config)?
+                Engine::new(&engine_config(None)).map_err(EngineError::Config)?
             }
         };
         let mut linker = Linker::new(&engine);
@@ -264,16 +266,24 @@ pub fn content_hash(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn engine_config(pooling: bool) -> Config {
+/// The engine's configuration; `pool_sessions`: pre-reserve instance slots for this many
+/// sessions, each running a chain of up to [`MAX_POLICIES`] modules.
+///
+/// The pool is sized so that the relay at `limits.max_connections` never runs out: an
+/// instance that cannot be had is the relay's failure, and the chain fails closed on it
+/// (see `chain.rs`), so a pool smaller than the relay's capacity would refuse mail that a
+/// fuller machine would take. Slots are address space, not memory, until used.
+fn engine_config(pool_sessions: Option<usize>) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
-    if pooling {
+    if let Some(sessions) = pool_sessions {
+        let instances = u32::try_from(sessions.saturating_mul(MAX_POLICIES)).unwrap_or(u32::MAX);
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(4000)
-            .total_core_instances(16000)
-            .total_memories(4000)
-            .total_tables(8000)
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(4))
+            .total_memories(instances)
+            .total_tables(instances.saturating_mul(2))
             .max_memory_size(256 << 20)
             .max_core_instances_per_component(16)
             .max_memories_per_component(4)
@@ -283,7 +293,7 @@ fn engine_config(pooling: bool) -> Config {
             .decommit_batch_size(32)
             // Hook calls run on fiber stacks, and each store keeps the one it last used
             // for as long as it lives: one stack per live instance.
-            .total_stacks(4000);
+            .total_stacks(instances);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // 256 MiB reserved per memory slot (no guard region beyond it): bounds checks are
         // explicit, and thousands of slots fit in the address space.

@@ -68,6 +68,9 @@ pub enum ManifestError {
     },
     #[error("policy `{0}`: timeout must be above zero and max_memory at least 65536")]
     Limits(String),
+    /// More modules than the instance pool holds per session.
+    #[error("{count} policies in the chain; at most {max}")]
+    TooManyPolicies { count: usize, max: usize },
 }
 
 /// A `[policy.config]` value a module cannot be given.

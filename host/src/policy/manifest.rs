@@ -125,6 +125,11 @@ pub fn default_chain() -> Vec<PolicySpec> {
     }]
 }
 
+/// Most modules in a chain. The engine's instance pool holds this many instances for each
+/// session the relay may serve at once (`limits.max_connections`), so that a full relay
+/// never runs out of instances in the middle of a chain (see `engine.rs`).
+pub const MAX_POLICIES: usize = 16;
+
 /// Reads `policies.toml` from `dir`; `Ok(None)` when there is none.
 pub fn load(dir: &Path) -> Result<Option<Vec<PolicySpec>>, LoadError> {
     let path = dir.join(MANIFEST_FILE);
@@ -141,6 +146,12 @@ pub fn load(dir: &Path) -> Result<Option<Vec<PolicySpec>>, LoadError> {
 /// Parses manifest text; module files are resolved inside `dir`.
 pub fn parse(text: &str, dir: &Path) -> Result<Vec<PolicySpec>, ManifestError> {
     let file: ManifestFile = toml::from_str(text)?;
+    if file.policy.len() > MAX_POLICIES {
+        return Err(ManifestError::TooManyPolicies {
+            count: file.policy.len(),
+            max: MAX_POLICIES,
+        });
+    }
     let mut seen = std::collections::HashSet::new();
     file.policy
         .into_iter()

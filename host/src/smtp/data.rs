@@ -124,6 +124,7 @@ impl Session {
         let reply = self.accept_message(reader).await;
         // The transaction ends with the reply to the message, whatever it is.
         self.reset_transaction();
+        self.message_done();
         if reply.code >= 500 {
             return self.error(reply);
         }
@@ -216,6 +217,11 @@ impl Session {
                 554,
                 "5.5.2",
                 "Message refused: bare CR or LF is not allowed (RFC 5321 2.3.8)",
+            ),
+            DataProblem::Nul => Reply::new(
+                554,
+                "5.6.0",
+                "Message refused: NUL characters are not allowed in message text (RFC 5321 2.3.8)",
             ),
         }
     }

@@ -19,6 +19,9 @@ pub enum DataProblem {
     BareCr,
     /// An LF not preceded by CR.
     BareLf,
+    /// A NUL byte: not text (RFC 5321 2.3.8 and RFC 5322 2.1), and the end of a string to
+    /// many programs that will read the message after the relay.
+    Nul,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +110,9 @@ impl DataReader {
     }
 
     fn text(&mut self, bytes: &[u8]) {
+        if memchr::memchr(0, bytes).is_some() {
+            self.flag(DataProblem::Nul);
+        }
         self.line_len += bytes.len();
         if self.line_len > self.max_line {
             self.flag(DataProblem::LineTooLong);
@@ -240,6 +246,15 @@ mod tests {
         let mut r = DataReader::for_data(1 << 20, 998);
         r.feed(&[b'x'; 999]);
         assert_eq!(r.problem(), Some(DataProblem::LineTooLong));
+    }
+
+    #[test]
+    fn nul_is_flagged_in_data_and_bdat() {
+        let (end, problem, _) = read(b"Subject: x\r\n\r\na\0b\r\n.\r\n");
+        assert_eq!((end, problem), (Some(22), Some(DataProblem::Nul)));
+        let mut r = DataReader::for_bdat(1 << 20, 998);
+        r.feed(b"\0");
+        assert_eq!(r.problem(), Some(DataProblem::Nul));
     }
 
     #[test]

@@ -5,11 +5,21 @@ use super::reply::refusal;
 use super::session::{Next, Session};
 use crate::policy::{Hook, Verdict};
 
+/// Longest HELO/EHLO name taken: a domain name (RFC 1035: 255 octets) or an IPv6 address
+/// literal, which is shorter.
+const MAX_HELO_NAME: usize = 255;
+
 impl Session {
     /// EHLO (`esmtp`) or HELO: asks the helo hook, then greets with the extensions offered.
     pub(super) async fn ehlo(&mut self, name: &str, esmtp: bool) -> Option<Next> {
         if name.is_empty() {
             return self.error(Reply::new(501, "5.5.4", "Syntax: EHLO hostname"));
+        }
+        // The name goes to every module, the Received header and the log: no control
+        // characters, no white space, and no longer than a domain name can be.
+        if name.len() > MAX_HELO_NAME || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            tracing::info!(session = self.id, peer = %self.peer, name = %name, "EHLO refused: invalid name");
+            return self.error(Reply::new(501, "5.5.2", "Invalid EHLO/HELO name"));
         }
         // A new EHLO ends any transaction (RFC 5321 4.1.4). The hook sees the name offered.
         self.reset_transaction();

@@ -1,4 +1,5 @@
-//! Accepting SMTP connections, within the limits on connections in all and per client IP.
+//! Accepting SMTP connections, within the limits on connections in all, per listener and
+//! per client (an IPv4 address, or an IPv6 /64: one host's share of a network).
 
 use super::ServerContext;
 use super::proxy;
@@ -14,16 +15,28 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-/// Open connections per client IP; a [`PeerSlot`] gives its place back when dropped.
+/// Open connections per client; a [`PeerSlot`] gives its place back when dropped.
 #[derive(Default)]
 struct PerIp {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One connection's place in the per-IP count.
+/// One connection's place in the per-client count.
 pub struct PeerSlot {
     per_ip: Arc<PerIp>,
     ip: IpAddr,
+}
+
+/// The client a connection is counted against: an IPv4 address as it is; an IPv6 address
+/// by its /64, since one host is routinely given a whole /64 and can use any address in it.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
 }
 
 impl Drop for PeerSlot {
@@ -40,6 +53,7 @@ impl Drop for PeerSlot {
 
 impl PerIp {
     fn try_take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PeerSlot> {
+        let ip = client_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= limit {
@@ -80,11 +94,14 @@ pub async fn serve(ctx: Arc<ServerContext>, listeners: Vec<(TcpListener, Listene
     let per_ip = Arc::new(PerIp::default());
     let mut tasks = tokio::task::JoinSet::new();
     for (listener, config) in listeners {
+        // Each listener's own places, taken with one of the relay's: a busy listener
+        // cannot fill the others' share.
+        let own = Arc::new(Semaphore::new(config.connection_limit(&ctx.config.limits)));
         tasks.spawn(accept_loop(
             ctx.clone(),
             listener,
             Arc::new(config),
-            total.clone(),
+            [total.clone(), own],
             per_ip.clone(),
         ));
     }
@@ -95,7 +112,7 @@ async fn accept_loop(
     ctx: Arc<ServerContext>,
     listener: TcpListener,
     config: Arc<ListenerConfig>,
-    total: Arc<Semaphore>,
+    [total, own]: [Arc<Semaphore>; 2],
     per_ip: Arc<PerIp>,
 ) {
     let name: Arc<str> = Arc::from(config.name());
@@ -114,8 +131,16 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(listener_permit) = own.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, listener = &*name, "connection refused: the listener's max_connections reached");
+            refuse(
+                stream,
+                "421 4.7.0 Too many connections, try again later\r\n",
+            );
+            continue;
+        };
         let Ok(permit) = total.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection refused: limits.max_connections reached");
+            tracing::warn!(%peer, listener = &*name, "connection refused: limits.max_connections reached");
             refuse(
                 stream,
                 "421 4.7.0 Too many connections, try again later\r\n",
@@ -125,7 +150,7 @@ async fn accept_loop(
         let (ctx, config, name, per_ip) =
             (ctx.clone(), config.clone(), name.clone(), per_ip.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, listener_permit);
             start(ctx, stream, &config, &name, &per_ip).await;
         });
     }
@@ -168,7 +193,7 @@ async fn start(
     }
     let peer = facts.peer;
     let Some(_slot) = per_ip.try_take(peer.ip(), ctx.config.limits.max_connections_per_ip) else {
-        tracing::warn!(%peer, "connection refused: limits.max_connections_per_ip reached");
+        tracing::warn!(%peer, "connection refused: limits.max_connections_per_ip reached (an IPv6 /64 counts as one client)");
         refuse(
             stream,
             "421 4.7.0 Too many connections from your address, try again later\r\n",
@@ -202,4 +227,35 @@ fn refuse(mut stream: TcpStream, reply: &'static str) {
             tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes())).await;
         let _ = stream.shutdown().await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_64_is_one_client_and_ipv4_addresses_are_not_grouped() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(other));
+        let (x, y): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        assert_ne!(client_key(x), client_key(y));
+        // A v4-mapped address is the IPv4 client it maps.
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(client_key(mapped), x);
+    }
+
+    #[test]
+    fn a_64_runs_out_of_places_together() {
+        let per_ip = Arc::new(PerIp::default());
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        let first = per_ip.try_take(a, 1);
+        assert!(first.is_some());
+        assert!(per_ip.try_take(b, 1).is_none());
+        drop(first);
+        assert!(per_ip.try_take(b, 1).is_some());
+    }
 }

@@ -1,9 +1,9 @@
 //! MAIL FROM (RFC 5321 4.1.1.2), with SIZE (RFC 1870), BODY (RFC 6152) and SMTPUTF8 (RFC 6531).
 
 use super::Reply;
+use super::path::{self, Path};
 use super::reply::refusal;
 use super::session::{Next, Session, Transaction, param};
-use super::valid_address;
 use crate::policy::Hook;
 use crate::queue;
 use smtp_proto::{
@@ -14,7 +14,8 @@ use std::borrow::Cow;
 
 impl Session {
     /// Starts a transaction: checks sequence and size, then asks the mail-from hook.
-    pub(super) async fn mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Option<Next> {
+    /// `line` is the command as sent, from which the address is read (see `path.rs`).
+    pub(super) async fn mail(&mut self, from: MailFrom<Cow<'_, str>>, line: &[u8]) -> Option<Next> {
         if self.helo.is_none() {
             return self.error(Reply::new(503, "5.5.1", "Send EHLO or HELO first"));
         }
@@ -38,10 +39,13 @@ impl Session {
             ));
             return None;
         }
-        let sender = from.address.to_string();
-        if !sender.is_empty() && !valid_address(&sender) {
-            return self.error(Reply::new(501, "5.1.7", "Bad sender address syntax"));
-        }
+        let sender = match path::read(line) {
+            Ok(Path::Null) => String::new(),
+            Ok(Path::Mailbox(sender)) => sender,
+            Ok(Path::Postmaster) | Err(_) => {
+                return self.error(Reply::new(501, "5.1.7", "Bad sender address syntax"));
+            }
+        };
         let params = mail_params(&from);
         // The transaction starts tentatively, so the hook sees its sender and queue id.
         self.tx = Some(Transaction {

@@ -4,6 +4,7 @@
 //! - [`session`] — the per-connection state machine, reading pipelined commands and
 //!   batching the replies; the stages are in [`ehlo`], [`starttls`], [`auth`], [`mail`],
 //!   [`rcpt`] and [`data`].
+//! - [`path`] — the address of MAIL and RCPT, read once, as the client wrote it.
 //! - [`proxy`] — the PROXY protocol header of a listener behind a load balancer.
 //! - [`data_reader`]: strict reading of the message text (no SMTP smuggling).
 //! - [`headers`] — the header section: fields for the data hook, edits, trace fields.
@@ -19,6 +20,7 @@ pub mod ehlo;
 pub mod headers;
 pub mod listener;
 pub mod mail;
+pub mod path;
 pub mod proxy;
 pub mod rcpt;
 pub mod reply;

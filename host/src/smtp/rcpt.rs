@@ -1,27 +1,33 @@
 //! RCPT TO (RFC 5321 4.1.1.3): a recipient is accepted only when a policy accepts it.
 
 use super::Reply;
+use super::path::{self, Path};
 use super::reply::refusal;
 use super::session::{Next, Session};
-use super::valid_address;
 use crate::policy::Hook;
 use smtp_proto::RcptTo;
 use std::borrow::Cow;
 
 impl Session {
     /// Adds a recipient if the rcpt hook accepts it; with no decision, relaying is denied.
-    pub(super) async fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Option<Next> {
+    /// `line` is the command as sent, from which the address is read (see `path.rs`).
+    pub(super) async fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>, line: &[u8]) -> Option<Next> {
         let Some(tx) = &self.tx else {
             return self.error(Reply::new(503, "5.5.1", "Need MAIL command first"));
         };
-        if to.address.is_empty() || !valid_address(&to.address) {
-            return self.error(Reply::new(501, "5.1.3", "Bad recipient address syntax"));
-        }
+        let recipient = match path::read(line) {
+            Ok(Path::Mailbox(recipient)) => recipient,
+            // RFC 5321 4.5.1: mail to `<postmaster>` must be taken; it goes to the relay's
+            // postmaster, and through the chain like any recipient.
+            Ok(Path::Postmaster) => self.ctx.config.postmaster(),
+            Ok(Path::Null) | Err(_) => {
+                return self.error(Reply::new(501, "5.1.3", "Bad recipient address syntax"));
+            }
+        };
         if tx.recipients.len() >= self.ctx.config.limits.max_recipients {
             self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
             return None;
         }
-        let recipient = to.address.to_string();
         let params: Vec<(String, Option<String>)> = to
             .orcpt
             .as_ref()

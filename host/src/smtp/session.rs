@@ -100,6 +100,10 @@ pub struct Session {
     /// What the listener is for: whether AUTH is offered, and required before MAIL.
     pub(super) kind: ListenerKind,
     errors: usize,
+    /// NOOP, RSET, VRFY and HELP since the last message (`limits.max_junk_commands`).
+    junk: usize,
+    /// When the text of the message in progress began to arrive (`limits.data_timeout`).
+    data_since: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -142,6 +146,8 @@ impl Session {
             helo_edits: Vec::new(),
             kind: ListenerKind::Relay,
             errors: 0,
+            junk: 0,
+            data_since: None,
         }
     }
 
@@ -228,7 +234,9 @@ impl Session {
 
     /// The command loop; returns why the session ended.
     async fn serve(&mut self) -> String {
-        let timeout = self.ctx.config.limits.command_timeout;
+        let limits = &self.ctx.config.limits;
+        let (command_timeout, data_timeout) = (limits.command_timeout, limits.data_timeout);
+        let session_ends = tokio::time::Instant::now() + limits.session_timeout;
         let mut read_buf = vec![0u8; 8192];
         loop {
             match self.process_input().await {
@@ -263,15 +271,28 @@ impl Session {
             if let Err(e) = self.flush().await {
                 return format!("write error: {e}");
             }
-            let read = tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await;
+            // The next read waits for the nearest of three limits: the pause allowed between
+            // commands, the whole session's time, and the whole message text's.
+            let now = tokio::time::Instant::now();
+            let in_data = matches!(self.state, State::Data(_) | State::Bdat { .. })
+                || self.tx.as_ref().is_some_and(|tx| tx.bdat.is_some());
+            self.data_since = in_data.then(|| self.data_since.unwrap_or(now));
+            let mut limit = (now + command_timeout, "timeout exceeded");
+            if session_ends < limit.0 {
+                limit = (session_ends, "session time limit exceeded");
+            }
+            if let Some(since) = self.data_since.filter(|s| *s + data_timeout < limit.0) {
+                limit = (since + data_timeout, "message text took too long to arrive");
+            }
+            let read = tokio::time::timeout_at(limit.0, self.stream.read(&mut read_buf)).await;
             match read {
                 Err(_) => {
                     self.reply(Reply::new(
                         421,
                         "4.4.2",
-                        format!("{} Error: timeout exceeded", self.ctx.config.hostname),
+                        format!("{} Error: {}", self.ctx.config.hostname, limit.1),
                     ));
-                    return "timeout".into();
+                    return limit.1.into();
                 }
                 Ok(Err(e)) => return format!("read error: {e}"),
                 Ok(Ok(0)) => return "client closed the connection".into(),
@@ -364,8 +385,8 @@ impl Session {
             Request::Lhlo { .. } => {
                 self.error(Reply::new(500, "5.5.1", "LHLO is for LMTP; this is SMTP"))
             }
-            Request::Mail { from } => self.mail(from).await,
-            Request::Rcpt { to } => self.rcpt(to).await,
+            Request::Mail { from } => self.mail(from, line).await,
+            Request::Rcpt { to } => self.rcpt(to, line).await,
             Request::Data => self.data(),
             Request::Bdat {
                 chunk_size,
@@ -374,30 +395,20 @@ impl Session {
             Request::StartTls => self.starttls(),
             Request::Rset => {
                 self.reset_transaction();
-                self.reply(Reply::new(250, "2.0.0", "Ok"));
-                None
+                self.junk(Reply::new(250, "2.0.0", "Ok"))
             }
-            Request::Noop { .. } => {
-                self.reply(Reply::new(250, "2.0.0", "Ok"));
-                None
-            }
-            Request::Help { .. } => {
-                self.reply(Reply::new(
-                    214,
-                    "2.0.0",
-                    "Sluice relays mail for this organisation's systems; see RFC 5321",
-                ));
-                None
-            }
-            Request::Vrfy { .. } => {
-                // Never disclose whether an address exists (RFC 5321 3.5.3 allows 252).
-                self.reply(Reply::new(
-                    252,
-                    "2.5.0",
-                    "Cannot VRFY user, but will accept message and attempt delivery",
-                ));
-                None
-            }
+            Request::Noop { .. } => self.junk(Reply::new(250, "2.0.0", "Ok")),
+            Request::Help { .. } => self.junk(Reply::new(
+                214,
+                "2.0.0",
+                "Sluice relays mail for this organisation's systems; see RFC 5321",
+            )),
+            // Never disclose whether an address exists (RFC 5321 3.5.3 allows 252).
+            Request::Vrfy { .. } => self.junk(Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
             Request::Expn { .. } => self.error(Reply::new(502, "5.5.1", "EXPN is not supported")),
             Request::Quit => {
                 self.reply(Reply::new(221, "2.0.0", "Bye"));
@@ -432,6 +443,29 @@ impl Session {
             return Some(Next::Close);
         }
         None
+    }
+
+    /// Answers a command that moves no mail (NOOP, RSET, VRFY, HELP) with `reply`, within
+    /// the session's budget for them; past it the session ends: such commands would
+    /// otherwise keep an idle session open for ever.
+    fn junk(&mut self, reply: Reply) -> Option<Next> {
+        self.junk += 1;
+        if self.junk <= self.ctx.config.limits.max_junk_commands {
+            self.reply(reply);
+            return None;
+        }
+        tracing::info!(session = self.id, peer = %self.peer, "too many commands without mail");
+        self.reply(Reply::new(
+            421,
+            "4.7.0",
+            "Too many commands without mail, closing the connection",
+        ));
+        Some(Next::Close)
+    }
+
+    /// A message has been answered: the budget of commands without mail starts again.
+    pub(super) fn message_done(&mut self) {
+        self.junk = 0;
     }
 
     /// Writes the queued replies.

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 
 fn engine() -> &'static PolicyEngine {
     static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
-    ENGINE.get_or_init(|| PolicyEngine::new().expect("the policy engine"))
+    ENGINE.get_or_init(|| PolicyEngine::new(64).expect("the policy engine"))
 }
 
 /// The client's end of an in-memory session.

@@ -45,6 +45,8 @@ pub struct RelayOptions {
     pub smarthost: Option<SocketAddr>,
     /// More TOML for the configuration file, added at the end (`[limits]` etc.).
     pub extra: String,
+    /// Top-level keys (`postmaster = ...`), written before the first table.
+    pub top: String,
     /// Contents of `policies.d/policies.toml`; none means the default chain.
     pub policies: Option<String>,
     /// Module files copied into `policies.d/` before the start: `(file name, source)`.
@@ -101,7 +103,7 @@ impl Relay {
             .map(|s| format!("smarthost = \"{s}\"\n"))
             .unwrap_or_default();
         let config = format!(
-            "hostname = \"relay.test\"\n\
+            "hostname = \"relay.test\"\n{top}\n\
              [[listener]]\naddr = \"{addr}\"\n\
              [spool]\ndir = \"{spool}\"\n\
              [policies]\ndir = \"{policies}\"\nsettle = \"{settle}\"\n\
@@ -110,6 +112,7 @@ impl Relay {
             spool = dir.path().join("spool").display(),
             policies = dir.path().join("policies.d").display(),
             extra = options.extra,
+            top = options.top,
             retry = options.retry_intervals.unwrap_or("1s"),
             settle = options.settle.unwrap_or("50ms"),
         );

@@ -1,0 +1,100 @@
+//! The relay's log writer: every line it writes is one line, whatever a client or a module
+//! put in a field.
+//!
+//! Fields carry what clients sent (a HELO name, an address, a user name, a reply text that
+//! quotes a command); a NUL, a CR or a newline among them would cut a log line in two or
+//! forge one for the tools that read the log, and an escape sequence would reach the
+//! postmaster's terminal. Rather than trust every call site to escape its fields, the
+//! writer escapes control characters in the whole formatted line, keeping only the line's
+//! own end, tabs, and (on a terminal) the colour codes the formatter itself writes.
+
+use std::io::{self, Write};
+
+/// Wraps a writer so that each formatted event reaches it with control characters escaped.
+pub struct Escaping<W> {
+    inner: W,
+    /// Keep `ESC [ … m` (SGR colour) sequences: the formatter colours a terminal's log.
+    colours: bool,
+}
+
+impl<W: Write> Escaping<W> {
+    pub fn new(inner: W, colours: bool) -> Self {
+        Self { inner, colours }
+    }
+}
+
+impl<W: Write> Write for Escaping<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write_all(escape(buf, self.colours).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// `text` with every control character but tab and the final newline written as `\xNN`
+/// (`\u{NN}` for C1 controls); `colours`: SGR sequences are kept as they are.
+pub fn escape(text: &[u8], colours: bool) -> String {
+    let text = String::from_utf8_lossy(text);
+    let (body, end) = match text.strip_suffix('\n') {
+        Some(body) => (body, "\n"),
+        None => (&*text, ""),
+    };
+    let mut out = String::with_capacity(body.len() + end.len());
+    let mut rest = body;
+    while let Some(c) = rest.chars().next() {
+        if let Some(len) = sgr_len(rest).filter(|_| colours) {
+            out.push_str(&rest[..len]);
+            rest = &rest[len..];
+            continue;
+        }
+        match c {
+            '\t' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    out.push_str(end);
+    out
+}
+
+/// The length of the SGR sequence (`ESC [ digits;… m`) `text` starts with, if it does.
+fn sgr_len(text: &str) -> Option<usize> {
+    let params = text.strip_prefix("\x1b[")?;
+    let digits = params
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b';')
+        .count();
+    (params.as_bytes().get(digits) == Some(&b'm')).then_some(2 + digits + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_cannot_cut_or_forge_a_line() {
+        let line = b"helo=evil\0name\r\nFeb 1 sluice: forged\x1b]0;title\x07 ok\n";
+        let escaped = escape(line, false);
+        assert_eq!(
+            escaped,
+            "helo=evil\\x00name\\x0d\\x0aFeb 1 sluice: forged\\x1b]0;title\\x07 ok\n"
+        );
+        assert_eq!(escaped.matches('\n').count(), 1);
+        assert_eq!(escape("c1:\u{9b}31m".as_bytes(), false), "c1:\\u{9b}31m");
+        assert_eq!(escape(b"tab\tkept", false), "tab\tkept");
+    }
+
+    #[test]
+    fn a_terminal_keeps_the_formatters_colours_only() {
+        let line = b"\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m user=\x1b[2J\n";
+        assert_eq!(
+            escape(line, true),
+            "\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m user=\\x1b[2J\n"
+        );
+    }
+}
