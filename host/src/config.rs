@@ -362,6 +362,10 @@ pub struct Limits {
     /// hangs up (Postfix's `smtpd_junk_command_limit`): they cost nothing to send, and would
     /// keep an idle session alive for ever.
     pub max_junk_commands: usize,
+    /// Most header fields in a message: each module at the data hook is handed them all.
+    pub max_header_fields: usize,
+    /// Largest header section of a message, in bytes.
+    pub max_header_size: usize,
 }
 
 impl Default for Limits {
@@ -379,6 +383,8 @@ impl Default for Limits {
             session_timeout: Duration::from_secs(30 * 60),
             data_timeout: Duration::from_secs(10 * 60),
             max_junk_commands: 100,
+            max_header_fields: 1000,
+            max_header_size: 1024 * 1024,
         }
     }
 }
@@ -862,6 +868,13 @@ impl Limits {
         }
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return invalid("limits.max_connections", "must be at least 1");
+        }
+        if self.max_header_fields < 50 || self.max_header_size < 64 * 1024 {
+            // A real message carries dozens of trace and authentication fields.
+            return invalid(
+                "limits.max_header_fields",
+                "max_header_fields must be at least 50 and max_header_size at least 65536",
+            );
         }
         if self.session_timeout < self.command_timeout || self.data_timeout.is_zero() {
             return invalid(

@@ -262,3 +262,26 @@ async fn the_campus_chain_serves_max_connections_sessions_at_once() {
     let log = relay.log();
     assert!(!log.contains("out of capacity"), "{log}");
 }
+
+#[tokio::test]
+async fn a_header_section_of_millions_of_lines_is_refused_not_listed() {
+    let (sink, relay) = relay_with("").await;
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("a@example.edu", &["b@example.org"]).await;
+    conn.cmd("DATA", 354).await;
+    // 24 MB of six-byte fields, each of which every module would otherwise be handed.
+    let lines = "X: y\r\n".repeat(100_000);
+    for _ in 0..40 {
+        conn.send(&lines).await;
+    }
+    conn.send(b"\r\nbody\r\n.\r\n").await;
+    let refused = conn.expect(552).await;
+    assert_eq!(refused, "5.3.4 Message header has more than 1000 fields");
+    // A message with a header of ordinary size goes through on the same session.
+    conn.cmd("MAIL FROM:<a@example.edu>", 250).await;
+    conn.cmd("RCPT TO:<b@example.org>", 250).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(b"Subject: ordinary\r\n\r\nx\r\n.\r\n").await;
+    conn.expect(250).await;
+    assert_eq!(sink.wait_for(1).await.len(), 1);
+}

@@ -2,7 +2,7 @@
 //! the data hook, the relay's own header fields, the spool, and only then 250.
 
 use super::Reply;
-use super::data_reader::{DataProblem, DataReader};
+use super::data_reader::{DataProblem, DataReader, HeaderLimits};
 use super::headers::{self, format_field};
 use super::reply::refusal;
 use super::session::{Next, Session, State, Transaction};
@@ -15,9 +15,13 @@ use bytes::Bytes;
 const MAX_HOPS: usize = 50;
 
 impl Session {
-    fn reader_limits(&self) -> (usize, usize) {
+    fn reader_limits(&self) -> (usize, usize, HeaderLimits) {
         let l = &self.ctx.config.limits;
-        (l.max_message_size, l.text_line_length)
+        let header = HeaderLimits {
+            fields: l.max_header_fields,
+            bytes: l.max_header_size,
+        };
+        (l.max_message_size, l.text_line_length, header)
     }
 
     /// Why the transaction cannot take a message now, if it cannot.
@@ -39,8 +43,8 @@ impl Session {
         if self.tx.as_ref().is_some_and(|tx| tx.bdat.is_some()) {
             return self.error(Reply::new(503, "5.5.1", "DATA cannot follow BDAT"));
         }
-        let (size, line) = self.reader_limits();
-        self.state = State::Data(DataReader::for_data(size, line));
+        let (size, line, header) = self.reader_limits();
+        self.state = State::Data(DataReader::for_data(size, line).with_header_limits(header));
         self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
         None
     }
@@ -48,11 +52,11 @@ impl Session {
     /// BDAT: the next `size` bytes are a chunk of the message, read whatever happens.
     pub(super) fn bdat(&mut self, size: usize, last: bool) -> Option<Next> {
         let mut refusal = self.not_ready_for_message();
-        let (max_size, max_line) = self.reader_limits();
+        let (max_size, max_line, header) = self.reader_limits();
         if let Some(tx) = self.tx.as_mut().filter(|_| refusal.is_none()) {
-            let reader = tx
-                .bdat
-                .get_or_insert_with(|| DataReader::for_bdat(max_size, max_line));
+            let reader = tx.bdat.get_or_insert_with(|| {
+                DataReader::for_bdat(max_size, max_line).with_header_limits(header)
+            });
             if reader.size().saturating_add(size) > max_size {
                 refusal = Some(Reply::new(552, "5.3.4", "Message size exceeds the limit"));
             }
@@ -217,6 +221,22 @@ impl Session {
                 554,
                 "5.5.2",
                 "Message refused: bare CR or LF is not allowed (RFC 5321 2.3.8)",
+            ),
+            DataProblem::TooManyHeaderFields => Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "Message header has more than {} fields",
+                    limits.max_header_fields
+                ),
+            ),
+            DataProblem::HeaderTooBig => Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "Message header section exceeds the limit of {} bytes",
+                    limits.max_header_size
+                ),
             ),
             DataProblem::Nul => Reply::new(
                 554,

@@ -19,6 +19,10 @@ pub enum DataProblem {
     BareCr,
     /// An LF not preceded by CR.
     BareLf,
+    /// More header fields than the limit.
+    TooManyHeaderFields,
+    /// A header section larger than the limit.
+    HeaderTooBig,
     /// A NUL byte: not text (RFC 5321 2.3.8 and RFC 5322 2.1), and the end of a string to
     /// many programs that will read the message after the relay.
     Nul,
@@ -38,6 +42,23 @@ enum LineState {
     DotCr,
 }
 
+/// Bounds on the header section: every module is handed its fields, and a message of
+/// millions of tiny header lines would cost far more memory as a list than as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderLimits {
+    /// Most header fields.
+    pub fields: usize,
+    /// Most bytes in the header section, line ends included.
+    pub bytes: usize,
+}
+
+/// Where the reader is in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Header { fields: usize, bytes: usize },
+    Body,
+}
+
 /// Accumulates one message from DATA (with the end-of-data marker and dot-unstuffing) or
 /// from BDAT chunks (binary, no marker), checking line ends, line lengths and size.
 pub struct DataReader {
@@ -50,6 +71,8 @@ pub struct DataReader {
     size: usize,
     body: Vec<u8>,
     problem: Option<DataProblem>,
+    section: Section,
+    header_limits: Option<HeaderLimits>,
 }
 
 impl DataReader {
@@ -73,7 +96,38 @@ impl DataReader {
             size: 0,
             body: Vec::new(),
             problem: None,
+            section: Section::Header {
+                fields: 0,
+                bytes: 0,
+            },
+            header_limits: None,
         }
+    }
+
+    /// Refuses a message whose header section is beyond `limits`.
+    pub fn with_header_limits(mut self, limits: HeaderLimits) -> Self {
+        self.header_limits = Some(limits);
+        self
+    }
+
+    /// Counts a line of the header section: `starts_field` when it begins a field (not a
+    /// continuation line), `len` its bytes with the line end.
+    fn header_line(&mut self, starts_field: bool, len: usize) {
+        let (Section::Header { fields, bytes }, Some(limits)) =
+            (&mut self.section, self.header_limits)
+        else {
+            return;
+        };
+        *fields += usize::from(starts_field);
+        *bytes += len;
+        let problem = if *fields > limits.fields {
+            DataProblem::TooManyHeaderFields
+        } else if *bytes > limits.bytes {
+            DataProblem::HeaderTooBig
+        } else {
+            return;
+        };
+        self.flag(problem);
     }
 
     /// The first problem seen, if any.
@@ -137,6 +191,9 @@ impl DataReader {
                     // Fast path: copy up to the next CR or LF in one go.
                     let rest = &input[i..];
                     let n = memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                    let starts_field =
+                        self.state == LineState::LineStart && b != b' ' && b != b'\t';
+                    self.header_line(starts_field, n);
                     self.text(&rest[..n]);
                     self.state = LineState::Middle;
                     i += n;
@@ -166,6 +223,12 @@ impl DataReader {
                         return Some(i);
                     }
                     self.emit(b"\r\n");
+                    // An empty line ends the header section.
+                    if self.state == LineState::Cr && self.line_len == 0 {
+                        self.section = Section::Body;
+                    } else {
+                        self.header_line(false, 2);
+                    }
                     self.line_len = 0;
                     self.state = LineState::LineStart;
                 }
@@ -246,6 +309,32 @@ mod tests {
         let mut r = DataReader::for_data(1 << 20, 998);
         r.feed(&[b'x'; 999]);
         assert_eq!(r.problem(), Some(DataProblem::LineTooLong));
+    }
+
+    #[test]
+    fn limits_the_header_section_but_not_the_body() {
+        let limits = HeaderLimits {
+            fields: 3,
+            bytes: 64,
+        };
+        let read = |text: &[u8]| {
+            let mut r = DataReader::for_data(1 << 20, 998).with_header_limits(limits);
+            r.feed(text);
+            r.problem()
+        };
+        assert_eq!(
+            read(b"A: 1\r\nB: 2\r\n folded\r\nC: 3\r\n\r\nD: body\r\nE: x\r\n"),
+            None
+        );
+        assert_eq!(
+            read(b"A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n"),
+            Some(DataProblem::TooManyHeaderFields)
+        );
+        let long = format!("A: {}\r\n\r\n", "x".repeat(70));
+        assert_eq!(read(long.as_bytes()), Some(DataProblem::HeaderTooBig));
+        // Continuation lines count toward the size.
+        let folded = format!("A: 1\r\n{}\r\n\r\n", " x".repeat(40));
+        assert_eq!(read(folded.as_bytes()), Some(DataProblem::HeaderTooBig));
     }
 
     #[test]
