@@ -8,7 +8,7 @@
 //! criterion's estimate would be, without its build cost in every `cargo test`).
 
 use sluice::policy::manifest::{Mode, ModuleSource, OnError, PolicySpec};
-use sluice::policy::{Chain, PolicyEngine, SessionFacts};
+use sluice::policy::{Chain, HookSet, PolicyEngine, SessionFacts};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ fn main() {
             timeout: Duration::from_millis(50),
             max_memory: 32 << 20,
             config: BTreeMap::new(),
+            // Asked at every hook, as modules built with the SDK are.
+            hooks: Some(HookSet::ALL),
         })
         .collect();
     let chain = Arc::new(Chain::from_specs(&engine, specs).expect("the chain"));

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use sluice::admin::QueueOrder;
 use sluice::cli;
 use sluice::config::Config;
+use sluice::policy::engine::capacity_shortfall;
 use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -208,9 +209,16 @@ fn dispatch(command: Command) -> ExitCode {
             Ok((config, path)) => {
                 // The chain's manifest too: among other things, that the chain fits the
                 // instance pool, which holds MAX_POLICIES modules per connection.
-                if let Err(e) = sluice::policy::manifest::load(&config.policies.dir) {
-                    eprintln!("sluice: configuration error: {e}");
-                    return ExitCode::from(2);
+                let modules = match sluice::policy::manifest::load(&config.policies.dir) {
+                    Ok(specs) => specs.map_or(1, |specs| specs.len()),
+                    Err(e) => {
+                        eprintln!("sluice: configuration error: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let sessions = config.limits.max_connections;
+                if let Some(shortfall) = capacity_shortfall(modules, sessions) {
+                    eprintln!("sluice: warning: {shortfall}");
                 }
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS

@@ -5,6 +5,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::dkim::Dkim;
+use crate::policy::engine::capacity_shortfall;
 use crate::policy::reload::{self, Reloader};
 use crate::policy::{Chain, PolicyEngine};
 use crate::queue::{Queue, Schedule, Spool, runner};
@@ -132,6 +133,10 @@ async fn start_policies(
     }
     .context("policies")?;
     tracing::info!(dir = %policies.dir.display(), chain = ?chain.names(), "policy chain loaded");
+    if let Some(shortfall) = capacity_shortfall(chain.names().len(), config.limits.max_connections)
+    {
+        tracing::warn!("{shortfall}");
+    }
     engine.retain_compiled(&chain.hashes());
     let chain = Arc::new(ArcSwap::from_pointee(chain));
     let reloader = Arc::new(Reloader::new(engine, policies.dir.clone(), chain.clone()));

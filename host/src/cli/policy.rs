@@ -169,6 +169,7 @@ async fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize)
                 timeout: Duration::from_millis(50),
                 max_memory: 32 << 20,
                 config,
+                hooks: None,
             }],
         )
         .map_err(|e| e.to_string())?,

@@ -42,6 +42,20 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Every hook, in the order a session reaches them.
+    pub const ALL: [Hook; 5] = [
+        Hook::Connect,
+        Hook::Helo,
+        Hook::MailFrom,
+        Hook::Rcpt,
+        Hook::Data,
+    ];
+
+    /// The hook named `name` (`connect`, `helo`, `mail-from`, `rcpt`, `data`).
+    pub fn from_name(name: &str) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Hook::Connect => "connect",
@@ -50,6 +64,26 @@ impl Hook {
             Hook::Rcpt => "rcpt",
             Hook::Data => "data",
         }
+    }
+}
+
+/// The hooks a module is called at. A module is instantiated for a session only when the
+/// session reaches one of them, so a module that decides at RCPT costs an idle session,
+/// or one refused at its greeting, nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookSet(u8);
+
+impl HookSet {
+    /// Every hook: for a module that does not say which it implements.
+    pub const ALL: HookSet = HookSet(0b1_1111);
+
+    /// The set of `hooks`.
+    pub fn of(hooks: &[Hook]) -> HookSet {
+        HookSet(hooks.iter().fold(0, |set, h| set | 1 << *h as u8))
+    }
+
+    pub fn contains(self, hook: Hook) -> bool {
+        self.0 & (1 << hook as u8) != 0
     }
 }
 
@@ -241,6 +275,8 @@ struct LoadedModule {
     sha256: String,
     mode: Mode,
     on_error: OnError,
+    /// The hooks it is instantiated and called at.
+    hooks: HookSet,
     /// The time limit of one hook call (and of instantiating the module).
     timeout: Duration,
     max_memory: usize,
@@ -310,7 +346,12 @@ impl Chain {
                     millis = info.compile_time.as_millis() as u64,
                     "policy module ready"
                 );
+                let hooks = spec.hooks.unwrap_or_else(|| match &spec.source {
+                    ModuleSource::Builtin(name) => builtin::hooks(name),
+                    ModuleSource::File(_) => HookSet::ALL,
+                });
                 Ok(LoadedModule {
+                    hooks,
                     source: spec.source.to_string(),
                     sha256: info.sha256,
                     name: spec.name.into(),
@@ -721,6 +762,9 @@ impl SessionChain {
     async fn run(&mut self, call: HookCall<'_>) -> ChainDecision {
         let mut rewrites = Vec::new();
         for index in 0..self.chain.modules.len() {
+            if !self.chain.modules[index].hooks.contains(call.hook()) {
+                continue;
+            }
             let started = Instant::now();
             let outcome = self.ask(index, &call, started).await;
             let module = &self.chain.modules[index];

@@ -25,6 +25,8 @@ fn module(name: &str, builtin: &str, config: &[(&str, ConfigValue)]) -> PolicySp
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
+        // Asked at every hook, so that these tests see the chain's rules at each.
+        hooks: Some(HookSet::ALL),
     }
 }
 
@@ -311,4 +313,32 @@ async fn running_out_of_instances_fails_closed_whatever_on_error_says() {
     sessions.pop();
     let decision = over.on_mail_from("a@example.edu", NO_PARAMS).await;
     assert_eq!(decision.verdict, Verdict::Continue, "{:?}", decision.reply);
+}
+
+#[tokio::test]
+async fn a_module_is_started_and_asked_only_at_the_hooks_it_implements() {
+    let rcpt_only = PolicySpec {
+        hooks: None,
+        ..module("networks", "networks", &[])
+    };
+    let everywhere = module("all", "helo", &[]);
+    let mut s = session("127.0.0.1", vec![rcpt_only, everywhere]);
+    s.on_connect().await;
+    s.on_helo("client.example").await;
+    s.on_mail_from("a@example.edu", NO_PARAMS).await;
+    // builtin:networks decides at RCPT only: not started before, not asked before.
+    assert!(matches!(s.slots[0], Slot::NotStarted));
+    assert_eq!(asked(&s, Hook::Connect), ["all=continue"]);
+    s.on_rcpt("b@example.org", NO_PARAMS).await;
+    assert!(matches!(s.slots[0], Slot::Running(_)));
+    assert_eq!(asked(&s, Hook::Rcpt)[0], "networks=accept");
+}
+
+#[test]
+fn a_manifest_names_the_hooks_a_module_is_asked_at() {
+    let text = "[[policy]]\nname = \"d\"\nmodule = \"d.wasm\"\nhooks = [\"rcpt\", \"data\"]\n";
+    let specs = manifest::parse(text, Path::new("/p")).expect("parses");
+    assert_eq!(specs[0].hooks, Some(HookSet::of(&[Hook::Rcpt, Hook::Data])));
+    let bad = "[[policy]]\nname = \"d\"\nmodule = \"d.wasm\"\nhooks = [\"quit\"]\n";
+    assert!(manifest::parse(bad, Path::new("/p")).is_err());
 }

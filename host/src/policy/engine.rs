@@ -59,9 +59,10 @@ pub struct PolicyEngine {
 
 impl PolicyEngine {
     /// Builds the engine, with an instance pool for `sessions` sessions running a full
-    /// chain at once, and starts the epoch ticker thread.
+    /// chain at once (as far as [`instance_capacity`] allows), and starts the epoch ticker
+    /// thread.
     pub fn new(sessions: usize) -> Result<Self, EngineError> {
-        let engine = match Engine::new(&engine_config(Some(sessions))) {
+        let engine = match Engine::new(&engine_config(Some(instance_capacity(sessions)))) {
             Ok(engine) => engine,
             Err(e) => {
                 // The pooling allocator reserves address space up front; where that is refused
@@ -266,19 +267,54 @@ pub fn content_hash(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The engine's configuration; `pool_sessions`: pre-reserve instance slots for this many
-/// sessions, each running a chain of up to [`MAX_POLICIES`] modules.
-///
-/// The pool is sized so that the relay at `limits.max_connections` never runs out: an
-/// instance that cannot be had is the relay's failure, and the chain fails closed on it
-/// (see `chain.rs`), so a pool smaller than the relay's capacity would refuse mail that a
-/// fuller machine would take. Slots are address space, not memory, until used.
-fn engine_config(pool_sessions: Option<usize>) -> Config {
+/// Memory mappings one pooled instance may cost the process: its fiber stack's slot and
+/// guard page (made for every slot when the pool is built), and, while it lives, its linear
+/// memory's accessible part and copy-on-write image, and its tables (measured: about 4).
+const MAPPINGS_PER_INSTANCE: usize = 6;
+
+/// How many instances the pool holds for `sessions` sessions: one per module of a chain
+/// of [`MAX_POLICIES`] in every session, so that a relay at `limits.max_connections`
+/// never runs out; but no more than half of the kernel's limit on a process's memory
+/// mappings (`vm.max_map_count`) allows, since a pool past it would leave the process
+/// unable to map anything else (threads, files). Out of instances, a chain fails closed
+/// (see `chain.rs`); `sluice check-config` says when a chain cannot fit.
+pub fn instance_capacity(sessions: usize) -> usize {
+    let wanted = sessions.saturating_mul(MAX_POLICIES);
+    let max_map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(65530);
+    wanted
+        .min(max_map_count / 2 / MAPPINGS_PER_INSTANCE)
+        .max(MAX_POLICIES)
+}
+
+/// What to tell the postmaster when `sessions` sessions of a chain of `modules` modules
+/// cannot all be served at once by the pool [`instance_capacity`] gives; `None` when
+/// they can.
+pub fn capacity_shortfall(modules: usize, sessions: usize) -> Option<String> {
+    let capacity = instance_capacity(sessions);
+    let wanted = modules.saturating_mul(sessions);
+    (wanted > capacity).then(|| {
+        format!(
+            "the instance pool holds {capacity} module instances, and {sessions} sessions \
+             (limits.max_connections) of this chain of {modules} modules need {wanted}: \
+             past {} sessions at once, clients are told to try again later (421/451 4.3.2). \
+             Lower limits.max_connections, shorten the chain, or raise the kernel's \
+             vm.max_map_count (sysctl), of which the pool takes at most half",
+            capacity / modules.max(1)
+        )
+    })
+}
+
+/// The engine's configuration; `pool_instances`: pre-reserve slots for this many
+/// instances. Slots are address space, not memory, until used.
+fn engine_config(pool_instances: Option<usize>) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
-    if let Some(sessions) = pool_sessions {
-        let instances = u32::try_from(sessions.saturating_mul(MAX_POLICIES)).unwrap_or(u32::MAX);
+    if let Some(instances) = pool_instances {
+        let instances = u32::try_from(instances).unwrap_or(u32::MAX);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)
             .total_core_instances(instances.saturating_mul(4))

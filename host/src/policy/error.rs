@@ -68,6 +68,8 @@ pub enum ManifestError {
     },
     #[error("policy `{0}`: timeout must be above zero and max_memory at least 65536")]
     Limits(String),
+    #[error("policy `{0}`: hooks must name one or more of connect, helo, mail-from, rcpt, data")]
+    Hooks(String),
     /// More modules than the instance pool holds per session.
     #[error("{count} policies in the chain; at most {max}")]
     TooManyPolicies { count: usize, max: usize },

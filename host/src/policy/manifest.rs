@@ -12,6 +12,7 @@
 //! relay_from = ["127.0.0.0/8", "::1/128"]
 //! ```
 
+use super::chain::{Hook, HookSet};
 use super::error::{ConfigValueError, LoadError, ManifestError};
 use super::host::ConfigValue;
 use serde::Deserialize;
@@ -69,6 +70,9 @@ pub struct PolicySpec {
     pub timeout: Duration,
     pub max_memory: usize,
     pub config: BTreeMap<String, ConfigValue>,
+    /// The hooks the module is called at (`hooks = [...]`); `None`: those a built-in
+    /// module implements, or every hook for a module file.
+    pub hooks: Option<HookSet>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +97,8 @@ struct RawPolicy {
     max_memory: usize,
     #[serde(default)]
     config: toml::Table,
+    #[serde(default)]
+    hooks: Option<Vec<String>>,
 }
 
 fn default_mode() -> Mode {
@@ -122,6 +128,7 @@ pub fn default_chain() -> Vec<PolicySpec> {
             "relay_from".to_string(),
             ConfigValue::TextList(vec!["127.0.0.0/8".into(), "::1/128".into()]),
         )]),
+        hooks: None,
     }]
 }
 
@@ -185,6 +192,17 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<PolicySpec>, ManifestError> {
             if raw.timeout.is_zero() || raw.max_memory < (1 << 16) {
                 return Err(ManifestError::Limits(raw.name));
             }
+            let hooks = match &raw.hooks {
+                None => None,
+                Some(names) => {
+                    let hooks: Option<Vec<Hook>> =
+                        names.iter().map(|n| Hook::from_name(n)).collect();
+                    match hooks {
+                        Some(hooks) if !hooks.is_empty() => Some(HookSet::of(&hooks)),
+                        _ => return Err(ManifestError::Hooks(raw.name)),
+                    }
+                }
+            };
             Ok(PolicySpec {
                 name: raw.name,
                 source,
@@ -193,6 +211,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<PolicySpec>, ManifestError> {
                 timeout: raw.timeout,
                 max_memory: raw.max_memory,
                 config,
+                hooks,
             })
         })
         .collect()

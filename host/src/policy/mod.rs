@@ -24,7 +24,7 @@ pub(crate) mod output;
 pub(crate) mod reload;
 
 pub use chain::{
-    Chain, ChainDecision, Decided, Hook, Rewrite, SessionChain, Verdict, format_trace,
+    Chain, ChainDecision, Decided, Hook, HookSet, Rewrite, SessionChain, Verdict, format_trace,
 };
 pub use engine::PolicyEngine;
 pub use error::LoadError;

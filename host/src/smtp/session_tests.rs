@@ -40,6 +40,7 @@ async fn connect(peer: &str, configure: impl FnOnce(&mut Config)) -> Client {
         timeout: std::time::Duration::from_secs(5),
         max_memory: 32 << 20,
         config: Default::default(),
+        hooks: None,
     };
     let mut specs = vec![helo];
     specs.extend(manifest::default_chain());
