@@ -15,9 +15,7 @@ use anyhow::{Context, bail};
 use arc_swap::ArcSwapOption;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use mail_auth::common::crypto::{
-    Algorithm, Ed25519Key, HashContext, HashImpl, HashOutput, RsaKey, Sha256, SigningKey,
-};
+use mail_auth::common::crypto::{Algorithm, Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::Writable;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done, Signature};
 use rustls::pki_types::PrivateKeyDer;
@@ -110,7 +108,7 @@ pub enum SignError {
     MailAuth(#[from] mail_auth::Error),
     /// What mail-auth handed the key does not end with its own rendering of the field, so
     /// the header fields cannot be told apart from it: a mail-auth that works differently
-    /// from 0.7.0's. Nothing is signed rather than something unverifiable.
+    /// from 0.12's. Nothing is signed rather than something unverifiable.
     #[error("mail-auth's signing input does not end with its DKIM-Signature field")]
     UnexpectedInput,
 }
@@ -125,24 +123,15 @@ const LINE: usize = 78;
 ///
 /// mail-auth reads the message ([`prepare`]); the field is ours ([`unsigned_value`]), and
 /// the key signs the header fields mail-auth picked followed by that field, so the field
-/// sent is exactly the field signed. We write the field because mail-auth 0.7.0 ends it
-/// `b=VALUE;` and folds before that `;` when the value fills its line: dkimpy hashes that
-/// white space, mail-auth did not, and dkimpy rejects the signature. Ours ends with the
-/// `b=` value.
+/// sent is exactly the field signed. We write the field because mail-auth (0.7.0 to 0.13.3
+/// alike) ends it `b=VALUE;` and folds before that `;` when the value fills its line:
+/// dkimpy hashes that white space, mail-auth did not, and dkimpy rejects the signature.
+/// Ours ends with the `b=` value.
 fn sign<K: SigningKey>(
     signer: &DkimSigner<K, Done>,
     chunks: &[&[u8]],
 ) -> Result<String, SignError> {
-    let template = &signer.template;
-    let mixed = template.ch != template.cb;
-    let (mut signature, mut input) = prepare(&signer.key, template, chunks, !mixed)?;
-    if mixed {
-        // mail-auth 0.7.0 canonicalizes the body as the header fields (it would sign
-        // `c=relaxed/simple` with a relaxed body hash): the body's own, in a second pass.
-        let mut body = template.clone();
-        body.ch = template.cb;
-        signature.bh = prepare(&signer.key, &body, chunks, true)?.0.bh;
-    }
+    let (signature, mut input) = prepare(&signer.key, &signer.template, chunks)?;
     // RFC 6376 3.7: the field itself, canonicalized as the others, with an empty b= and
     // without its final CRLF.
     let unsigned = unsigned_value(&signature);
@@ -155,19 +144,16 @@ fn sign<K: SigningKey>(
 }
 
 /// mail-auth's preparation of a signature with `template`: it picks the header fields that
-/// `h=` lists, canonicalizes them, hashes the body (unless `hash_body` is false: then `bh=`
-/// is the hash of nothing), fills in `h=`, `t=` and `bh=`, and hands its key the fields
-/// followed by its own rendering of the field. A [`Recorder`] stands in for the key;
-/// returned are the signature without `b=` and the canonicalized fields.
+/// `h=` lists, canonicalizes them, hashes the body, fills in `h=`, `t=` and `bh=`, and hands
+/// its key the fields followed by its own rendering of the field. A [`Recorder`] stands in
+/// for the key; returned are the signature without `b=` and the canonicalized fields.
 fn prepare<K: SigningKey>(
     key: &K,
     template: &Signature,
     chunks: &[&[u8]],
-    hash_body: bool,
 ) -> Result<(Signature, Vec<u8>), SignError> {
     let recorder = Recorder {
         key,
-        hash_body,
         input: RefCell::default(),
     };
     // The builder's values are placeholders: the template replaces them all.
@@ -194,11 +180,9 @@ fn prepare<K: SigningKey>(
     Ok((signature, input))
 }
 
-/// A key that signs nothing: it keeps what it is given to sign (see [`prepare`]), and
-/// hashes the body only when asked to.
+/// A key that signs nothing: it keeps what it is given to sign (see [`prepare`]).
 struct Recorder<'k, K> {
     key: &'k K,
-    hash_body: bool,
     input: RefCell<Vec<u8>>,
 }
 
@@ -208,15 +192,6 @@ impl<K: SigningKey> SigningKey for Recorder<'_, K> {
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
         input.write(&mut *self.input.borrow_mut());
         Ok(Vec::new())
-    }
-
-    /// mail-auth hashes only the body with its key.
-    fn hash(&self, data: impl Writable) -> HashOutput {
-        let mut hasher = <K::Hasher as HashImpl>::hasher();
-        if self.hash_body {
-            data.write(&mut hasher);
-        }
-        hasher.complete()
     }
 
     fn algorithm(&self) -> Algorithm {
@@ -361,9 +336,8 @@ fn load_key(path: &Path, selector: &str, template: &Template<'_>) -> anyhow::Res
     if let Some(key) = ed25519 {
         return Ok(Key::Ed25519(template.signer(key, selector)));
     }
-    let key = match &der {
-        PrivateKeyDer::Pkcs8(pkcs8) => RsaKey::<Sha256>::from_pkcs8_der(pkcs8.secret_pkcs8_der()),
-        PrivateKeyDer::Pkcs1(pkcs1) => RsaKey::<Sha256>::from_der(pkcs1.secret_pkcs1_der()),
+    let key = match der {
+        PrivateKeyDer::Pkcs8(_) | PrivateKeyDer::Pkcs1(_) => RsaKey::<Sha256>::from_key_der(der),
         _ => bail!("an EC key: DKIM signs with RSA or Ed25519"),
     }
     .map_err(|e| anyhow::anyhow!("neither an Ed25519 nor an RSA key: {e}"))?;
@@ -445,24 +419,24 @@ mod tests {
 
     /// mail-auth's view of DNS: the fixture keys, under every domain the test uses.
     #[derive(Default)]
-    struct Dns(Mutex<HashMap<String, Txt>>);
+    struct Dns(Mutex<HashMap<Box<str>, Txt>>);
 
-    impl ResolverCache<String, Txt> for Dns {
+    impl ResolverCache<Box<str>, Txt> for Dns {
         fn get<Q>(&self, name: &Q) -> Option<Txt>
         where
-            String: Borrow<Q>,
+            Box<str>: Borrow<Q>,
             Q: Hash + Eq + ?Sized,
         {
             self.0.lock().unwrap().get(name).cloned()
         }
         fn remove<Q>(&self, name: &Q) -> Option<Txt>
         where
-            String: Borrow<Q>,
+            Box<str>: Borrow<Q>,
             Q: Hash + Eq + ?Sized,
         {
             self.0.lock().unwrap().remove(name)
         }
-        fn insert(&self, key: String, value: Txt, _: std::time::Instant) {
+        fn insert(&self, key: Box<str>, value: Txt, _: std::time::Instant) {
             self.0.lock().unwrap().insert(key, value);
         }
     }
@@ -476,7 +450,7 @@ mod tests {
                 let p = std::fs::read_to_string(fixture(public)).unwrap();
                 let record = format!("v=DKIM1; k={kind}; p={}", p.trim());
                 self.insert(
-                    format!("{selector}._domainkey.{domain}."),
+                    format!("{selector}._domainkey.{domain}.").into(),
                     Txt::from(DomainKey::parse(record.as_bytes()).unwrap()),
                     std::time::Instant::now(),
                 );

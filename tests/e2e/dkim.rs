@@ -30,24 +30,24 @@ fn fixture(name: &str) -> PathBuf {
 
 /// mail-auth's view of DNS: TXT records put here by the test.
 #[derive(Default)]
-struct TxtCache(Mutex<HashMap<String, Txt>>);
+struct TxtCache(Mutex<HashMap<Box<str>, Txt>>);
 
-impl ResolverCache<String, Txt> for TxtCache {
+impl ResolverCache<Box<str>, Txt> for TxtCache {
     fn get<Q>(&self, name: &Q) -> Option<Txt>
     where
-        String: Borrow<Q>,
+        Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         self.0.lock().unwrap().get(name).cloned()
     }
     fn remove<Q>(&self, name: &Q) -> Option<Txt>
     where
-        String: Borrow<Q>,
+        Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         self.0.lock().unwrap().remove(name)
     }
-    fn insert(&self, key: String, value: Txt, _: std::time::Instant) {
+    fn insert(&self, key: Box<str>, value: Txt, _: std::time::Instant) {
         self.0.lock().unwrap().insert(key, value);
     }
 }
@@ -99,7 +99,7 @@ impl Dns {
                 let record = format!("v=DKIM1; k={kind}; p={}", p.trim());
                 let key = DomainKey::parse(record.as_bytes()).unwrap();
                 cache.insert(
-                    format!("{name}."),
+                    format!("{name}.").into(),
                     Txt::from(key),
                     std::time::Instant::now(),
                 );
@@ -315,8 +315,8 @@ fn simple_message(subject: &str) -> String {
 #[tokio::test]
 async fn signatures_verify_everywhere_after_delivery_and_rotate_on_reload() {
     let sink = Sink::start().await;
-    // The default header list, an RSA-2048 key and d=relay.test: the case where mail-auth
-    // 0.7.0's own field folds between the b= value and a final `;`, which dkimpy rejects.
+    // The default header list, an RSA-2048 key and d=relay.test: the case where mail-auth's
+    // own field folds between the b= value and a final `;`, which dkimpy rejects.
     let relay = Relay::start_with(RelayOptions {
         smarthost: Some(sink.addr),
         extra: dkim_section("relay.test", "s1", ""),
