@@ -297,8 +297,10 @@ impl TryFrom<String> for Canonicalization {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Failed attempts from one client address within `failure_window`, after which every
-    /// attempt is refused until the window has passed.
+    /// Failed attempts at one user from one client address within `failure_window`, after
+    /// which that user's attempts from there are refused until the window has passed; an
+    /// address is refused altogether after `auth::USERS_PER_ADDRESS` times this many
+    /// failures, whatever users they were against.
     pub max_failures: u32,
     #[serde(with = "duration")]
     pub failure_window: Duration,
