@@ -207,12 +207,12 @@ async fn guesses_between_logins_to_ones_own_account_still_lock_the_victim_out() 
     )
     .await;
     let lines: Vec<&str> = said.lines().collect();
-    let locked = vec!["454"; 13].join(" ");
+    let locked = ["454"; 13].join(" ");
     assert_eq!(
         lines,
         [
             format!("guesses 535 535 535 {locked}"),
-            format!("own {}", vec!["235"; 8].join(" ")),
+            format!("own {}", ["235"; 8].join(" ")),
             // Locked out: the right password is refused too, unchecked.
             "victim 454".to_string(),
         ],
