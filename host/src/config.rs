@@ -642,8 +642,10 @@ pub struct PoliciesConfig {
     #[serde(with = "duration")]
     pub settle: Duration,
     /// Compiled modules, kept so a restart does not compile unchanged modules again
-    /// (default: `cache` in the spool directory). Files the relay did not write there
-    /// are left alone.
+    /// (default: `cache` in the spool directory). Loaded as native code, so it must be
+    /// the relay's alone: a link or another user's directory is refused, and one others
+    /// could write to is emptied (see `policy::cache`); otherwise files the relay did not
+    /// write there are left alone.
     pub cache_dir: Option<PathBuf>,
 }
 

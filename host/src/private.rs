@@ -26,6 +26,12 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
 }
 
+/// Creates `dir`, [`DIR_MODE`]; fails if anything is there already (a folder someone else
+/// made, a planted symbolic link), so a folder this returns is one the relay made.
+pub fn create_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().mode(DIR_MODE).create(dir)
+}
+
 /// Options that create a file [`FILE_MODE`] (a file that exists keeps its mode).
 pub fn open_options() -> OpenOptions {
     let mut options = OpenOptions::new();

@@ -38,7 +38,7 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The file name suffix of a compiled module.
@@ -141,6 +141,12 @@ impl ModuleCache {
                     dir = %path.display(),
                     "compiled-module cache not trusted, {why}: what is in it could be anyone's code, so none of it is loaded; made again, empty and private (0700)"
                 );
+                // Closed to others at once, so nothing more is put there while it is
+                // emptied (and a sticky bit no longer keeps others' files from removal).
+                cache
+                    .dir
+                    .set_permissions(fs::Permissions::from_mode(private::DIR_MODE))
+                    .map_err(|e| io_error(path, "making private", e))?;
                 drop(cache);
                 return ModuleCache::make_again(path, owner);
             }
@@ -164,10 +170,7 @@ impl ModuleCache {
         // std's remove_dir_all works through descriptors and never follows a link inside.
         fs::remove_dir_all(path).map_err(|e| io_error(path, "removing", e))?;
         // Not recursive: were anything put under the name in between, this fails.
-        fs::DirBuilder::new()
-            .mode(private::DIR_MODE)
-            .create(path)
-            .map_err(|e| io_error(path, "making again", e))?;
+        private::create_dir(path).map_err(|e| io_error(path, "making again", e))?;
         let cache = ModuleCache {
             path: path.to_path_buf(),
             dir: open_dir(path)?,
