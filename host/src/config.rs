@@ -297,8 +297,10 @@ impl TryFrom<String> for Canonicalization {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Failed attempts from one client address within `failure_window`, after which every
-    /// attempt is refused until the window has passed.
+    /// Failed attempts at one user from one client address within `failure_window`, after
+    /// which that user's attempts from there are refused until the window has passed; an
+    /// address is refused altogether after `auth::USERS_PER_ADDRESS` times this many
+    /// failures, whatever users they were against.
     pub max_failures: u32,
     #[serde(with = "duration")]
     pub failure_window: Duration,
@@ -640,8 +642,10 @@ pub struct PoliciesConfig {
     #[serde(with = "duration")]
     pub settle: Duration,
     /// Compiled modules, kept so a restart does not compile unchanged modules again
-    /// (default: `cache` in the spool directory). Files the relay did not write there
-    /// are left alone.
+    /// (default: `cache` in the spool directory). Loaded as native code, so it must be
+    /// the relay's alone: a link or another user's directory is refused, and one others
+    /// could write to is emptied (see `policy::cache`); otherwise files the relay did not
+    /// write there are left alone.
     pub cache_dir: Option<PathBuf>,
 }
 

@@ -32,6 +32,7 @@
 //! - [`reloadable`] — what `sluice reload` reloads besides policies: DKIM keys, the certificate.
 //! - [`registry`] — the addresses registered to relay, and those blocked.
 //! - [`store`] — the embedded SQLite store (registry, users).
+//! - [`private`] — files and folders created private to the relay's user, whatever the umask.
 //! - [`tls`] — certificates for STARTTLS.
 //! - [`server`] — wiring it all together for `sluice serve`.
 
@@ -43,6 +44,7 @@ mod delivery;
 mod dkim;
 pub mod logging;
 pub mod policy;
+mod private;
 mod protocol;
 mod queue;
 mod registry;

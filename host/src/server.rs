@@ -118,7 +118,9 @@ async fn start_policies(
     registry: &Registry,
 ) -> anyhow::Result<(Arc<ArcSwap<Chain>>, Arc<Reloader>)> {
     let policies = &config.policies;
-    std::fs::create_dir_all(&policies.dir)
+    // Made private when the relay makes it: a module put there is loaded and run (a
+    // postmaster who deploys as another user opens it to that user).
+    crate::private::create_dir_all(&policies.dir)
         .with_context(|| format!("policies.dir {}", policies.dir.display()))?;
     let cache_dir = config.cache_dir();
     let engine = PolicyEngine::new(config.limits.max_connections)

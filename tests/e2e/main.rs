@@ -11,6 +11,7 @@ mod delivery;
 mod dkim;
 mod durability;
 mod example_policy;
+mod files;
 mod hostile_clients;
 mod protocol;
 mod queue;

@@ -115,7 +115,7 @@ async fn an_authenticated_client_relays_from_off_campus_over_submission() {
 }
 
 #[tokio::test]
-async fn wrong_passwords_fail_and_repeated_failures_lock_the_address_out() {
+async fn wrong_passwords_fail_and_repeated_failures_lock_the_user_out_at_that_address() {
     let sink = Sink::start().await;
     let r = start(&sink).await;
     let said = python(
@@ -144,7 +144,7 @@ async fn wrong_passwords_fail_and_repeated_failures_lock_the_address_out() {
         .wait_for_log("ip=127.0.7.7 mechanism=PLAIN failures=3")
         .await;
     r.relay
-        .wait_for_log("authentication refused: too many failures from this address")
+        .wait_for_log("authentication refused: too many failures for this user from this address")
         .await;
     // Another address is not locked out.
     let said = python(
@@ -155,6 +155,125 @@ async fn wrong_passwords_fail_and_repeated_failures_lock_the_address_out() {
     .await;
     assert_eq!(said.trim(), "235");
     assert!(!r.relay.log().contains("Correct horse"));
+}
+
+/// Python: `attempt(user, password)` logs in over STARTTLS on a connection of its own and
+/// returns the reply code (`'closed'` when the relay hung up without one).
+const ATTEMPT: &str = "def attempt(user, password):\n\
+    \x20   s = smtplib.SMTP(*ADDR, source_address=SOURCE)\n\
+    \x20   s.starttls(context=ctx)\n\
+    \x20   s.ehlo()\n\
+    \x20   s.esmtp_features['auth'] = 'PLAIN'  # one attempt per login, not one per mechanism\n\
+    \x20   try:\n\
+    \x20       code = s.login(user, password)[0]\n\
+    \x20   except smtplib.SMTPAuthenticationError as e:\n\
+    \x20       code = e.smtp_code\n\
+    \x20   except smtplib.SMTPServerDisconnected:\n\
+    \x20       return 'closed'\n\
+    \x20   try:\n\
+    \x20       s.quit()\n\
+    \x20   except smtplib.SMTPServerDisconnected:\n\
+    \x20       pass\n\
+    \x20   return code\n";
+
+/// The attacker's own account, besides the victim `jdoe`.
+async fn add_own_account(r: &Relays) {
+    let added = r
+        .relay
+        .command_with_input(&["user", "add", "mallory"], "mallory's own\n");
+    assert!(added.status.success(), "{added:?}");
+}
+
+#[tokio::test]
+async fn guesses_between_logins_to_ones_own_account_still_lock_the_victim_out() {
+    // The attack: guesses at jdoe's password, each run just under max_failures (3) and
+    // followed by a login to the attacker's own account, which used to forgive them all.
+    let sink = Sink::start().await;
+    let r = start(&sink).await;
+    add_own_account(&r).await;
+    let said = python(
+        &format!(
+            "{ATTEMPT}guesses, own = [], []\n\
+             for i in range(16):\n\
+             \x20   guesses.append(attempt('jdoe', 'guess %d' % i))\n\
+             \x20   if i % 2 == 1:\n\
+             \x20       own.append(attempt('mallory', \"mallory's own\"))\n\
+             print('guesses', *guesses)\n\
+             print('own', *own)\n\
+             print('victim', attempt('jdoe', 'correct horse'))\n"
+        ),
+        r.submission,
+        "127.0.8.8",
+    )
+    .await;
+    let lines: Vec<&str> = said.lines().collect();
+    let locked = ["454"; 13].join(" ");
+    assert_eq!(
+        lines,
+        [
+            format!("guesses 535 535 535 {locked}"),
+            format!("own {}", ["235"; 8].join(" ")),
+            // Locked out: the right password is refused too, unchecked.
+            "victim 454".to_string(),
+        ],
+        "{said}"
+    );
+    let log = r
+        .relay
+        .wait_for_log("authentication refused: too many failures for this user from this address")
+        .await;
+    assert!(
+        crate::support::lines_with(&log, "too many failures for this user")
+            .iter()
+            .all(|line| line.contains(" ip=127.0.8.8")),
+        "{log}"
+    );
+    assert_eq!(
+        crate::support::lines_with(&log, "ip=127.0.8.8 mechanism=PLAIN failures=").len(),
+        3,
+        "only three guesses were checked:\n{log}"
+    );
+    // jdoe is locked out at that address only.
+    let said = python(
+        &format!("{ATTEMPT}print(attempt('jdoe', 'correct horse'))\n"),
+        r.submission,
+        "127.0.8.9",
+    )
+    .await;
+    assert_eq!(said.trim(), "235");
+}
+
+#[tokio::test]
+async fn guessing_across_many_names_from_one_address_locks_the_address_out() {
+    // One guess each at many names, with logins to the attacker's own account between:
+    // no user reaches max_failures (3), but the address reaches 4 × 3 failures.
+    let sink = Sink::start().await;
+    let r = start(&sink).await;
+    add_own_account(&r).await;
+    let said = python(
+        &format!(
+            "{ATTEMPT}for i in range(13):\n\
+             \x20   print('own', attempt('mallory', \"mallory's own\"))\n\
+             \x20   print('guess', attempt('user%d' % i, 'guess'))\n"
+        ),
+        r.submission,
+        "127.0.9.9",
+    )
+    .await;
+    let mut expected: Vec<&str> = ["own 235", "guess 535"].repeat(12);
+    // The address is locked out: its own account's right password is refused too.
+    expected.extend(["own 454", "guess 454"]);
+    assert_eq!(said.lines().collect::<Vec<_>>(), expected, "{said}");
+    let log = r
+        .relay
+        .wait_for_log("authentication refused: too many failures from this address")
+        .await;
+    assert!(
+        crate::support::lines_with(&log, "too many failures from this address")
+            .iter()
+            .all(|line| line.contains(" ip=127.0.9.9")),
+        "{log}"
+    );
 }
 
 #[tokio::test]

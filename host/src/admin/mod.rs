@@ -32,10 +32,11 @@ const REQUEST_TIME: Duration = Duration::from_secs(5);
 /// for the attempt to end, which may take a few of the delivery timeouts.
 const ANSWER_TIME: Duration = Duration::from_secs(600);
 
-/// Binds the socket (replacing one a previous run left behind).
+/// Binds the socket (replacing one a previous run left behind), for the relay's user only.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        crate::private::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("admin.socket {}: {e}", dir.display()))?;
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
@@ -43,7 +44,14 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| anyhow::anyhow!("admin.socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // bind(2) gives the socket the umask's mode and takes no other: narrowed at once. In
+    // between it sits in a folder of the relay's (0700 when the relay made it), and the
+    // relay takes no request before this.
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(crate::private::FILE_MODE),
+    )
+    .map_err(|e| anyhow::anyhow!("admin.socket {}: {e}", path.display()))?;
     Ok(listener)
 }
 
@@ -277,6 +285,18 @@ mod tests {
             matches!(&answer, Answer::BadRequest { error } if error.contains("at most")),
             "{answer:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_socket_and_the_folder_made_for_it_are_the_relays_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/sluice.sock");
+        let _listener = bind(&path).unwrap();
+        for path in [dir.path().join("run"), path] {
+            let mode = std::fs::metadata(&path).unwrap().mode();
+            assert_eq!(mode & 0o077, 0, "{}: {:o}", path.display(), mode & 0o7777);
+        }
     }
 
     #[test]

@@ -55,11 +55,9 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
     let spool_dir = std::env::temp_dir().join(format!("sluice-session-{suffix}"));
-    std::fs::create_dir(&spool_dir)?;
-    std::fs::set_permissions(
-        &spool_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )?;
+    // Private from its creation: made open and narrowed after, it could be written to
+    // in between by whoever watches the temporary directory.
+    crate::private::create_dir(&spool_dir)?;
     let spool = Arc::new(Spool::open(&spool_dir)?);
     let listener = config
         .listeners

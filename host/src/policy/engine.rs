@@ -8,6 +8,7 @@
 //! (see `chain.rs`); memory is bounded by a store limiter, and the pooling allocator gives
 //! a session's instances pre-reserved slots instead of fresh mappings.
 
+use super::cache::{CacheError, ModuleCache};
 use super::counters::Counters;
 use super::error::{EngineError, ModuleError};
 use super::host::HostState;
@@ -15,8 +16,7 @@ use super::manifest::MAX_POLICIES;
 use crate::registry::Table;
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
@@ -54,7 +54,7 @@ pub struct PolicyEngine {
     /// the modules that changed.
     compiled: Arc<Mutex<HashMap<String, Component>>>,
     /// Where compiled components are kept across restarts; `None`: in memory only.
-    cache_dir: Option<PathBuf>,
+    cache: Option<Arc<ModuleCache>>,
 }
 
 impl PolicyEngine {
@@ -92,7 +92,7 @@ impl PolicyEngine {
             counters: Arc::default(),
             registry: Arc::default(),
             compiled: Arc::default(),
-            cache_dir: None,
+            cache: None,
         })
     }
 
@@ -108,14 +108,10 @@ impl PolicyEngine {
     }
 
     /// Keeps compiled modules in `dir` too, so a restart does not compile unchanged modules
-    /// again. The directory is created private to the relay: what is in it is loaded as
-    /// machine code.
-    pub fn with_cache_dir(mut self, dir: &Path) -> std::io::Result<Self> {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        self.cache_dir = Some(dir.to_path_buf());
+    /// again. What is in it is loaded as machine code, so it is used only while it is the
+    /// relay's alone (see [`ModuleCache`]): one that is not is refused, or emptied.
+    pub fn with_cache_dir(mut self, dir: &Path) -> Result<Self, CacheError> {
+        self.cache = Some(Arc::new(ModuleCache::open(dir)?));
         Ok(self)
     }
 
@@ -126,19 +122,8 @@ impl PolicyEngine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|hash, _| keep.contains(hash));
-        let Some(dir) = &self.cache_dir else { return };
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            // Only what this cache wrote: compiled modules and their half-written copies.
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let hash = name
-                .strip_suffix(CACHE_SUFFIX)
-                .or_else(|| name.strip_suffix(".tmp"));
-            if hash.is_some_and(|h| h.len() == 64 && !keep.contains(h)) {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        if let Some(cache) = &self.cache {
+            cache.retain(keep);
         }
     }
 
@@ -149,32 +134,32 @@ impl PolicyEngine {
         if let Some(component) = memory().get(hash) {
             return Ok((component.clone(), true));
         }
-        let cached = self
-            .cache_dir
-            .as_ref()
-            .map(|d| d.join(format!("{hash}{CACHE_SUFFIX}")));
-        if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
-            // SAFETY: the cache directory is the relay's own (mode 0700) and holds only what
-            // `Component::serialize` wrote below, named by the hash of the module it came
-            // from; wasmtime refuses a file made by another version or configuration.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
+        let cache = self.cache.as_deref();
+        if let Some(code) = cache.and_then(|c| c.load(hash)) {
+            // SAFETY: the cache gave these bytes only from a file that nobody but the
+            // relay's user can have written (checked on the open file, the directory
+            // likewise; see `ModuleCache`), which holds what `Component::serialize` wrote
+            // below under the hash of the module it came from; wasmtime refuses one made by
+            // another version or configuration. Read into memory rather than mapped, so a
+            // change to the file afterwards cannot change code that runs.
+            match unsafe { Component::deserialize(&self.engine, &code) } {
                 Ok(component) => {
                     memory().insert(hash.to_string(), component.clone());
                     return Ok((component, true));
                 }
                 Err(e) => {
-                    tracing::info!(path = %path.display(), error = %e, "compiled-module cache entry not usable; compiling");
-                    let _ = std::fs::remove_file(path);
+                    tracing::info!(hash, error = %e, "compiled-module cache entry not usable; compiling");
+                    if let Some(cache) = cache {
+                        cache.remove(hash);
+                    }
                 }
             }
         }
         let component = Component::new(&self.engine, bytes).map_err(ModuleError::Compile)?;
-        if let (Some(path), Ok(code)) = (cached, component.serialize()) {
-            // Written aside and renamed, so a crash never leaves half a file under the name.
-            let tmp = path.with_extension("tmp");
-            if let Err(e) = std::fs::write(&tmp, code).and_then(|()| std::fs::rename(&tmp, &path)) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot keep a compiled module");
-            }
+        if let (Some(cache), Ok(code)) = (cache, component.serialize())
+            && let Err(e) = cache.store(hash, &code)
+        {
+            tracing::warn!(hash, error = %e, "cannot keep a compiled module");
         }
         memory().insert(hash.to_string(), component.clone());
         Ok((component, false))
@@ -254,9 +239,6 @@ pub struct ModuleInfo {
     /// SHA-256 of the module's bytes, in hex: its identity in status and the cache.
     pub sha256: String,
 }
-
-/// The file name suffix of a compiled module in the cache directory.
-const CACHE_SUFFIX: &str = ".cwasm";
 
 /// SHA-256 of `bytes` in lower-case hex.
 pub fn content_hash(bytes: &[u8]) -> String {

@@ -2,6 +2,7 @@
 //!
 //! - [`error`] — why a chain or a module could not be loaded.
 //! - [`engine`] — the wasmtime engine, limits, compiling and linking a component.
+//! - [`cache`] — compiled modules kept across restarts, trusted only while private.
 //! - [`host`] — what a module may import (session facts, its config, logging, the clock,
 //!   counters, the message).
 //! - [`counters`] — the node's counters with a time window, for rate limits.
@@ -13,6 +14,7 @@
 //! - [`reload`] — hot reload: the watcher, SIGHUP and `sluice reload`, and the status.
 
 pub(crate) mod builtin;
+pub(crate) mod cache;
 pub(crate) mod chain;
 pub(crate) mod counters;
 pub mod engine;

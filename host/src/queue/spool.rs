@@ -36,10 +36,16 @@
 //! postmaster deletes is removed with an fsync: it must not come back.
 //!
 //! `SPOOL/lock` is locked (flock) by the relay that owns the spool.
+//!
+//! # Who may read it
+//! The relay's user only, whatever the umask: every file is created 0600 and every folder
+//! 0700 (see [`crate::private`]), and `tmp/` and `queue/` are narrowed to 0700 at start if
+//! something made them open (a spool from a version that left modes to the umask).
 
 use super::{Envelope, Message, MessageOrder, OrderOutcome};
 use crate::config::SpoolSync;
-use std::fs::{self, File, OpenOptions};
+use crate::private;
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -62,7 +68,8 @@ pub struct Spool {
 impl Spool {
     /// Opens (creating if needed) the spool at `dir` and removes what a crash left half-written.
     pub fn open(dir: &Path) -> io::Result<Spool> {
-        fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+        private::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+        warn_if_others_can_write(dir);
         let lock = lock(dir)?.ok_or_else(|| {
             with_path(
                 io::Error::new(
@@ -74,7 +81,9 @@ impl Spool {
         })?;
         let (tmp, queue) = (dir.join("tmp"), dir.join("queue"));
         for d in [&tmp, &queue] {
-            fs::create_dir_all(d).map_err(|e| with_path(e, d))?;
+            private::create_dir_all(d)
+                .and_then(|()| private::restrict_dir(d))
+                .map_err(|e| with_path(e, d))?;
         }
         let spool = Spool {
             queue_fd: File::open(&queue).map_err(|e| with_path(e, &queue))?,
@@ -151,7 +160,12 @@ impl Spool {
     /// one after another, exactly as they will be relayed.
     pub fn store_unsynced(&self, mut envelope: Envelope, message: &Message) -> io::Result<()> {
         let tmp = self.tmp.join(&envelope.id);
-        let file = File::create(&tmp).map_err(|e| with_path(e, &tmp))?;
+        let file = private::open_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| with_path(e, &tmp))?;
         let mut checksum = crc32fast::Hasher::new();
         message.parts().for_each(|part| checksum.update(part));
         envelope.checksum = Some(checksum.finalize());
@@ -275,7 +289,7 @@ impl Spool {
     pub fn set_aside(&self, id: &str) -> io::Result<PathBuf> {
         check_id(id)?;
         let damaged = self.queue.with_file_name("damaged");
-        fs::create_dir_all(&damaged)?;
+        private::create_dir_all(&damaged).map_err(|e| with_path(e, &damaged))?;
         fs::rename(self.queue.join(id), damaged.join(id))?;
         let _ = fs::remove_file(self.queue.join(format!("{id}.state")));
         sync_dir(&damaged)?;
@@ -287,7 +301,7 @@ impl Spool {
     pub fn update(&self, envelope: &Envelope) -> io::Result<()> {
         let name = format!("{}.state", envelope.id);
         let tmp = self.tmp.join(&name);
-        let mut file = OpenOptions::new()
+        let mut file = private::open_options()
             .write(true)
             .create(true)
             .truncate(true)
@@ -352,7 +366,7 @@ fn check_id(id: &str) -> io::Result<()> {
 fn lock(dir: &Path) -> io::Result<Option<File>> {
     use std::os::fd::AsRawFd;
     let path = dir.join("lock");
-    let file = OpenOptions::new()
+    let file = private::open_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -361,6 +375,18 @@ fn lock(dir: &Path) -> io::Result<Option<File>> {
     // SAFETY: flock on a descriptor this function owns; no memory is involved.
     let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     Ok(taken.then_some(file))
+}
+
+/// The spool's own folder is left as the postmaster made it (it may be shared with other
+/// things), but one that others can write to is worth a warning: they could put a queue
+/// of their own in the place of the relay's.
+fn warn_if_others_can_write(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = fs::metadata(dir)
+        && meta.mode() & 0o022 != 0
+    {
+        tracing::warn!(dir = %dir.display(), mode = format_args!("{:o}", meta.mode() & 0o7777), "the spool directory is writable by group or others: they could replace its queue; make it 0700");
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -485,6 +511,54 @@ mod tests {
         assert!(spool.list().unwrap().is_empty());
         let missing = spool.apply("C1", MessageOrder::Hold).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// Every file and folder under `dir` (the links themselves, not followed), with the
+    /// permission bits that let others in.
+    pub(crate) fn open_to_others(dir: &Path) -> Vec<(PathBuf, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut open = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(path) = todo.pop() {
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.mode() & private::OPEN_TO_OTHERS != 0 {
+                open.push((path.clone(), meta.mode() & 0o7777));
+            }
+            if meta.is_dir() {
+                todo.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        open
+    }
+
+    #[test]
+    fn messages_states_and_folders_are_the_relays_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("var/spool");
+        let spool = Spool::open(&spool_dir).unwrap();
+        spool.store(envelope("M1"), b"hello\r\n").unwrap();
+        spool.store(envelope("M2"), b"hello\r\n").unwrap();
+        spool.update(&envelope("M1")).unwrap();
+        spool.set_aside("M2").unwrap();
+        for name in ["lock", "tmp", "queue/M1", "queue/M1.state", "damaged/M2"] {
+            assert!(spool_dir.join(name).exists(), "{name}");
+        }
+        assert_eq!(open_to_others(dir.path().join("var").as_path()), []);
+    }
+
+    #[test]
+    fn a_spool_left_open_is_made_private_at_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["tmp", "queue"] {
+            fs::create_dir(dir.path().join(d)).unwrap();
+            fs::set_permissions(dir.path().join(d), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Spool::open(dir.path()).unwrap();
+        // (The spool's own folder, made by the test, is left as it was: it may be shared.)
+        for d in ["tmp", "queue"] {
+            assert_eq!(open_to_others(&dir.path().join(d)), []);
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use super::Reply;
 use super::session::{Next, Session, State};
-use crate::auth::{self, Mechanism, Outcome, SaslError};
+use crate::auth::{self, Lockout, Mechanism, Outcome, SaslError};
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 
 /// How long an AUTH waits for a free check (argon2 runs one per core at most).
@@ -171,9 +171,9 @@ impl Session {
                 self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
                 None
             }
-            Outcome::Failed { count, delay } => {
+            Outcome::Failed { counts, delay } => {
                 // The attempted name is not logged either: people type passwords into it.
-                tracing::warn!(target: "sluice::auth", session = self.id, ip = %ip, mechanism = %mechanism.as_str(), failures = count, "authentication failed");
+                tracing::warn!(target: "sluice::auth", session = self.id, ip = %ip, mechanism = %mechanism.as_str(), failures = counts.user, address_failures = counts.address, "authentication failed");
                 tokio::time::sleep(delay).await;
                 self.error(Reply::new(
                     535,
@@ -189,8 +189,12 @@ impl Session {
                 ));
                 None
             }
-            Outcome::Locked => {
-                tracing::warn!(target: "sluice::auth", session = self.id, ip = %ip, "authentication refused: too many failures from this address");
+            Outcome::Locked(lockout) => {
+                let why = match lockout {
+                    Lockout::User => "too many failures for this user from this address",
+                    Lockout::Address => "too many failures from this address",
+                };
+                tracing::warn!(target: "sluice::auth", session = self.id, ip = %ip, "authentication refused: {why}");
                 self.reply(Reply::new(
                     454,
                     "4.7.0",

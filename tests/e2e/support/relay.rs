@@ -36,6 +36,8 @@ pub struct Relay {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The umask the relay is started with; none: the test's own.
+    umask: Option<libc::mode_t>,
 }
 
 /// How to start a relay.
@@ -55,6 +57,8 @@ pub struct RelayOptions {
     pub retry_intervals: Option<&'static str>,
     /// `[policies] settle`; none means the default.
     pub settle: Option<&'static str>,
+    /// The umask to start the relay with (every restart too); none: the test's own.
+    pub umask: Option<libc::mode_t>,
 }
 
 impl Relay {
@@ -121,9 +125,16 @@ impl Relay {
             addr,
             dir,
             child: None,
+            umask: options.umask,
         };
         relay.spawn().await;
         relay
+    }
+
+    /// The relay's spool (`spool` in its own directory; the cache, the store and the
+    /// control socket are in it too).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
     }
 
     /// The relay's configuration file.
@@ -164,15 +175,26 @@ impl Relay {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
             .args(["serve", "--config"])
             .arg(self.config_path())
             .env("SLUICE_LOG", "info,sluice=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sluice");
+            .stderr(log);
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask(2) is async-signal-safe and cannot fail: fit for the child
+            // between fork and exec, where it changes the child's mask alone.
+            unsafe {
+                command.pre_exec(move || {
+                    libc::umask(mask);
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().expect("start sluice");
         self.child = Some(child);
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
