@@ -33,8 +33,8 @@ async fn phi_guard_refuses_marked_mail_to_outside_addresses_and_passes_the_rest(
     // The log tells why the first was refused, tied to its queue id.
     let log = relay.wait_for_log("dept=reject").await;
     assert!(
-        log.contains("policy: connect: networks=continue"),
-        "the trace starts at connect: {log}"
+        log.contains("policy: connect: dept=continue"),
+        "the trace starts at connect (builtin:networks is asked at RCPT only): {log}"
     );
     assert!(
         log.contains("rcpt <doctor@clinic.example.org>: networks=accept"),
