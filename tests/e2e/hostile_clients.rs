@@ -3,20 +3,10 @@
 //! NOOPs, control characters in names, NUL bytes in text, addresses that read two ways.
 //! Each test makes the attack through the real relay and checks that it does no harm.
 
+use crate::protocol::relay_with;
 use crate::support::relay::RelayOptions;
 use crate::support::{Conn, PATIENCE, Relay, Sink};
 use std::time::{Duration, Instant};
-
-async fn relay_with(extra: &str) -> (Sink, Relay) {
-    let sink = Sink::start().await;
-    let relay = Relay::start_with(RelayOptions {
-        smarthost: Some(sink.addr),
-        extra: extra.into(),
-        ..Default::default()
-    })
-    .await;
-    (sink, relay)
-}
 
 /// Sends one byte every 200 ms, as a slow-loris client does, until the relay says
 /// something; returns that reply.

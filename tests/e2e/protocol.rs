@@ -3,7 +3,9 @@
 
 use crate::support::{Conn, Relay, Sink, relay::RelayOptions};
 
-async fn relay_with(extra: &str) -> (Sink, Relay) {
+/// A sink and a relay with the default chain delivering to it, `extra` added to its
+/// configuration.
+pub(crate) async fn relay_with(extra: &str) -> (Sink, Relay) {
     let sink = Sink::start().await;
     let relay = Relay::start_with(RelayOptions {
         smarthost: Some(sink.addr),
