@@ -8,7 +8,7 @@
 use proxy_header::{ParseConfig, ProxyHeader};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 /// How long a load balancer may take to send the header.
@@ -32,7 +32,11 @@ pub async fn read_header(
         .map_err(|_| "no PROXY header in time".to_string())?
 }
 
-async fn read(stream: &mut TcpStream) -> Result<Option<(SocketAddr, SocketAddr)>, String> {
+/// Reads and parses the header from any byte stream (a connection, or the fuzz targets'
+/// bytes in memory).
+pub(crate) async fn read<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Option<(SocketAddr, SocketAddr)>, String> {
     let io = |e: std::io::Error| format!("reading the PROXY header: {e}");
     // 15 bytes: the shortest v1 header ("PROXY UNKNOWN\r\n"), and less than v2's fixed 16.
     let mut header = vec![0u8; 15];
