@@ -244,3 +244,7 @@ fn address_str(text: &str) {
         "{domain:?} normalised twice"
     );
 }
+
+#[cfg(test)]
+#[path = "fuzz_tests.rs"]
+mod tests;
