@@ -11,8 +11,9 @@
 use crate::auth;
 use crate::config::Limits;
 use crate::smtp::data_reader::DataReader;
+use crate::smtp::path::Path;
 use crate::smtp::session::parse_error_reply;
-use sluice_mail::address::{Address, normalise_domain, valid_address};
+use sluice_mail::address::{Address, canonical_mailbox, normalise_domain, valid_address};
 use smtp_proto::Request;
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
@@ -40,13 +41,7 @@ pub fn command(input: &[u8]) {
                 parse_error_reply(e).write_to(&mut wire);
                 assert_reply_wire(&wire);
             }
-            Ok(Request::Mail { from }) => {
-                let sender = from.address.to_string();
-                if !sender.is_empty() {
-                    envelope_address(&sender);
-                }
-            }
-            Ok(Request::Rcpt { to }) => envelope_address(&to.address),
+            Ok(Request::Mail { .. } | Request::Rcpt { .. }) => mail_path(line),
             Ok(Request::Auth {
                 initial_response, ..
             }) if !initial_response.is_empty() => sasl_response(&initial_response),
@@ -55,11 +50,13 @@ pub fn command(input: &[u8]) {
     }
 }
 
-/// What happens to a MAIL or RCPT address: checked by `valid_address` before it is
-/// passed on, and read by the policy chain (and its modules) with `Address::parse`.
-fn envelope_address(text: &str) {
-    if valid_address(text) {
-        address_str(text);
+/// What happens to the path of MAIL or RCPT: read from the line as the client wrote it
+/// (`smtp::path`, by `canonical_mailbox`), and the mailbox it gives read by the policy
+/// chain and routing. That one form must be a fixed point: read again, it is itself.
+fn mail_path(line: &[u8]) {
+    if let Ok(Path::Mailbox(mailbox)) = crate::smtp::path::read(line) {
+        assert!(valid_address(&mailbox), "{mailbox:?} is not its own form");
+        mailbox_checks(&mailbox);
     }
 }
 
@@ -215,33 +212,43 @@ fn sasl_response(response: &str) {
     }
 }
 
-/// An envelope address (`sluice_mail::address`), as the session checks it before passing
-/// it on and as the policy chain splits it into local part and domain.
+/// An envelope address (`sluice_mail::address`): read into the relay's one form by
+/// `canonical_mailbox`, which must be a fixed point, then split and its domain compared
+/// as the policy chain and routing do. Text it refuses is only split (never a panic).
 pub fn address(input: &[u8]) {
-    address_str(&String::from_utf8_lossy(input));
+    let text = String::from_utf8_lossy(input);
+    let _ = Address::parse(&text);
+    if let Ok(mailbox) = canonical_mailbox(&text) {
+        assert!(valid_address(&mailbox), "{mailbox:?} is not its own form");
+        mailbox_checks(&mailbox);
+    }
 }
 
-fn address_str(text: &str) {
-    let _ = valid_address(text);
-    if let Some(address) = Address::parse(text) {
-        assert!(!address.local.is_empty() && !address.domain.is_empty());
-        // What was split joins and splits again the same.
-        let again = Address::parse(&format!("{}@{}", address.local, address.domain));
-        assert_eq!(again.as_ref(), Some(&address), "split of {text:?} unstable");
-        if address.domain_ascii().is_some() {
-            assert!(
-                address.in_domain(&address.domain),
-                "{text:?} not in its domain"
-            );
-        }
+/// What the chain and routing do with a mailbox in the relay's form.
+fn mailbox_checks(mailbox: &str) {
+    let Some(address) = Address::parse(mailbox) else {
+        panic!("{mailbox:?} does not split into local part and domain");
+    };
+    assert!(!address.local.is_empty() && !address.domain.is_empty());
+    // What was split joins and splits again the same.
+    let again = Address::parse(&format!("{}@{}", address.local, address.domain));
+    assert_eq!(
+        again.as_ref(),
+        Some(&address),
+        "split of {mailbox:?} unstable"
+    );
+    if address.domain_ascii().is_some() {
+        assert!(
+            address.in_domain(&address.domain),
+            "{mailbox:?} not in its domain"
+        );
     }
     // One spelling of a domain: normalising it again changes nothing.
-    let domain = text.rsplit_once('@').map_or(text, |(_, domain)| domain);
-    let normal = normalise_domain(domain);
+    let normal = normalise_domain(&address.domain);
     assert_eq!(
         normalise_domain(&normal),
         normal,
-        "{domain:?} normalised twice"
+        "{mailbox:?}: domain normalised twice"
     );
 }
 
