@@ -131,9 +131,10 @@ proptest! {
     }
 }
 
-/// Lines of message text without CR or LF, some starting with dots (which DATA stuffs).
+/// Lines of message text without CR, LF or NUL (refused in text), some starting with dots
+/// (which DATA stuffs).
 fn text_lines() -> impl Strategy<Value = Vec<String>> {
-    vec((0..3usize, "[^\r\n]{0,40}"), 0..12).prop_map(|lines| {
+    vec((0..3usize, "[^\r\n\x00]{0,40}"), 0..12).prop_map(|lines| {
         lines
             .into_iter()
             .map(|(dots, text)| format!("{}{text}", ".".repeat(dots)))
