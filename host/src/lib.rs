@@ -42,6 +42,8 @@ pub mod cli;
 pub mod config;
 mod delivery;
 mod dkim;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod logging;
 pub mod policy;
 mod private;

@@ -164,9 +164,19 @@ impl DataReader {
     }
 
     fn text(&mut self, bytes: &[u8]) {
-        if memchr::memchr(0, bytes).is_some() {
+        // The problems are flagged in the order of the bytes, so that the first one (and
+        // the client's reply) does not depend on how the text was split across reads: a
+        // NUL after the line or size limit was crossed comes second.
+        if let Some(nul) = memchr::memchr(0, bytes) {
+            self.counted_text(&bytes[..nul]);
             self.flag(DataProblem::Nul);
+            self.counted_text(&bytes[nul..]);
+        } else {
+            self.counted_text(bytes);
         }
+    }
+
+    fn counted_text(&mut self, bytes: &[u8]) {
         self.line_len += bytes.len();
         if self.line_len > self.max_line {
             self.flag(DataProblem::LineTooLong);
@@ -355,5 +365,23 @@ mod tests {
         let mut r = DataReader::for_bdat(1 << 20, 998);
         r.feed(b"a\nb");
         assert_eq!(r.problem(), Some(DataProblem::BareLf));
+    }
+
+    #[test]
+    fn the_first_problem_does_not_depend_on_the_reads() {
+        // Found by the property tests: a NUL after the line limit was crossed was the
+        // first problem when the line came in one read, the second when byte by byte.
+        let input = [&[b'x'; 999][..], b"\0\r\n.\r\n"].concat();
+        let mut whole = DataReader::for_data(1 << 20, 998);
+        whole.feed(&input);
+        let mut bytewise = DataReader::for_data(1 << 20, 998);
+        for byte in &input {
+            bytewise.feed(std::slice::from_ref(byte));
+        }
+        assert_eq!(whole.problem(), Some(DataProblem::LineTooLong));
+        assert_eq!(bytewise.problem(), Some(DataProblem::LineTooLong));
+        let mut r = DataReader::for_data(1 << 20, 998);
+        r.feed(b"a\0b\r\n.\r\n");
+        assert_eq!(r.problem(), Some(DataProblem::Nul));
     }
 }

@@ -8,7 +8,7 @@
 use proxy_header::{ParseConfig, ProxyHeader};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 /// How long a load balancer may take to send the header.
@@ -32,17 +32,27 @@ pub async fn read_header(
         .map_err(|_| "no PROXY header in time".to_string())?
 }
 
-async fn read(stream: &mut TcpStream) -> Result<Option<(SocketAddr, SocketAddr)>, String> {
+/// Reads and parses the header from any byte stream (a connection, or the fuzz targets'
+/// bytes in memory).
+pub(crate) async fn read<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Option<(SocketAddr, SocketAddr)>, String> {
     let io = |e: std::io::Error| format!("reading the PROXY header: {e}");
     // 15 bytes: the shortest v1 header ("PROXY UNKNOWN\r\n"), and less than v2's fixed 16.
     let mut header = vec![0u8; 15];
     stream.read_exact(&mut header).await.map_err(io)?;
     if header.starts_with(b"PROXY ") {
-        while !header.ends_with(b"\r\n") {
+        // One line, ended by its first LF, which must close a CRLF. Reading on to a CRLF
+        // past a bare LF would take the session's first bytes into the header, and
+        // proxy-header ignores whatever follows `PROXY UNKNOWN` (found by the fuzz target).
+        while !header.contains(&b'\n') {
             if header.len() >= V1_MAX {
                 return Err("PROXY v1 header too long".into());
             }
             header.push(stream.read_u8().await.map_err(io)?);
+        }
+        if !header.ends_with(b"\r\n") {
+            return Err("malformed PROXY v1 header (a bare LF)".into());
         }
     } else if header.starts_with(V2_SIGNATURE) {
         header.push(stream.read_u8().await.map_err(io)?);
@@ -65,5 +75,31 @@ async fn read(stream: &mut TcpStream) -> Result<Option<(SocketAddr, SocketAddr)>
             Ok(parsed.proxied_address().map(|a| (a.source, a.destination)))
         }
         Ok(_) | Err(_) => Err("malformed PROXY header".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_v1_header_is_one_line_ended_by_its_first_crlf() {
+        // The fuzz target's find, and the harm it could do: the SMTP session's first
+        // command taken into an UNKNOWN header.
+        for input in [
+            &b"PROXY UNKNOWNTC Y \xef\xff\xff\xff\0\0\0\n\0\0\0\0\0\0\r\n"[..],
+            b"PROXY UNKNOWN\nEHLO client.example\r\n",
+            b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\n\r\n",
+        ] {
+            let mut rest = input;
+            assert!(read(&mut rest).await.is_err(), "{input:?} was taken");
+        }
+        let mut rest = &b"PROXY UNKNOWN\r\nEHLO client.example\r\n"[..];
+        assert_eq!(read(&mut rest).await, Ok(None));
+        assert_eq!(rest, b"EHLO client.example\r\n");
+        let mut rest = &b"PROXY TCP4 192.0.2.1 192.0.2.2 1 25\r\nEHLO x\r\n"[..];
+        let client = "192.0.2.1:1".parse().ok();
+        assert_eq!(read(&mut rest).await.map(|a| a.map(|(c, _)| c)), Ok(client));
+        assert_eq!(rest, b"EHLO x\r\n");
     }
 }

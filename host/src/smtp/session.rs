@@ -601,7 +601,7 @@ fn valid_header_edit(edit: &Rewrite) -> bool {
 }
 
 /// The reply to a command smtp-proto could not parse.
-fn parse_error_reply(e: ParseError) -> Reply {
+pub(crate) fn parse_error_reply(e: ParseError) -> Reply {
     match e {
         ParseError::UnknownCommand => Reply::new(500, "5.5.1", "Unknown command"),
         ParseError::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
