@@ -41,16 +41,13 @@ impl Address {
     /// `None` when it is not a valid internationalised domain name.
     pub fn domain_ascii(&self) -> Option<String> {
         // `example.org.` (absolute, with its root dot) is `example.org`.
-        ascii_domain(self.domain.trim_end_matches('.'))
+        ascii_domain_name(&self.domain)
     }
 
     /// Is the domain `domain` or a subdomain of it? Compared in ASCII form (IDNA), so
     /// case and the Unicode or punycode spelling of either side do not matter.
     pub fn in_domain(&self, domain: &str) -> bool {
-        let (Some(mine), Some(domain)) = (
-            self.domain_ascii(),
-            ascii_domain(domain.trim_end_matches('.')),
-        ) else {
+        let (Some(mine), Some(domain)) = (self.domain_ascii(), ascii_domain_name(domain)) else {
             return false;
         };
         mine == domain
@@ -69,12 +66,17 @@ pub fn ascii_domain(domain: &str) -> Option<String> {
     idna::domain_to_ascii(domain).ok()
 }
 
+/// [`ascii_domain`] without the root dot, which IDNA may have made of a Unicode full stop
+/// (`uwhealth.org。` is `uwhealth.org`).
+fn ascii_domain_name(domain: &str) -> Option<String> {
+    ascii_domain(domain.trim_end_matches('.')).map(|d| d.trim_end_matches('.').to_string())
+}
+
 /// A domain as the relay compares domains (routes, TLS rules, a policy's request for TLS):
 /// without a trailing dot, lower-cased, in its ASCII (IDNA) form, so `Bank.Example.` and
 /// `bank.example` are one domain.
 pub fn normalise_domain(domain: &str) -> String {
-    let domain = domain.trim_end_matches('.');
-    ascii_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase())
+    ascii_domain_name(domain).unwrap_or_else(|| domain.trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// Longest envelope address the relay passes on (RFC 5321 4.5.3.1: a 64-byte local part,

@@ -94,14 +94,13 @@ proptest! {
 
 /// A domain written with an ideographic or a full-width full stop at its end (U+3002,
 /// U+FF0E, U+FF61), which IDNA maps to the root dot, is the same domain as without it.
-/// The root dot is trimmed before the IDNA conversion only, so `u@uwhealth.org。` is not
-/// in `uwhealth.org` and its domain normalises to `uwhealth.org.`: before
+/// The root dot was trimmed before the IDNA conversion only, so `u@uwhealth.org。` was not
+/// in `uwhealth.org` and its domain normalised to `uwhealth.org.`: before
 /// `canonical_mailbox` refused such a domain from clients, a recipient written so missed
 /// the `[delivery.tls_policy]` rule, the route and the require-tls module for
 /// `uwhealth.org`. Found by the `address` fuzz target (a domain that normalises
-/// differently twice); run with `--ignored` to see it fail.
+/// differently twice).
 #[test]
-#[ignore = "known bug in normalise_domain and in_domain, reported in issue 13 (Addresses)"]
 fn a_domain_ending_in_a_unicode_full_stop_is_the_same_domain() {
     for stop in ['\u{3002}', '\u{ff0e}', '\u{ff61}'] {
         let domain = format!("uwhealth.org{stop}");
