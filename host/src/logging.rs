@@ -25,7 +25,12 @@ impl<W: Write> Escaping<W> {
 
 impl<W: Write> Write for Escaping<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_all(escape(buf, self.colours).as_bytes())?;
+        // Most lines hold nothing to escape: they go out as they are, without a copy.
+        if needs_no_escaping(buf) {
+            self.inner.write_all(buf)?;
+        } else {
+            self.inner.write_all(escape(buf, self.colours).as_bytes())?;
+        }
         Ok(buf.len())
     }
 
@@ -62,6 +67,15 @@ pub fn escape(text: &[u8], colours: bool) -> String {
     out
 }
 
+/// Has `line` no control character but tabs and its final newline? (0xC2 leads every C1
+/// control in UTF-8, so a line without it has none.)
+fn needs_no_escaping(line: &[u8]) -> bool {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    !body
+        .iter()
+        .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f || b == 0xc2)
+}
+
 /// The length of the SGR sequence (`ESC [ digits;… m`) `text` starts with, if it does.
 fn sgr_len(text: &str) -> Option<usize> {
     let params = text.strip_prefix("\x1b[")?;
@@ -87,6 +101,22 @@ mod tests {
         assert_eq!(escaped.matches('\n').count(), 1);
         assert_eq!(escape("c1:\u{9b}31m".as_bytes(), false), "c1:\\u{9b}31m");
         assert_eq!(escape(b"tab\tkept", false), "tab\tkept");
+    }
+
+    #[test]
+    fn a_line_goes_out_unchanged_only_when_there_is_nothing_to_escape() {
+        for line in [&b"plain\tline\n"[..], "caf\u{e9} \u{2014}\n".as_bytes()] {
+            assert!(needs_no_escaping(line));
+            assert_eq!(escape(line, false).as_bytes(), line);
+        }
+        for line in [
+            &b"a\0b\n"[..],
+            b"a\rb\n",
+            b"\x1b[2J\n",
+            "c1:\u{9b}\n".as_bytes(),
+        ] {
+            assert!(!needs_no_escaping(line), "{line:?}");
+        }
     }
 
     #[test]
