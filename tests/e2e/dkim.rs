@@ -573,3 +573,46 @@ async fn a_new_certificate_is_taken_when_its_files_change() {
         .wait_for_log("certificate files changed: TLS certificate")
         .await;
 }
+
+#[tokio::test]
+async fn a_message_too_large_to_hold_in_memory_is_signed_and_relayed_whole() {
+    let sink = Sink::start().await;
+    let relay = Relay::start_with(RelayOptions {
+        smarthost: Some(sink.addr),
+        extra: dkim_section("relay.test", "s1", ""),
+        ..Default::default()
+    })
+    .await;
+    let dns = Dns::published(&["relay.test"]);
+    // Several MB: the session writes it to the spool as it arrives, then the relay's
+    // fields and the signature are put on top of the text it wrote.
+    let mut body = String::new();
+    for n in 0..60_000 {
+        body.push_str(&format!(
+            "line {n} of a large report\r\n..{n} starts with a dot\r\n"
+        ));
+    }
+    let message = format!(
+        "From: App <app@example.edu>\r\nTo: someone@example.org\r\nSubject: large\r\n\r\n{body}"
+    );
+    assert!(message.len() > 2_000_000);
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("app@example.edu", &["someone@example.org"])
+        .await;
+    conn.cmd("DATA", 354).await;
+    for chunk in message.as_bytes().chunks(100_000) {
+        conn.send(chunk).await;
+    }
+    conn.send(".\r\n").await;
+    conn.expect(250).await;
+    let received = &sink.wait_for(1).await[0];
+    let text = String::from_utf8_lossy(&received.data);
+    // The client's text arrives as it was sent (unstuffed once by the relay, stuffed
+    // again towards the sink, unstuffed by the sink), under the relay's fields.
+    let unstuffed = body.replace("\r\n..", "\r\n.");
+    assert!(text.ends_with(&unstuffed), "the body changed on the way");
+    assert!(text.contains("\r\nReceived: from "), "{}", &text[..2000]);
+    dns.assert_verifies(&received.data).await;
+    // Nothing is left behind in the spool once it is delivered.
+    relay.wait_for_queued(0).await;
+}

@@ -49,6 +49,77 @@ async fn a_queued_message_survives_sigkill_and_is_delivered_after_restart() {
     assert_eq!(sink.messages().len(), 1);
 }
 
+/// A message of several MB, which a session writes to the spool while it arrives.
+fn large_message(subject: &str) -> String {
+    format!(
+        "Subject: {subject}\r\n\r\n{}end of {subject}\r\n",
+        "a line of a large message, long enough to add up\r\n".repeat(60_000)
+    )
+}
+
+#[tokio::test]
+async fn a_large_message_written_as_it_arrived_survives_sigkill() {
+    let sink_port = free_port();
+    let mut relay = Relay::start(format!("127.0.0.1:{sink_port}").parse().unwrap()).await;
+    let message = large_message("large survivor");
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("app@example.edu", &["a@example.org"]).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(format!("{message}.\r\n")).await;
+    conn.expect(250).await;
+    relay.wait_for_log("status=deferred").await;
+    relay.kill();
+    let sink = Sink::start_on(sink_port).await;
+    relay.restart().await;
+    let received = &sink.wait_for(1).await[0];
+    let text = String::from_utf8_lossy(&received.data);
+    assert!(text.ends_with(&message), "the message arrived changed");
+    relay.wait_for_queued(0).await;
+}
+
+#[tokio::test]
+async fn a_large_message_that_is_not_taken_leaves_nothing_in_the_spool() {
+    let sink = Sink::start().await;
+    let relay = Relay::start(sink.addr).await;
+    let tmp = relay.spool_dir().join("tmp");
+    let message = large_message("refused");
+    // Refused at its end (here for a NUL byte) or given up half-way (the client hangs
+    // up), the text written so far is removed.
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("app@example.edu", &["a@example.org"]).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(format!("{message}\0\r\n.\r\n")).await;
+    conn.expect(554).await;
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "after a refusal"
+    );
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("app@example.edu", &["a@example.org"]).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(&message).await;
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&tmp).unwrap().count() == 0 {
+        assert!(started.elapsed().as_secs() < 30, "no draft was written");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(conn);
+    relay
+        .wait_for_log("disconnect: client closed the connection")
+        .await;
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&tmp).unwrap().count() != 0 {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the draft stayed after the client left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(relay.queued(), 0);
+    assert!(sink.messages().is_empty());
+}
+
 #[tokio::test]
 async fn retries_after_a_temporary_refusal_and_delivers_once() {
     let sink = Sink::start().await;

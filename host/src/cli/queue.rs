@@ -74,10 +74,10 @@ pub fn show(config: &Config, id: &str) -> ExitCode {
         Err(e) => return fail(e),
     };
     print_envelope(&envelope);
-    let head_end = memchr::memmem::find(&message, b"\r\n\r\n").map_or(message.len(), |i| i + 2);
+    let head = message.head(usize::MAX);
     println!();
     // The client's text: nothing in it may drive the terminal (escape sequences).
-    let head: String = String::from_utf8_lossy(&message[..head_end])
+    let head: String = String::from_utf8_lossy(&head)
         .chars()
         .map(|c| {
             if c.is_control() && !matches!(c, '\r' | '\n' | '\t') {

@@ -7,7 +7,7 @@
 
 use super::NextHop;
 use crate::config::TlsRule;
-use crate::queue::Outcome;
+use crate::queue::{Message, Outcome};
 use mail_send::SmtpClient;
 use smtp_proto::{
     EXT_8BIT_MIME, EXT_PIPELINING, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse, Response,
@@ -247,7 +247,7 @@ impl Connection {
         &mut self,
         sender: &str,
         recipients: &[&str],
-        message: &[u8],
+        message: &Message,
     ) -> Result<Transaction, ConnectionError> {
         let extensions = self.extensions;
         let mut done = match &mut self.stream {
@@ -310,14 +310,14 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     extensions: u32,
     sender: &str,
     recipients: &[&str],
-    message: &[u8],
+    message: &Message,
 ) -> Result<Transaction, ConnectionError> {
     let offers = |ext: u32| extensions & ext != 0;
     // Say onward what the message is (RFC 6152, RFC 6531), where the next hop offers it.
     // 8-bit text to a next hop without 8BITMIME goes as it is, as most MTAs do; UTF-8
     // addresses cannot go at all (RFC 6531 3.2), so their recipients fail.
     let mut params = String::new();
-    if offers(EXT_8BIT_MIME) && message.iter().any(|b| *b >= 0x80) {
+    if offers(EXT_8BIT_MIME) && message.parts().any(|part| !part.is_ascii()) {
         params.push_str(" BODY=8BITMIME");
     }
     if !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()) {
@@ -456,14 +456,13 @@ async fn send_envelope<T: AsyncRead + AsyncWrite + Unpin>(
 /// accepted recipient.
 async fn send_message<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
-    message: &[u8],
+    message: &Message,
 ) -> Result<Outcome, ConnectionError> {
-    let text = data_text(message);
     // Writing: the usual timeout for every 64 KiB, so a large message on a slow link has
     // the time it needs; then up to 10 minutes for the final reply (RFC 5321 4.5.3.2.6).
-    let writing = client.timeout * (1 + (text.len() / 65536) as u32);
+    let writing = client.timeout * (1 + (message.len() / 65536) as u32);
     tokio::time::timeout(writing, async {
-        client.stream.write_all(&text).await?;
+        write_data_text(&mut client.stream, message).await?;
         client.stream.flush().await
     })
     .await
@@ -507,24 +506,46 @@ async fn pipeline<T: AsyncRead + AsyncWrite + Unpin>(
     .map_err(|_| mail_send::Error::Timeout)?
 }
 
-/// The message as DATA sends it, in one buffer: dot-stuffed (RFC 5321 4.5.2) and ended by
-/// CRLF.CRLF. (mail-send writes each stuffed line apart.) The spooled message ends its last
-/// line with CRLF already: only bare CRLF line ends reach the spool.
-fn data_text(message: &[u8]) -> Vec<u8> {
-    let mut text = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+/// Bytes of DATA text written at a time: a large message is sent without a copy of it.
+const DATA_CHUNK: usize = 64 * 1024;
+
+/// Writes the message as DATA sends it, a chunk at a time: dot-stuffed (RFC 5321 4.5.2)
+/// and ended by CRLF.CRLF. (mail-send writes each stuffed line apart.) The spooled
+/// message ends its last line with CRLF already: only CRLF line ends reach the spool.
+async fn write_data_text<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    message: &Message,
+) -> std::io::Result<()> {
+    let mut chunk = Vec::with_capacity(DATA_CHUNK + DATA_CHUNK / 32 + 5);
     let mut line_start = true;
-    for &byte in message {
-        if line_start && byte == b'.' {
-            text.push(b'.');
+    for part in message.parts() {
+        for piece in part.chunks(DATA_CHUNK) {
+            dot_stuff(piece, &mut chunk, &mut line_start);
+            if chunk.len() >= DATA_CHUNK {
+                out.write_all(&chunk).await?;
+                chunk.clear();
+            }
         }
-        text.push(byte);
-        line_start = byte == b'\n';
     }
-    if !text.ends_with(b"\r\n") {
-        text.extend_from_slice(b"\r\n");
+    if !line_start || message.is_empty() {
+        chunk.extend_from_slice(b"\r\n");
     }
-    text.extend_from_slice(b".\r\n");
-    text
+    chunk.extend_from_slice(b".\r\n");
+    out.write_all(&chunk).await
+}
+
+/// Appends `text` to `out` with a dot put before every line that starts with one;
+/// `line_start` carries whether the text before ended a line.
+fn dot_stuff(mut text: &[u8], out: &mut Vec<u8>, line_start: &mut bool) {
+    while let Some(&first) = text.first() {
+        if *line_start && first == b'.' {
+            out.push(b'.');
+        }
+        let line_end = memchr::memchr(b'\n', text).map_or(text.len(), |i| i + 1);
+        out.extend_from_slice(&text[..line_end]);
+        *line_start = text[line_end - 1] == b'\n';
+        text = &text[line_end..];
+    }
 }
 
 /// Ends a transaction that will carry no message; false when the connection must be
@@ -665,7 +686,7 @@ mod tests {
             extensions,
             "app@example.edu",
             recipients,
-            b"Subject: x\r\n\r\nbody\r\n",
+            &Message::from(b"Subject: x\r\n\r\nbody\r\n".to_vec()),
         )
         .await
     }
@@ -781,13 +802,36 @@ mod tests {
         assert!(!io.message_sent());
     }
 
-    #[test]
-    fn data_is_dot_stuffed_and_terminated_once() {
+    async fn data_text(parts: &[&'static [u8]]) -> Vec<u8> {
+        let message =
+            Message::from_parts(parts.iter().map(|p| bytes::Bytes::from_static(p)).collect());
+        let mut out = Vec::new();
+        write_data_text(&mut out, &message).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn data_is_dot_stuffed_and_terminated_once() {
         assert_eq!(
-            data_text(b".hidden\r\nline\r\n..two\r\n"),
+            data_text(&[b".hidden\r\nline\r\n..two\r\n"]).await,
             b"..hidden\r\nline\r\n...two\r\n.\r\n"
         );
-        assert_eq!(data_text(b"no end"), b"no end\r\n.\r\n");
-        assert_eq!(data_text(b""), b"\r\n.\r\n");
+        assert_eq!(data_text(&[b"no end"]).await, b"no end\r\n.\r\n");
+        assert_eq!(data_text(&[]).await, b"\r\n.\r\n");
+        // Lines that run across parts, and a dot at the start of a part that is no
+        // line's start.
+        assert_eq!(
+            data_text(&[b"a\r\n", b".b\r", b"\n.c", b".d\r\n"]).await,
+            b"a\r\n..b\r\n..c.d\r\n.\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_message_is_written_whole_in_chunks() {
+        let line: &'static [u8] = b".dot line of text\r\n";
+        let big: &'static [u8] = line.repeat(10_000).leak();
+        let out = data_text(&[big]).await;
+        assert_eq!(out.len(), big.len() + 10_000 + 3);
+        assert!(out.ends_with(b"text\r\n.\r\n"));
     }
 }

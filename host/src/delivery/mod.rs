@@ -15,7 +15,7 @@ pub mod route;
 pub use route::NextHop;
 
 use crate::config::{DeliveryConfig, TlsRule};
-use crate::queue::{self, Delivered, Envelope, Leg, Outcome, RecipientStatus};
+use crate::queue::{self, Delivered, Envelope, Leg, Message, Outcome, RecipientStatus};
 use client::{Connection, ConnectionError, Connectors, Pool, Transaction};
 use route::{Route, Router};
 use std::collections::{BTreeMap, HashMap};
@@ -95,7 +95,7 @@ fn groups(envelope: &Envelope, rules: &TlsRules) -> Vec<Group> {
 }
 
 impl queue::Deliver for Delivery {
-    async fn attempt(&self, envelope: &Envelope, message: &[u8]) -> Vec<Delivered> {
+    async fn attempt(&self, envelope: &Envelope, message: &Message) -> Vec<Delivered> {
         let mut delivered = Vec::new();
         for group in groups(envelope, &self.tls_rules) {
             let addresses: Vec<&str> = group
@@ -146,7 +146,7 @@ impl Delivery {
         group: &Group,
         sender: &str,
         recipients: &[&str],
-        message: &[u8],
+        message: &Message,
     ) -> (Leg, Vec<Outcome>) {
         let leg = |relay: Option<&NextHop>, tls: Option<String>| Leg {
             relay: relay.map(NextHop::to_string),
@@ -187,7 +187,7 @@ impl Delivery {
         rule: TlsRule,
         sender: &str,
         recipients: &[&str],
-        message: &[u8],
+        message: &Message,
     ) -> Result<Sent, ConnectionError> {
         let limit = self
             .per_destination
@@ -393,7 +393,7 @@ mod tests {
                 &group("", TlsRule::Opportunistic, &[0]),
                 "app@example.edu",
                 &["postmaster"],
-                b"Subject: x\r\n\r\n",
+                &Message::from(b"Subject: x\r\n\r\n".to_vec()),
             )
             .await;
         assert_eq!(leg.relay, None);
@@ -415,7 +415,7 @@ mod tests {
                 &group("example.org", TlsRule::Opportunistic, &[0, 1]),
                 "app@example.edu",
                 &["a@example.org", "b@example.org"],
-                b"Subject: x\r\n\r\n",
+                &Message::from(b"Subject: x\r\n\r\n".to_vec()),
             )
             .await;
         assert_eq!(leg.relay, Some(format!("127.0.0.1:{port}")));

@@ -26,7 +26,7 @@ pub trait Deliver: Send + Sync + 'static {
     fn attempt(
         &self,
         envelope: &Envelope,
-        message: &[u8],
+        message: &Message,
     ) -> impl Future<Output = Vec<Delivered>> + Send;
 }
 
@@ -103,7 +103,7 @@ pub async fn run<D: Deliver>(
 
 /// A message ready to be delivered, or what to tell the runner instead.
 enum Loaded {
-    Ready(Envelope, Vec<u8>),
+    Ready(Envelope, Message),
     Skip(Attempted),
 }
 
@@ -143,7 +143,7 @@ async fn record(
     queue: &Queue,
     schedule: &Schedule,
     mut envelope: Envelope,
-    message: &[u8],
+    message: &Message,
     delivered: Vec<Delivered>,
 ) -> Attempted {
     let mut reports: Vec<Option<Delivered>> = vec![None; envelope.recipients.len()];
@@ -241,12 +241,17 @@ async fn bounce(
     hostname: &str,
     envelope: &Envelope,
     failures: &[Failure],
-    message: &[u8],
+    message: &Message,
 ) {
     if failures.is_empty() {
         return;
     }
-    let Some((bounce, text)) = dsn::bounce(hostname, envelope, failures, message) else {
+    let Some((bounce, text)) = dsn::bounce(
+        hostname,
+        envelope,
+        failures,
+        &message.head(dsn::MAX_RETURNED_HEADERS),
+    ) else {
         tracing::info!(target: "sluice::delivery", "{}: failed recipients of a bounce (null sender): dropped, never bounced", envelope.id);
         return;
     };

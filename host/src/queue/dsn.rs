@@ -8,7 +8,7 @@ use super::{Envelope, Recipient};
 use std::fmt::Write;
 
 /// Header fields of the original message returned at most.
-const MAX_RETURNED_HEADERS: usize = 64 * 1024;
+pub const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 
 /// One failed recipient, as the report names it.
 #[derive(Debug, Clone)]
@@ -207,6 +207,7 @@ mod tests {
             next_attempt: 0,
             last_error: None,
             checksum: None,
+            layout: None,
         }
     }
 

@@ -6,14 +6,18 @@
 //! a 25 MB body is never moved to put a line in front of it, and the spool writes the
 //! parts in turn (see [`Spool::store_unsynced`](super::Spool::store_unsynced)).
 
+use super::Draft;
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::ops::Range;
 
 /// A message as it will be spooled and relayed, in parts.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Message {
     parts: Vec<Bytes>,
+    /// The draft in the spool that holds the client's text, when it was written there as
+    /// it arrived; the parts taken from its mapping are not written again.
+    draft: Option<Draft>,
 }
 
 impl Message {
@@ -32,7 +36,46 @@ impl Message {
         }
         parts.push(original.slice(at..));
         parts.retain(|p| !p.is_empty());
-        Message { parts }
+        Message { parts, draft: None }
+    }
+
+    /// The message whose client text is in `draft` (mapped by [`Draft::map`], and the
+    /// `original` of [`without`](Self::without)): committing it writes only the rest.
+    pub fn in_draft(mut self, draft: Draft) -> Message {
+        self.draft = Some(draft);
+        self
+    }
+
+    /// A message made of `parts`, in order (one read back from the spool).
+    pub fn from_parts(mut parts: Vec<Bytes>) -> Message {
+        parts.retain(|p| !p.is_empty());
+        Message { parts, draft: None }
+    }
+
+    /// The header section: up to the line end before the first empty line (the whole
+    /// message when there is none), at most `max` bytes. A copy.
+    pub fn head(&self, max: usize) -> Vec<u8> {
+        let mut head: Vec<u8> = Vec::new();
+        for part in &self.parts {
+            // The empty line may straddle two parts: search from a little before this one.
+            let from = head.len().saturating_sub(3);
+            let room = (max + 4).saturating_sub(head.len()).min(part.len());
+            head.extend_from_slice(&part[..room]);
+            if let Some(at) = memchr::memmem::find(&head[from..], b"\r\n\r\n") {
+                head.truncate((from + at + 2).min(max));
+                return head;
+            }
+            if head.len() >= max {
+                break;
+            }
+        }
+        head.truncate(max);
+        head
+    }
+
+    /// Takes the draft out, for the spool to commit.
+    pub(super) fn take_draft(&mut self) -> Option<Draft> {
+        self.draft.take()
     }
 
     /// Puts `fields` — whole header fields, each ending in CRLF — on top of the message.
@@ -130,6 +173,26 @@ mod tests {
             original[28..].as_ptr(),
             "the body is the client's own bytes"
         );
+    }
+
+    #[test]
+    fn the_header_section_is_found_across_parts_and_bounded() {
+        let original = Bytes::from_static(ORIGINAL);
+        let mut message = Message::without(original.clone(), std::iter::once(13..28));
+        message.prepend("Received: x\r\n");
+        assert_eq!(
+            message.head(1000),
+            b"Received: x\r\nSubject: hi\r\nFrom: a@b\r\n"
+        );
+        assert_eq!(message.head(5), b"Recei");
+        // The empty line split between two parts.
+        let split = Message::from_parts(vec![
+            Bytes::from_static(b"A: b\r\n\r"),
+            Bytes::from_static(b"\nbody\r\n"),
+        ]);
+        assert_eq!(split.head(1000), b"A: b\r\n");
+        let headless = Message::from(b"A: b\r\n".to_vec());
+        assert_eq!(headless.head(1000), b"A: b\r\n");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod attempt;
 mod commit;
+mod draft;
 pub mod dsn;
 pub mod message;
 pub mod runner;
@@ -28,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 pub use attempt::{Deliver, Delivered, Leg, Outcome};
+pub use draft::Draft;
 pub use message::Message;
 pub use runner::{MessageOrder, Order, Schedule};
 pub use spool::Spool;
@@ -60,6 +62,10 @@ pub struct Envelope {
     /// does not match was never made durable whole (see `spool`), and is never delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<u32>,
+    /// A message written to the spool as it arrived (see `spool`'s format 2): the byte
+    /// ranges of the file's text that make the message, in order. Set by the spool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Vec<[u64; 2]>>,
 }
 
 /// One recipient and where its delivery stands.
@@ -91,6 +97,7 @@ impl Envelope {
             next_attempt: 0,
             last_error: None,
             checksum: None,
+            layout: None,
         }
     }
 }
@@ -195,9 +202,10 @@ impl Queue {
             if let Some(signature) = signature {
                 message.prepend(signature.into_bytes());
             }
-            envelope.size = message.len();
-            spool.store_unsynced(envelope, &message)?;
-            Ok(message.len())
+            let size = message.len();
+            envelope.size = size;
+            spool.store_unsynced(envelope, message)?;
+            Ok(size)
         })
         .await
         .map_err(SubmitError::Task)?
@@ -358,6 +366,7 @@ mod tests {
         let size = queue.submit(envelope, message).await.unwrap();
 
         let (envelope, spooled) = queue.spool().load(&id).unwrap();
+        let spooled = spooled.to_vec();
         assert_eq!((envelope.size, size), (spooled.len(), spooled.len()));
         assert!(
             spooled.ends_with(&unsigned),

@@ -309,7 +309,7 @@ mod tests {
     }
 
     impl Deliver for Scripted {
-        async fn attempt(&self, envelope: &Envelope, message: &[u8]) -> Vec<Delivered> {
+        async fn attempt(&self, envelope: &Envelope, message: &Message) -> Vec<Delivered> {
             let pending: Vec<usize> = (0..envelope.recipients.len())
                 .filter(|&i| envelope.recipients[i].status == RecipientStatus::Pending)
                 .collect();
@@ -321,7 +321,7 @@ mod tests {
                     .map(|&i| envelope.recipients[i].address.clone())
                     .collect(),
                 at: Instant::now(),
-                message: String::from_utf8_lossy(message).into_owned(),
+                message: String::from_utf8_lossy(&message.to_vec()).into_owned(),
             });
             if let Some(gate) = &self.gate {
                 gate.acquire().await.expect("the gate stays open").forget();

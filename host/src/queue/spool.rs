@@ -9,6 +9,12 @@
 //! SPOOL/queue/ID.state  the envelope as updated after delivery attempts (one JSON document);
 //!                       when present it replaces the envelope inside `ID`
 //! ```
+//! A large message is written while it arrives (see [`Draft`]), before its envelope is
+//! known, in a second format: the line `SLUICE-SPOOL 2 OFFSET` (20 digits, written last),
+//! the client's text, the relay's own header fields after it, then at OFFSET the envelope
+//! as one line of JSON. Its `layout` lists the byte ranges of the text (counted from the
+//! end of the first line) that make the message, in order; its checksum covers the text
+//! as it lies in the file.
 //!
 //! # Order of writes
 //! Accepting: write `tmp/ID`, rename it to `queue/ID`, make both durable; only then does
@@ -42,14 +48,19 @@
 //! 0700 (see [`crate::private`]), and `tmp/` and `queue/` are narrowed to 0700 at start if
 //! something made them open (a spool from a version that left modes to the umask).
 
+use super::draft::{self, Draft};
 use super::{Envelope, Message, MessageOrder, OrderOutcome};
 use crate::config::SpoolSync;
 use crate::private;
+use bytes::Bytes;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &str = "SLUICE-SPOOL 1";
+
+/// Queued files larger than this are mapped to be delivered, not read into the heap.
+const MAP_AT: u64 = 256 * 1024;
 
 /// The spool directory.
 #[derive(Debug)]
@@ -154,11 +165,21 @@ impl Spool {
         })
     }
 
+    /// Starts writing message `id` while its text arrives (see [`Draft`]).
+    pub fn draft(&self, id: &str) -> io::Result<Draft> {
+        check_id(id)?;
+        Draft::create(self.tmp.clone(), id)
+    }
+
     /// Writes a new message (with its checksum; fsync'd in the `files` mode) and renames
     /// it into the queue; it is durable once [`sync_queue`](Self::sync_queue) has run,
     /// which several messages may share (group commit). The message's parts are written
-    /// one after another, exactly as they will be relayed.
-    pub fn store_unsynced(&self, mut envelope: Envelope, message: &Message) -> io::Result<()> {
+    /// one after another, exactly as they will be relayed; a message whose text is in a
+    /// draft gets only its other parts and its envelope written.
+    pub fn store_unsynced(&self, mut envelope: Envelope, mut message: Message) -> io::Result<()> {
+        if let Some(draft) = message.take_draft() {
+            return self.commit_draft(envelope, &message, draft);
+        }
         let tmp = self.tmp.join(&envelope.id);
         let file = private::open_options()
             .write(true)
@@ -184,6 +205,44 @@ impl Spool {
         }
         drop(file);
         fs::rename(&tmp, self.queue.join(&envelope.id))
+    }
+
+    /// Completes a draft: the parts not already in it are appended, then the envelope
+    /// with the message's layout; fsync'd in the `files` mode; renamed into the queue.
+    fn commit_draft(
+        &self,
+        mut envelope: Envelope,
+        message: &Message,
+        mut draft: Draft,
+    ) -> io::Result<()> {
+        if draft.id != envelope.id {
+            return Err(io::Error::other(format!(
+                "draft {} committed as message {}",
+                draft.id, envelope.id
+            )));
+        }
+        let mut layout: Vec<[u64; 2]> = Vec::new();
+        for part in message.parts() {
+            let range = match draft.range_of(part) {
+                Some(range) => range,
+                None => draft.append_part(part)?,
+            };
+            match layout.last_mut() {
+                Some(last) if last[1] == range.start => last[1] = range.end,
+                _ => layout.push([range.start, range.end]),
+            }
+        }
+        envelope.checksum = Some(draft.checksum());
+        envelope.layout = Some(layout);
+        let mut line = serde_json::to_vec(&envelope)?;
+        line.push(b'\n');
+        draft.finish(&line)?;
+        if self.sync == SpoolSync::Files {
+            draft.file.sync_all()?;
+        }
+        fs::rename(&draft.path, self.queue.join(&envelope.id))?;
+        draft.committed();
+        Ok(())
     }
 
     /// Makes every message stored so far durable, and its rename into the queue.
@@ -236,14 +295,13 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(with_path(e, &state)),
         }
-        let (envelope, _) = self.read_message_file(id, false)?;
-        Ok(envelope)
+        self.read_envelope(id)
     }
 
-    /// The current envelope and the message bytes.
-    pub fn load(&self, id: &str) -> io::Result<(Envelope, Vec<u8>)> {
+    /// The current envelope and the message.
+    pub fn load(&self, id: &str) -> io::Result<(Envelope, Message)> {
         check_id(id)?;
-        let (original, message) = self.read_message_file(id, true)?;
+        let (original, message) = self.read_message(id)?;
         let state = self.queue.join(format!("{id}.state"));
         let envelope = match fs::read(&state) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| with_path(e.into(), &state))?,
@@ -253,35 +311,90 @@ impl Spool {
         Ok((envelope, message))
     }
 
-    fn read_message_file(&self, id: &str, with_body: bool) -> io::Result<(Envelope, Vec<u8>)> {
+    /// The envelope written with message `id`, without reading the message.
+    fn read_envelope(&self, id: &str) -> io::Result<Envelope> {
+        use std::io::{Seek, SeekFrom};
         let path = self.queue.join(id);
         let mut reader = BufReader::new(File::open(&path).map_err(|e| with_path(e, &path))?);
         let mut magic = String::new();
         reader.read_line(&mut magic)?;
         if magic.trim_end() != MAGIC {
-            return Err(with_path(
-                io::Error::new(io::ErrorKind::InvalidData, "not a Sluice spool file"),
-                &path,
-            ));
+            let offset = draft::envelope_offset(&magic).ok_or_else(|| not_spool_file(&path))?;
+            reader.seek(SeekFrom::Start(offset))?;
         }
         let mut line = Vec::new();
         reader.read_until(b'\n', &mut line)?;
-        let envelope = serde_json::from_slice(&line).map_err(|e| with_path(e.into(), &path))?;
-        let mut message = Vec::new();
-        if with_body {
-            reader.read_to_end(&mut message)?;
-            let envelope: &Envelope = &envelope;
-            if envelope
-                .checksum
-                .is_some_and(|sum| sum != crc32fast::hash(&message))
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    Damaged(path.display().to_string()),
-                ));
-            }
+        serde_json::from_slice(&line).map_err(|e| with_path(e.into(), &path))
+    }
+
+    /// Message `id` and the envelope written with it. A large file is mapped rather than
+    /// read, so delivering it holds none of it in the heap; a small one is read (a mapping
+    /// costs more than the copy, and its unmapping stops every thread of the relay).
+    fn read_message(&self, id: &str) -> io::Result<(Envelope, Message)> {
+        let path = self.queue.join(id);
+        let file = File::open(&path).map_err(|e| with_path(e, &path))?;
+        let len = file.metadata()?.len();
+        let whole = if len > MAP_AT {
+            // SAFETY: a queued file is the relay's own (0600, in a 0700 folder) and never
+            // changed once in the queue: states go to `ID.state`.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| with_path(e, &path))?;
+            let _ = map.advise(memmap2::Advice::Sequential);
+            Bytes::from_owner(map)
+        } else {
+            let mut bytes = Vec::with_capacity(len as usize);
+            (&file).read_to_end(&mut bytes)?;
+            Bytes::from(bytes)
+        };
+        let first_end = memchr::memchr(b'\n', &whole).ok_or_else(|| not_spool_file(&path))? + 1;
+        let first = std::str::from_utf8(&whole[..first_end]).map_err(|_| not_spool_file(&path))?;
+        let (envelope_at, text) = if first.trim_end() == MAGIC {
+            // Format 1: the envelope line, then the message.
+            let end = memchr::memchr(b'\n', &whole[first_end..])
+                .map(|i| first_end + i + 1)
+                .ok_or_else(|| not_spool_file(&path))?;
+            (first_end..end, whole.slice(end..))
+        } else {
+            // Format 2: the text, then the envelope line at the offset in the first line.
+            let offset = draft::envelope_offset(first)
+                .and_then(|o| usize::try_from(o).ok())
+                .filter(|o| *o <= whole.len())
+                .ok_or_else(|| not_spool_file(&path))?;
+            (offset..whole.len(), whole.slice(first_end..offset))
+        };
+        let envelope: Envelope =
+            serde_json::from_slice(&whole[envelope_at]).map_err(|e| with_path(e.into(), &path))?;
+        if envelope
+            .checksum
+            .is_some_and(|sum| sum != crc32fast::hash(&text))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                Damaged(path.display().to_string()),
+            ));
         }
-        Ok((envelope, message))
+        let parts = match &envelope.layout {
+            None => vec![text],
+            Some(layout) => layout
+                .iter()
+                .map(|&[start, end]| {
+                    usize::try_from(start)
+                        .ok()
+                        .zip(usize::try_from(end).ok())
+                        .filter(|(start, end)| start <= end && *end <= text.len())
+                        .map(|(start, end)| text.slice(start..end))
+                        .ok_or_else(|| {
+                            with_path(
+                                io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    "layout outside the message text",
+                                ),
+                                &path,
+                            )
+                        })
+                })
+                .collect::<io::Result<_>>()?,
+        };
+        Ok((envelope, Message::from_parts(parts)))
     }
 
     /// Moves a message that cannot be delivered as it is (it does not match its checksum)
@@ -326,6 +439,14 @@ impl Spool {
             _ => Ok(()),
         }
     }
+}
+
+/// The error for a file that is not in either spool format.
+fn not_spool_file(path: &Path) -> io::Error {
+    with_path(
+        io::Error::new(io::ErrorKind::InvalidData, "not a Sluice spool file"),
+        path,
+    )
 }
 
 /// A message that does not match its checksum (see [`Spool::load`]).
@@ -406,7 +527,7 @@ mod tests {
         /// Writes a new message durably, as [`Queue::submit`](crate::queue::Queue::submit)
         /// does for one message alone.
         pub fn store(&self, envelope: Envelope, message: &[u8]) -> io::Result<()> {
-            self.store_unsynced(envelope, &Message::from(message.to_vec()))?;
+            self.store_unsynced(envelope, Message::from(message.to_vec()))?;
             self.sync_queue()
         }
     }
@@ -424,6 +545,7 @@ mod tests {
             next_attempt: 0,
             last_error: None,
             checksum: None,
+            layout: None,
         }
     }
 
@@ -434,12 +556,15 @@ mod tests {
         spool.store(envelope("A1"), b"hello\r\n").unwrap();
         assert_eq!(spool.list().unwrap(), ["A1"]);
         let (mut env, body) = spool.load("A1").unwrap();
-        assert_eq!(body, b"hello\r\n");
+        assert_eq!(body.to_vec(), b"hello\r\n");
         env.attempts = 3;
         env.recipients[0].status = RecipientStatus::Sent;
         spool.update(&env).unwrap();
         let (env, body) = spool.load("A1").unwrap();
-        assert_eq!((env.attempts, body.as_slice()), (3, &b"hello\r\n"[..]));
+        assert_eq!(
+            (env.attempts, body.to_vec().as_slice()),
+            (3, &b"hello\r\n"[..])
+        );
         assert_eq!(
             spool.envelope("A1").unwrap().recipients[0].status,
             RecipientStatus::Sent
@@ -455,14 +580,90 @@ mod tests {
         let mut message = Message::from(b"Subject: x\r\n\r\nbody\r\n".to_vec());
         message.prepend("Received: y\r\n");
         message.prepend("DKIM-Signature: z\r\n");
-        spool.store_unsynced(envelope("P1"), &message).unwrap();
+        spool.store_unsynced(envelope("P1"), message).unwrap();
         spool.sync_queue().unwrap();
         let (envelope, text) = spool.load("P1").unwrap();
+        let text = text.to_vec();
         assert_eq!(
             text,
             b"DKIM-Signature: z\r\nReceived: y\r\nSubject: x\r\n\r\nbody\r\n"
         );
         assert_eq!(envelope.checksum, Some(crc32fast::hash(&text)));
+    }
+
+    /// A message whose text went to a draft as it arrived, committed with a field left
+    /// out and two put on top (as a session and the queue do).
+    fn commit_draft(spool: &Spool, id: &str, text: &[u8]) -> Vec<u8> {
+        let mut draft = spool.draft(id).unwrap();
+        let (first, rest) = text.split_at(text.len() / 2);
+        draft.append(first).unwrap();
+        draft.append(rest).unwrap();
+        let mapped = draft.map().unwrap();
+        assert_eq!(mapped, text);
+        let mut message = Message::without(mapped, std::iter::once(0..12)).in_draft(draft);
+        message.prepend("Received: y\r\n");
+        message.prepend("DKIM-Signature: z\r\n");
+        let expected = message.to_vec();
+        spool.store_unsynced(envelope(id), message).unwrap();
+        spool.sync_queue().unwrap();
+        expected
+    }
+
+    #[test]
+    fn a_message_written_as_it_arrived_loads_as_it_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let body = "a line of the body\r\n".repeat(20_000);
+        for (id, text) in [
+            ("W1", format!("Subject: x\r\nFrom: a@b\r\n\r\nbody\r\n")),
+            ("W2", format!("Subject: x\r\nFrom: a@b\r\n\r\n{body}")),
+        ] {
+            let expected = commit_draft(&spool, id, text.as_bytes());
+            assert!(expected.starts_with(b"DKIM-Signature: z\r\nReceived: y\r\nFrom: a@b\r\n"));
+            let (envelope, message) = spool.load(id).unwrap();
+            assert_eq!(message.to_vec(), expected, "{id}");
+            assert_eq!(envelope.layout.as_ref().map(Vec::len), Some(2), "{id}");
+            assert_eq!(spool.envelope(id).unwrap().id, id);
+            // A state written after an attempt keeps the message readable.
+            spool.update(&envelope).unwrap();
+            assert_eq!(spool.load(id).unwrap().1.to_vec(), expected, "{id}");
+        }
+        assert_eq!(spool.list().unwrap(), ["W1", "W2"]);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_draft_never_committed_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut draft = spool.draft("X1").unwrap();
+        draft.append(b"Subject: refused\r\n").unwrap();
+        assert!(dir.path().join("tmp/X1").exists());
+        drop(draft);
+        assert!(!dir.path().join("tmp/X1").exists());
+        assert!(spool.list().unwrap().is_empty());
+        assert!(
+            spool.draft("../X1").is_err(),
+            "a draft's name is a queue id"
+        );
+    }
+
+    #[test]
+    fn a_large_message_in_either_format_is_checked_against_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let text = format!("Subject: x\r\n\r\n{}", "line\r\n".repeat(100_000));
+        spool.store(envelope("L1"), text.as_bytes()).unwrap();
+        commit_draft(&spool, "L2", text.as_bytes());
+        for id in ["L1", "L2"] {
+            assert!(spool.load(id).is_ok());
+            let path = dir.path().join("queue").join(id);
+            let mut file = fs::read(&path).unwrap();
+            file[1000] ^= 1;
+            fs::write(&path, &file).unwrap();
+            let err = spool.load(id).unwrap_err();
+            assert!(is_damaged(&err), "{id}: {err}");
+        }
     }
 
     #[test]

@@ -8,13 +8,86 @@ use super::reply::refusal;
 use super::session::{Next, Session, State, Transaction};
 use crate::policy::message::MessageData;
 use crate::policy::{Hook, Rewrite, Verdict, format_trace};
-use crate::queue::{self, Envelope, Message, Recipient};
+use crate::queue::{self, Draft, Envelope, Message, Recipient};
 use bytes::Bytes;
 
 /// Received fields at which a message is taken to be looping (Postfix's hopcount_limit).
 const MAX_HOPS: usize = 50;
 
+/// Text a session holds in memory before it writes it to the spool: a message larger
+/// than this is written while it arrives (see `queue::Draft`), so a session in DATA holds
+/// at most about this much whatever the message's size.
+const SPILL_AT: usize = 256 * 1024;
+
 impl Session {
+    /// The reader of the message text in progress (DATA, or BDAT between chunks).
+    fn reader_mut(&mut self) -> Option<&mut DataReader> {
+        match &mut self.state {
+            State::Data(reader) => Some(reader),
+            _ => self.tx.as_mut()?.bdat.as_mut(),
+        }
+    }
+
+    /// Writes the text read so far to the transaction's draft in the spool, once there
+    /// is [`SPILL_AT`] of it. A failure to write fails the message, at its end, with 451.
+    pub(super) async fn spill(&mut self) {
+        let Some(reader) = self.reader_mut() else {
+            return;
+        };
+        if reader.buffered() < SPILL_AT || reader.problem().is_some() {
+            return;
+        }
+        let text = reader.take_text();
+        let spool = self.ctx.queue.spool().clone();
+        let Some(tx) = self.tx.as_mut() else {
+            return;
+        };
+        let (draft, id) = (tx.draft.take(), tx.id.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let mut draft = match draft {
+                Some(draft) => draft,
+                None => spool.draft(&id)?,
+            };
+            draft.append(&text)?;
+            Ok::<_, std::io::Error>(draft)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match written {
+            Ok(draft) => tx.draft = Some(draft),
+            Err(e) => {
+                tracing::error!(session = self.id, peer = %self.peer, queue_id = %tx.id, error = %e, "cannot write the message text to the spool");
+                if let Some(reader) = self.reader_mut() {
+                    reader.unkept();
+                }
+            }
+        }
+    }
+
+    /// The whole message text: from memory, or the transaction's draft completed with the
+    /// rest of the text and mapped (then also the draft, to be committed).
+    async fn message_text(&mut self, rest: Vec<u8>) -> std::io::Result<(Bytes, Option<Draft>)> {
+        let Some(mut draft) = self.tx.as_mut().and_then(|tx| tx.draft.take()) else {
+            let mut text = rest;
+            if !text.is_empty() && !text.ends_with(b"\r\n") {
+                // A BDAT message may end mid-line; it is relayed with DATA, which needs
+                // whole lines.
+                text.extend_from_slice(b"\r\n");
+            }
+            return Ok((Bytes::from(text), None));
+        };
+        tokio::task::spawn_blocking(move || {
+            draft.append(&rest)?;
+            if !draft.ends_line() {
+                draft.append(b"\r\n")?;
+            }
+            let text = draft.map()?;
+            Ok((text, Some(draft)))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
     fn reader_limits(&self) -> (usize, usize, HeaderLimits) {
         let l = &self.ctx.config.limits;
         let header = HeaderLimits {
@@ -145,12 +218,14 @@ impl Session {
             tracing::warn!(session = self.id, %peer, ?problem, reply = %reply, "message refused");
             return reply;
         }
-        let mut body = reader.into_body();
-        if !body.is_empty() && !body.ends_with(b"\r\n") {
-            // A BDAT message may end mid-line; it is relayed with DATA, which needs whole lines.
-            body.extend_from_slice(b"\r\n");
-        }
-        let received = MessageData::new(Bytes::from(body));
+        let (text, draft) = match self.message_text(reader.into_body()).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(session = self.id, %peer, error = %e, "cannot write the message text to the spool");
+                return self.problem_reply(DataProblem::Unkept);
+            }
+        };
+        let received = MessageData::new(text);
         let fields = headers::fields(&received.raw);
         let hops = fields
             .iter()
@@ -192,8 +267,11 @@ impl Session {
             return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
         }
         let hold = decision.verdict == Verdict::Quarantine;
-        let message =
+        let mut message =
             self.build_message(id, &tx.recipients, &tx.header_edits, &received.raw, &fields);
+        if let Some(draft) = draft {
+            message = message.in_draft(draft);
+        }
         self.queue(tx, message, hold).await
     }
 
@@ -238,6 +316,11 @@ impl Session {
                     limits.max_header_size
                 ),
             ),
+            DataProblem::Unkept => Reply::new(
+                451,
+                "4.3.0",
+                "Local error in processing: cannot queue the message",
+            ),
             DataProblem::Nul => Reply::new(
                 554,
                 "5.6.0",
@@ -270,6 +353,7 @@ impl Session {
             next_attempt: 0,
             last_error: None,
             checksum: None,
+            layout: None,
         };
         let id = &tx.id;
         let size = match self.ctx.queue.submit(envelope, message).await {

@@ -26,6 +26,9 @@ pub enum DataProblem {
     /// A NUL byte: not text (RFC 5321 2.3.8 and RFC 5322 2.1), and the end of a string to
     /// many programs that will read the message after the relay.
     Nul,
+    /// The relay could not keep the text (writing it to the spool failed): a local error,
+    /// so the client may try again.
+    Unkept,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,9 +143,26 @@ impl DataReader {
         self.size
     }
 
-    /// The message text. Meaningful only when there is no problem.
+    /// The message text (what [`take_text`](Self::take_text) has not taken). Meaningful
+    /// only when there is no problem.
     pub fn into_body(self) -> Vec<u8> {
         self.body
+    }
+
+    /// Bytes of text held, not yet taken.
+    pub fn buffered(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Takes the text held so far (to write it out) and reads on.
+    pub fn take_text(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.body)
+    }
+
+    /// The text could not be kept (the spool could not be written): nothing more is, and
+    /// the message is refused at its end.
+    pub fn unkept(&mut self) {
+        self.flag(DataProblem::Unkept);
     }
 
     fn flag(&mut self, problem: DataProblem) {

@@ -54,6 +54,7 @@ impl Session {
             recipients: Vec::new(),
             header_edits: [&self.connect_edits[..], &self.helo_edits[..]].concat(),
             bdat: None,
+            draft: None,
         });
         self.publish();
         let decision = self.policy.on_mail_from(&sender, &params).await;

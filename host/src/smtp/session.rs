@@ -12,6 +12,7 @@ use super::stream::Stream;
 use super::{Reply, ServerContext, valid_address};
 use crate::config::ListenerKind;
 use crate::policy::{Hook, Rewrite, SessionChain, SessionFacts};
+use crate::queue::Draft;
 use smtp_proto::{Error as ParseError, Request};
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -63,6 +64,9 @@ pub(super) struct Transaction {
     pub header_edits: Vec<Rewrite>,
     /// The message so far, when it comes in BDAT chunks.
     pub bdat: Option<DataReader>,
+    /// The spool file the message's text is written to as it arrives, once it is large
+    /// (removed when the transaction ends without queueing it).
+    pub draft: Option<Draft>,
 }
 
 /// One SMTP session. Its fields are the one record of where the session stands; what the
@@ -271,6 +275,7 @@ impl Session {
             if let Err(e) = self.flush().await {
                 return format!("write error: {e}");
             }
+            self.spill().await;
             // The next read waits for the nearest of three limits: the pause allowed between
             // commands, the whole session's time, and the whole message text's.
             let now = tokio::time::Instant::now();
