@@ -94,7 +94,7 @@ pub async fn run<D: Deliver>(
     id: &str,
 ) -> Attempted {
     let (envelope, message) = match load(queue.spool(), schedule, id).await {
-        Loaded::Ready(envelope, message) => (envelope, message),
+        Loaded::Ready(loaded) => *loaded,
         Loaded::Skip(attempted) => return attempted,
     };
     let delivered = deliverer.attempt(&envelope, &message).await;
@@ -103,7 +103,7 @@ pub async fn run<D: Deliver>(
 
 /// A message ready to be delivered, or what to tell the runner instead.
 enum Loaded {
-    Ready(Envelope, Message),
+    Ready(Box<(Envelope, Message)>),
     Skip(Attempted),
 }
 
@@ -113,7 +113,7 @@ async fn load(spool: &Arc<Spool>, schedule: &Schedule, id: &str) -> Loaded {
     match blocking(spool, move |spool| spool.load(&owned)).await {
         // Held after it was scheduled: it waits for a release.
         Ok((envelope, _)) if envelope.hold => Loaded::Skip(Attempted::Finished),
-        Ok((envelope, message)) => Loaded::Ready(envelope, message),
+        Ok(loaded) => Loaded::Ready(Box::new(loaded)),
         // Deleted or delivered meanwhile.
         Err(e) if e.kind() == io::ErrorKind::NotFound => Loaded::Skip(Attempted::Finished),
         Err(e) if spool::is_damaged(&e) => {

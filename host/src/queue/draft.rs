@@ -57,7 +57,7 @@ impl Draft {
             .truncate(true)
             .open(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        write!(file, "{DRAFT_MAGIC}{:0OFFSET_DIGITS$}\n", 0)?;
+        writeln!(file, "{DRAFT_MAGIC}{:0OFFSET_DIGITS$}", 0)?;
         Ok(Draft {
             id: id.to_string(),
             path,

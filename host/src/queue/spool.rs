@@ -615,7 +615,7 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let body = "a line of the body\r\n".repeat(20_000);
         for (id, text) in [
-            ("W1", format!("Subject: x\r\nFrom: a@b\r\n\r\nbody\r\n")),
+            ("W1", "Subject: x\r\nFrom: a@b\r\n\r\nbody\r\n".to_string()),
             ("W2", format!("Subject: x\r\nFrom: a@b\r\n\r\n{body}")),
         ] {
             let expected = commit_draft(&spool, id, text.as_bytes());
