@@ -114,8 +114,13 @@ pub fn header_fields(message: &[u8]) -> Vec<Field> {
         .collect()
 }
 
+/// The most of a message's text that [`parse`] keeps: what a module may read of it, and
+/// no more (a 25 MB message's text is not copied whole for a look at its start).
+pub const MAX_TEXT: usize = 1 << 20;
+
 /// The parsed view of a message, and its text (the first text/plain part, or the HTML
-/// part as text). A message that cannot be parsed gives the empty view and no text.
+/// part as text), cut to [`MAX_TEXT`]. A message that cannot be parsed gives the empty
+/// view and no text.
 #[cfg(feature = "parser")]
 pub fn parse(raw: &[u8]) -> (Parsed, String) {
     let Some(message) = MessageParser::default().parse(raw) else {
@@ -162,7 +167,7 @@ pub fn parse(raw: &[u8]) -> (Parsed, String) {
     };
     let text = message
         .body_text(0)
-        .map(|t| t.into_owned())
+        .map(|t| cut_text(&t, MAX_TEXT).to_string())
         .unwrap_or_default();
     (parsed, text)
 }
@@ -183,6 +188,19 @@ pub fn cut_text(text: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(feature = "parser")]
+    fn keeps_no_more_text_than_a_module_may_read() {
+        let raw = format!("Subject: long\r\n\r\n{}", "é".repeat(MAX_TEXT));
+        let (p, text) = parse(raw.as_bytes());
+        assert_eq!(p.subject.as_deref(), Some("long"));
+        assert!(
+            text.len() <= MAX_TEXT && text.len() > MAX_TEXT - 2,
+            "{}",
+            text.len()
+        );
+    }
 
     #[test]
     #[cfg(feature = "parser")]

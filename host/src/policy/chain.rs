@@ -689,6 +689,11 @@ impl SessionChain {
         self.run(HookCall::Rcpt(recipient, params)).await
     }
 
+    /// Is any module of the chain called at `hook`?
+    pub fn calls(&self, hook: Hook) -> bool {
+        self.chain.modules.iter().any(|m| m.hooks.contains(hook))
+    }
+
     /// The end of DATA: the header fields and the message as received.
     pub async fn on_data(
         &mut self,

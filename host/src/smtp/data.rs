@@ -241,6 +241,16 @@ impl Session {
             .iter()
             .map(|f| (f.name.clone(), f.value.clone()))
             .collect();
+        if received.raw.len() > SPILL_AT && self.policy.calls(Hook::Data) {
+            // Parsing a large message takes milliseconds of CPU: here it is done off the
+            // async workers and before the modules run, so that it counts against no
+            // module's time limit when one asks for the parsed view.
+            let message = received.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                message.parsed();
+            })
+            .await;
+        }
         let mut decision = self.policy.on_data(&named, &received).await;
         self.apply_rewrites(std::mem::take(&mut decision.rewrites), None);
         let Some(tx) = self.tx.take() else {
