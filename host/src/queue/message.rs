@@ -59,7 +59,10 @@ impl Message {
         for part in &self.parts {
             // The empty line may straddle two parts: search from a little before this one.
             let from = head.len().saturating_sub(3);
-            let room = (max + 4).saturating_sub(head.len()).min(part.len());
+            let room = max
+                .saturating_add(4)
+                .saturating_sub(head.len())
+                .min(part.len());
             head.extend_from_slice(&part[..room]);
             if let Some(at) = memchr::memmem::find(&head[from..], b"\r\n\r\n") {
                 head.truncate((from + at + 2).min(max));
@@ -185,6 +188,7 @@ mod tests {
             b"Received: x\r\nSubject: hi\r\nFrom: a@b\r\n"
         );
         assert_eq!(message.head(5), b"Recei");
+        assert_eq!(message.head(usize::MAX), message.head(1000), "no limit");
         // The empty line split between two parts.
         let split = Message::from_parts(vec![
             Bytes::from_static(b"A: b\r\n\r"),
