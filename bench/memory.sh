@@ -69,11 +69,25 @@ def session():
 # Warm up: the first sessions fault in code and shared structures every session uses.
 for s in [session() for _ in range(20)]:
     s.close()
-base = status("VmRSS")
+def pss():
+    # Proportional set size: a page shared by several mappings (a module's memory image,
+    # mapped copy-on-write into each of its instances) counted once, not once per mapping
+    # as VmRSS counts it.
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+
+def measures():
+    return {"VmRSS": status("VmRSS"), "RssAnon": status("RssAnon"), "Pss": pss()}
+
+base = measures()
 sessions = [session() for _ in range(idle)]
-held = status("VmRSS")
-print(f"idle sessions: {idle}, relay RSS {base} kB before, {held} kB with them: "
-      f"{(held - base) / idle:.1f} kB per idle session")
+held = measures()
+print(f"idle sessions: {idle}, relay RSS {base['VmRSS']} kB before, {held['VmRSS']} kB "
+      f"with them: {(held['VmRSS'] - base['VmRSS']) / idle:.1f} kB per idle session; "
+      f"counting shared pages once (PSS) {(held['Pss'] - base['Pss']) / idle:.1f} kB, "
+      f"of which anonymous {(held['RssAnon'] - base['RssAnon']) / idle:.1f} kB")
 for s in sessions:
     s.close()
 
