@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Throughput of the relay with its default chain, measured with Postfix's smtp-source,
-# and, where Postfix is installed, of Postfix set up as the same kind of relay.
+# Throughput of the relay, measured with Postfix's smtp-source, beside the ceiling (the
+# same load sent straight to a sink, nothing durable between) and, where Postfix is
+# installed, Postfix set up as the same kind of relay.
 #
-#   bash bench/throughput.sh [MESSAGES] [SESSIONS] [SIZE_BYTES]
+#   bash bench/throughput.sh [MESSAGES] [SESSIONS] [SIZE_BYTES] [CHAIN]
 #   SLUICE_BIN=path/to/sluice bash bench/throughput.sh ...   # use that binary, no build
+#
+# CHAIN is `default` (the relay's embedded chain, one module) or `campus` (the seven
+# modules of examples/campus/policies.toml, with the sender and internal domains set to
+# the benchmark's and the rate limits above the load).
 #
 # Builds release (unless SLUICE_BIN is set), starts a sink (Postfix's smtp-sink) and the
 # relay on loopback, sends MESSAGES messages of SIZE_BYTES over SESSIONS parallel
@@ -22,6 +27,8 @@ cd "$(dirname "$0")/.."
 MESSAGES=${1:-20000}
 SESSIONS=${2:-20}
 SIZE=${3:-1024}
+CHAIN=${4:-default}
+case $CHAIN in default|campus) ;; *) echo "CHAIN is default or campus, not $CHAIN" >&2; exit 2 ;; esac
 # Debian puts the Postfix tools in /usr/sbin, which a non-login root shell may lack.
 PATH="$PATH:/usr/sbin"
 for tool in smtp-source smtp-sink; do
@@ -89,8 +96,28 @@ run_load() {
   t_done=$(date +%s.%N)
 }
 
+# --- The ceiling: the same load straight into a sink ---------------------------------
+ceiling_port=$((relay_port + 4))
+smtp-sink -c -u root "127.0.0.1:$ceiling_port" 1000 > "$work/ceiling.out" 2>&1 &
+ceiling_pid=$!
+run_load "$ceiling_port" "$work/ceiling.out" /dev/null
+ceiling_times="$t_start $t_sent $t_done"
+kill "$ceiling_pid"
+wait "$ceiling_pid" 2>/dev/null || true
+
 # --- Sluice -------------------------------------------------------------------------
 relay_config "$work/sluice.toml" "$relay_port" "$sink_port" "$work" 'retry_intervals = ["1s"]'
+if [ "$CHAIN" = campus ]; then
+  mkdir -p "$work/policies.d"
+  sed -e 's/^domains = \["example.edu"\]/domains = ["bench.test"]/' \
+      -e 's/^internal_domains = \["example.edu"\]/internal_domains = ["example.org"]/' \
+      -e 's/^max_messages = .*/max_messages = 100000000/' \
+      -e 's/^max_recipients = .*/max_recipients = 100000000/' \
+      examples/campus/policies.toml > "$work/policies.d/policies.toml"
+  grep -q 'domains = \["bench.test"\]' "$work/policies.d/policies.toml" &&
+    grep -q 'internal_domains = \["example.org"\]' "$work/policies.d/policies.toml" || {
+    echo "examples/campus/policies.toml changed: adapt the campus chain's sed lines" >&2; exit 1; }
+fi
 
 smtp-sink -c -u root "127.0.0.1:$sink_port" 1000 > "$work/sink.out" 2>&1 &
 sink_pid=$!
@@ -166,18 +193,22 @@ CF
   postfix_times="$t_start $t_sent $t_done"
 fi
 
-python3 - "$MESSAGES" "$sluice_times" "$postfix_times" "$with_postfix" <<'PY'
+python3 - "$MESSAGES" "$sluice_times" "$postfix_times" "$with_postfix" "$ceiling_times" "$CHAIN" <<'PY'
 import sys
-n, sluice, postfix, status = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+n, sluice, postfix, status, ceiling, chain = int(sys.argv[1]), *sys.argv[2:]
 
 def rates(times):
     start, sent, done = map(float, times.split())
     return n / (sent - start), n / (done - start)
 
 s_acc, s_e2e = rates(sluice)
-print(f"messages: {n}")
+c_acc, _ = rates(ceiling)
+print(f"messages: {n}, chain: {chain}")
+print(f"ceiling (smtp-source straight to smtp-sink)/s: {c_acc:.0f}")
 print(f"accepted/s: {s_acc:.0f}")
 print(f"end-to-end/s: {s_e2e:.0f}")
+print(f"share of the ceiling accepted: {s_acc / c_acc:.2f}")
+print(f"share of the ceiling end-to-end: {s_e2e / c_acc:.2f}")
 if postfix:
     p_acc, p_e2e = rates(postfix)
     print(f"postfix accepted/s: {p_acc:.0f}")
