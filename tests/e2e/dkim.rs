@@ -312,18 +312,24 @@ fn simple_message(subject: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn signatures_verify_everywhere_after_delivery_and_rotate_on_reload() {
-    let sink = Sink::start().await;
-    // The default header list, an RSA-2048 key and d=relay.test: the case where mail-auth's
-    // own field folds between the b= value and a final `;`, which dkimpy rejects.
+/// A relay that signs with s1 (RSA) for relay.test, the default header list, relaying to
+/// `sink`; and the verifiers' view of relay.test's keys.
+async fn signing_relay(sink: &Sink) -> (Relay, Dns) {
     let relay = Relay::start_with(RelayOptions {
         smarthost: Some(sink.addr),
         extra: dkim_section("relay.test", "s1", ""),
         ..Default::default()
     })
     .await;
-    let dns = Dns::published(&["relay.test"]);
+    (relay, Dns::published(&["relay.test"]))
+}
+
+#[tokio::test]
+async fn signatures_verify_everywhere_after_delivery_and_rotate_on_reload() {
+    let sink = Sink::start().await;
+    // The default header list, an RSA-2048 key and d=relay.test: the case where mail-auth's
+    // own field folds between the b= value and a final `;`, which dkimpy rejects.
+    let (relay, dns) = signing_relay(&sink).await;
     send(&relay, &simple_message("signed with s1")).await;
     let first = &sink.wait_for(1).await[0];
     let text = String::from_utf8_lossy(&first.data).into_owned();
@@ -577,13 +583,7 @@ async fn a_new_certificate_is_taken_when_its_files_change() {
 #[tokio::test]
 async fn a_message_too_large_to_hold_in_memory_is_signed_and_relayed_whole() {
     let sink = Sink::start().await;
-    let relay = Relay::start_with(RelayOptions {
-        smarthost: Some(sink.addr),
-        extra: dkim_section("relay.test", "s1", ""),
-        ..Default::default()
-    })
-    .await;
-    let dns = Dns::published(&["relay.test"]);
+    let (relay, dns) = signing_relay(&sink).await;
     // Several MB: the session writes it to the spool as it arrives, then the relay's
     // fields and the signature are put on top of the text it wrote.
     let mut body = String::new();
