@@ -292,6 +292,16 @@ pub fn capacity_shortfall(modules: usize, sessions: usize) -> Option<String> {
 /// Bytes of written pages an instance's memory or table slot keeps for the next instance.
 const KEEP_RESIDENT: usize = 256 << 10;
 
+/// Does the kernel have the PAGEMAP_SCAN ioctl (Linux 6.7 and later)?
+fn has_pagemap_scan() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    cfg!(target_os = "linux") && (major, minor) >= (6, 7)
+}
+
 /// The engine's configuration; `pool_instances`: pre-reserve slots for this many
 /// instances. Slots are address space, not memory, until used.
 fn engine_config(pool_instances: Option<usize>) -> Config {
@@ -312,16 +322,21 @@ fn engine_config(pool_instances: Option<usize>) -> Config {
             // A session's instances are short-lived: returning their slots in batches costs
             // less than a madvise per slot each time (measured: 10 µs → 7 µs per module).
             .decommit_batch_size(32)
-            // A slot keeps the pages an instance wrote, reset to the module's image in place
-            // (found with PAGEMAP_SCAN on Linux 6.7+), instead of giving them back: the next
-            // instance then takes no page fault on them, and no copy-on-write fault with
-            // the TLB shootdown it sends to every core running the relay.
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(KEEP_RESIDENT)
-            .pagemap_scan(wasmtime::Enabled::Auto)
             // Hook calls run on fiber stacks, and each store keeps the one it last used
             // for as long as it lives: one stack per live instance.
             .total_stacks(instances);
+        if has_pagemap_scan() {
+            // A slot keeps the pages an instance wrote, reset to the module's image in
+            // place (the written pages found with PAGEMAP_SCAN), instead of giving them
+            // back: the next instance then takes no page fault on them, and no
+            // copy-on-write fault with the TLB shootdown it sends to every core running
+            // the relay. Without PAGEMAP_SCAN, wasmtime would instead reset the lowest
+            // bytes of every slot whether written or not, and a Rust module's lowest
+            // bytes are its unused stack.
+            pool.linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(KEEP_RESIDENT)
+                .pagemap_scan(wasmtime::Enabled::Auto);
+        }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // 256 MiB reserved per memory slot (no guard region beyond it): bounds checks are
         // explicit, and thousands of slots fit in the address space.
