@@ -49,12 +49,17 @@ impl Session {
                 None => spool.draft(&id)?,
             };
             draft.append(&text)?;
-            Ok::<_, std::io::Error>(draft)
+            Ok::<_, std::io::Error>((draft, text))
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         match written {
-            Ok(draft) => tx.draft = Some(draft),
+            Ok((draft, buffer)) => {
+                tx.draft = Some(draft);
+                if let Some(reader) = self.reader_mut() {
+                    reader.reuse(buffer);
+                }
+            }
             Err(e) => {
                 tracing::error!(session = self.id, peer = %self.peer, queue_id = %tx.id, error = %e, "cannot write the message text to the spool");
                 if let Some(reader) = self.reader_mut() {

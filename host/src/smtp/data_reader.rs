@@ -159,6 +159,15 @@ impl DataReader {
         std::mem::take(&mut self.body)
     }
 
+    /// Hands back the buffer [`take_text`](Self::take_text) took, once written out, to
+    /// hold the text that comes next: one buffer for the whole message.
+    pub fn reuse(&mut self, mut buffer: Vec<u8>) {
+        if self.body.is_empty() && self.problem.is_none() {
+            buffer.clear();
+            self.body = buffer;
+        }
+    }
+
     /// The text could not be kept (the spool could not be written): nothing more is, and
     /// the message is refused at its end.
     pub fn unkept(&mut self) {
