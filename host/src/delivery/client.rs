@@ -516,7 +516,8 @@ async fn write_data_text<W: AsyncWrite + Unpin>(
     out: &mut W,
     message: &Message,
 ) -> std::io::Result<()> {
-    let mut chunk = Vec::with_capacity(DATA_CHUNK + DATA_CHUNK / 32 + 5);
+    // Room for the stuffing dots of one chunk (a few), and the terminator.
+    let mut chunk = Vec::with_capacity(message.len().min(DATA_CHUNK) + DATA_CHUNK / 32 + 5);
     let mut line_start = true;
     for part in message.parts() {
         for piece in part.chunks(DATA_CHUNK) {

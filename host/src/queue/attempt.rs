@@ -246,12 +246,7 @@ async fn bounce(
     if failures.is_empty() {
         return;
     }
-    let Some((bounce, text)) = dsn::bounce(
-        hostname,
-        envelope,
-        failures,
-        &message.head(dsn::MAX_RETURNED_HEADERS),
-    ) else {
+    let Some((bounce, text)) = dsn::bounce(hostname, envelope, failures, message) else {
         tracing::info!(target: "sluice::delivery", "{}: failed recipients of a bounce (null sender): dropped, never bounced", envelope.id);
         return;
     };

@@ -83,16 +83,6 @@ impl Draft {
         Ok(())
     }
 
-    /// Bytes of text written so far.
-    pub fn len(&self) -> u64 {
-        self.written
-    }
-
-    /// Has nothing been written yet?
-    pub fn is_empty(&self) -> bool {
-        self.written == 0
-    }
-
     /// Does the text end with a line end (or is it empty)?
     pub fn ends_line(&self) -> bool {
         self.written == 0 || self.tail == *b"\r\n"

@@ -4,11 +4,11 @@
 //! A bounce goes from the null sender, so it can never bounce in turn: a bounce that
 //! fails is dropped with a log line (RFC 5321 4.5.5), never looped.
 
-use super::{Envelope, Recipient};
+use super::{Envelope, Message, Recipient};
 use std::fmt::Write;
 
 /// Header fields of the original message returned at most.
-pub const MAX_RETURNED_HEADERS: usize = 64 * 1024;
+const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 
 /// One failed recipient, as the report names it.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub fn bounce(
     hostname: &str,
     original: &Envelope,
     failures: &[Failure],
-    message: &[u8],
+    message: &Message,
 ) -> Option<(Envelope, Vec<u8>)> {
     if original.sender.is_empty() || failures.is_empty() {
         return None;
@@ -93,9 +93,6 @@ pub fn bounce(
     for f in failures {
         recipient_fields(&mut text, f);
     }
-    let headers_end = memchr::memmem::find(message, b"\r\n\r\n")
-        .map_or(message.len(), |i| i + 2)
-        .min(MAX_RETURNED_HEADERS);
     let _ = write!(
         text,
         "\r\n--{boundary}\r\n\
@@ -103,7 +100,7 @@ pub fn bounce(
          \r\n"
     );
     let mut bytes = text.into_bytes();
-    bytes.extend_from_slice(&message[..headers_end]);
+    bytes.extend_from_slice(&message.head(MAX_RETURNED_HEADERS));
     if !bytes.ends_with(b"\r\n") {
         bytes.extend_from_slice(b"\r\n");
     }
@@ -228,12 +225,14 @@ mod tests {
                 remote: Some("mx.example.org:25".into()),
             },
         }];
-        let message = b"Subject: report\r\nFrom: app@example.edu\r\n\r\nsecret body\r\n";
+        let message = Message::from(
+            b"Subject: report\r\nFrom: app@example.edu\r\n\r\nsecret body\r\n".to_vec(),
+        );
         let (env, bytes) = bounce(
             "relay.example.edu",
             &original("app@example.edu"),
             &failures,
-            message,
+            &message,
         )
         .expect("a bounce");
         let text = String::from_utf8(bytes).unwrap();
@@ -259,14 +258,9 @@ mod tests {
             recipient: r,
             reason: Reason::Expired,
         }];
-        assert!(bounce("relay", &original(""), &expired, b"x\r\n\r\n").is_none());
-        let (_, bytes) = bounce(
-            "relay",
-            &original("app@example.edu"),
-            &expired,
-            b"x\r\n\r\n",
-        )
-        .unwrap();
+        let message = Message::from(b"x\r\n\r\n".to_vec());
+        assert!(bounce("relay", &original(""), &expired, &message).is_none());
+        let (_, bytes) = bounce("relay", &original("app@example.edu"), &expired, &message).unwrap();
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains("Status: 4.4.7"), "{text}");
         assert!(

@@ -19,6 +19,15 @@ const MAX_HOPS: usize = 50;
 /// at most about this much whatever the message's size.
 const SPILL_AT: usize = 256 * 1024;
 
+/// The reply to a message the relay could not keep (a local error: try again later).
+fn cannot_queue() -> Reply {
+    Reply::new(
+        451,
+        "4.3.0",
+        "Local error in processing: cannot queue the message",
+    )
+}
+
 impl Session {
     /// The reader of the message text in progress (DATA, or BDAT between chunks).
     fn reader_mut(&mut self) -> Option<&mut DataReader> {
@@ -227,7 +236,7 @@ impl Session {
             Ok(text) => text,
             Err(e) => {
                 tracing::error!(session = self.id, %peer, error = %e, "cannot write the message text to the spool");
-                return self.problem_reply(DataProblem::Unkept);
+                return cannot_queue();
             }
         };
         let received = MessageData::new(text);
@@ -331,11 +340,7 @@ impl Session {
                     limits.max_header_size
                 ),
             ),
-            DataProblem::Unkept => Reply::new(
-                451,
-                "4.3.0",
-                "Local error in processing: cannot queue the message",
-            ),
+            DataProblem::Unkept => cannot_queue(),
             DataProblem::Nul => Reply::new(
                 554,
                 "5.6.0",
@@ -375,11 +380,7 @@ impl Session {
             Ok(size) => size,
             Err(e) => {
                 tracing::error!(session = self.id, %peer, queue_id = %id, error = %e, "cannot write the message to the spool");
-                return Reply::new(
-                    451,
-                    "4.3.0",
-                    "Local error in processing: cannot queue the message",
-                );
+                return cannot_queue();
             }
         };
         if let Some(registry) = &self.ctx.registry {
