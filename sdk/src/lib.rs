@@ -22,8 +22,10 @@
 //! export_policy!(NoPrinters);
 //! ```
 //!
-//! The relay makes one instance of the struct per SMTP session (with `Default`), so
-//! fields may carry state from one hook to the next within a session.
+//! The relay makes one value of the struct per SMTP session (with `Default`), so fields
+//! may carry state from one hook to the next within a session. Keep that state in the
+//! struct: the relay starts a later session on the same WebAssembly instance (much cheaper
+//! than a new one), so a `static` lives on from one session to the next.
 //!
 //! What a policy works with:
 //! - [`Decision`] — what a hook answers: a [`Verdict`], perhaps a [`Reply`] for the client,
@@ -59,7 +61,8 @@ pub mod __bindings {
 
     wit_bindgen::generate!({
         path: "../wit",
-        world: "policy",
+        // With `lifecycle`: the relay may start one session after another on an instance.
+        world: "reusable-policy",
         pub_export_macro: true,
         export_macro_name: "__export_policy_world",
         default_bindings_module: "::sluice_sdk::__bindings",
@@ -513,6 +516,13 @@ pub fn __with_instance<P: Policy>(
     })
 }
 
+/// A new session begins on this instance: the last session's value of `P` goes, and the
+/// next hook makes a new one with `Default`.
+#[doc(hidden)]
+pub fn __reset<P: Policy>(cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<P>>>) {
+    cell.with(|slot| slot.borrow_mut().take());
+}
+
 /// Wraps the raw body handle for [`Policy::on_data`].
 #[doc(hidden)]
 pub fn __body(raw: &message::Body) -> Body<'_> {
@@ -576,6 +586,13 @@ macro_rules! export_policy {
                 $crate::__with_instance(&__SLUICE_POLICY, |p, cx| {
                     <$policy as $crate::Policy>::on_data(p, cx, &headers, &$crate::__body(message))
                 })
+            }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        impl $crate::__bindings::exports::sluice::policy::lifecycle::Guest for __SluiceExport {
+            fn reset() {
+                $crate::__reset(&__SLUICE_POLICY);
             }
         }
 

@@ -7,11 +7,11 @@ use crate::support::{Conn, Relay, Sink, lines_with};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 async fn relay_with_probe(sink: &Sink, mode: &str) -> Relay {
-    relay_with_probe_and(sink, mode, "").await
+    relay_with_probe_and(sink, mode, "", "").await
 }
 
-/// [`relay_with_probe`] with more keys of `[delivery]`.
-async fn relay_with_probe_and(sink: &Sink, mode: &str, delivery: &str) -> Relay {
+/// [`relay_with_probe`] with more keys of the probe's `[[policy]]` and of `[delivery]`.
+async fn relay_with_probe_and(sink: &Sink, mode: &str, policy: &str, delivery: &str) -> Relay {
     Relay::start_with(RelayOptions {
         smarthost: Some(sink.addr),
         extra: delivery.to_string(),
@@ -21,6 +21,7 @@ async fn relay_with_probe_and(sink: &Sink, mode: &str, delivery: &str) -> Relay 
 name = "probe"
 module = "probe.wasm"
 mode = "{mode}"
+{policy}
 [policy.config]
 limit = 2
 
@@ -44,6 +45,69 @@ async fn send(relay: &Relay, rcpts: &[&str], message: &str) -> (u16, String) {
     conn.send(b".\r\n").await;
     let reply = conn.reply().await;
     (reply.code, reply.text())
+}
+
+/// What the probe put in X-Probe of the `n`th message the sink has received (from 1).
+async fn probe_of(sink: &Sink, n: usize) -> String {
+    let received = sink.wait_for(n).await;
+    let text = String::from_utf8_lossy(&received[n - 1].data).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("X-Probe: "))
+        .unwrap_or_else(|| panic!("no X-Probe field:\n{text}"))
+        .to_string()
+}
+
+/// One session of one message to one recipient, ended with QUIT; X-Probe of what arrived.
+async fn one_session(relay: &Relay, sink: &Sink, n: usize) -> String {
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.cmd("EHLO app.example.edu", 250).await;
+    conn.envelope("app@example.edu", &["someone@example.org"])
+        .await;
+    conn.cmd("DATA", 354).await;
+    conn.send(b"Subject: again\r\n\r\nagain\r\n.\r\n").await;
+    conn.expect(250).await;
+    conn.cmd("QUIT", 221).await;
+    probe_of(sink, n).await
+}
+
+#[tokio::test]
+async fn a_later_session_starts_on_the_same_instance_with_the_policy_made_anew() {
+    let sink = Sink::start().await;
+    let relay = relay_with_probe(&sink, "enforce").await;
+    // A session ends just after its QUIT is answered, so the next may come before the
+    // instance is back: a few sessions, and one of them must find it.
+    let mut reused = false;
+    for n in 1..=10 {
+        let probe = one_session(&relay, &sink, n).await;
+        // Each session counts its own recipient, never the last session's.
+        assert!(probe.contains("; rcpts=1;"), "{probe}");
+        if !probe.contains("; instance-sessions=1;") {
+            reused = true;
+            break;
+        }
+    }
+    assert!(
+        reused,
+        "no session started on an instance an earlier one used"
+    );
+    // `sluice status` counts it: the probe's last column, sessions that reused an instance.
+    let status = String::from_utf8_lossy(&relay.command(&["status"]).stdout).into_owned();
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("probe "))
+        .expect(&status);
+    let reused: u64 = row.split_whitespace().last().unwrap().parse().expect(row);
+    assert!(reused >= 1, "{status}");
+}
+
+#[tokio::test]
+async fn reuse_false_gives_every_session_a_new_instance() {
+    let sink = Sink::start().await;
+    let relay = relay_with_probe_and(&sink, "enforce", "reuse = false", "").await;
+    for n in 1..=3 {
+        let probe = one_session(&relay, &sink, n).await;
+        assert!(probe.contains("; rcpts=1; instance-sessions=1;"), "{probe}");
+    }
 }
 
 #[tokio::test]
@@ -124,7 +188,7 @@ async fn discard_drops_and_quarantine_holds() {
     let sink = Sink::start().await;
     // One delivery at a time, in the order queued: once the last message has arrived,
     // every attempt at the ones before it is over.
-    let relay = relay_with_probe_and(&sink, "enforce", "concurrency = 1").await;
+    let relay = relay_with_probe_and(&sink, "enforce", "", "concurrency = 1").await;
     let (code, discarded) = send(&relay, &["a@example.org"], "Subject: discard\n\nx\n").await;
     assert_eq!(code, 250);
     relay.wait_for_log("message discarded by policy").await;

@@ -62,6 +62,12 @@ pub fn check(path: &Path) -> ExitCode {
             println!("  contract: {}", info.contract);
             println!("  hooks:    {}", info.hooks.join(", "));
             println!("  imports:  {}", info.imports.join(", "));
+            let reuse = if info.reset.is_some() {
+                "yes (it exports lifecycle.reset)"
+            } else {
+                "no: a new instance for every session (it does not export lifecycle.reset)"
+            };
+            println!("  reused:   {reuse}");
             println!("  size:     {} bytes", info.size);
             println!("  sha256:   {}", info.sha256);
             println!(
@@ -170,6 +176,7 @@ async fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize)
                 max_memory: 32 << 20,
                 config,
                 hooks: None,
+                reuse: true,
             }],
         )
         .map_err(|e| e.to_string())?,

@@ -24,7 +24,7 @@ pub fn status(config: &Config) -> ExitCode {
         status.reloads
     );
     println!(
-        "{:<16} {:<24} {:<12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "{:<16} {:<24} {:<12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
         "module",
         "source",
         "sha256",
@@ -36,13 +36,15 @@ pub fn status(config: &Config) -> ExitCode {
         "tempfail",
         "errors",
         "timeouts",
-        "avg µs"
+        "avg µs",
+        "instances",
+        "reused"
     );
     for m in &status.modules {
         let s = &m.stats;
         let avg = s.micros.checked_div(s.calls).unwrap_or(0);
         println!(
-            "{:<16} {:<24} {:<12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            "{:<16} {:<24} {:<12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
             m.name,
             m.source.rsplit('/').next().unwrap_or_default(),
             &m.sha256[..12.min(m.sha256.len())],
@@ -54,7 +56,9 @@ pub fn status(config: &Config) -> ExitCode {
             s.tempfail,
             s.errors,
             s.timeouts,
-            avg
+            avg,
+            s.instances,
+            s.reused
         );
     }
     if let Some(last) = &status.last_reload {

@@ -27,6 +27,7 @@ fn module(name: &str, builtin: &str, config: &[(&str, ConfigValue)]) -> PolicySp
             .collect(),
         // Asked at every hook, so that these tests see the chain's rules at each.
         hooks: Some(HookSet::ALL),
+        reuse: true,
     }
 }
 
@@ -319,6 +320,7 @@ async fn running_out_of_instances_fails_closed_whatever_on_error_says() {
 async fn a_module_is_started_and_asked_only_at_the_hooks_it_implements() {
     let rcpt_only = PolicySpec {
         hooks: None,
+        reuse: true,
         ..module("networks", "networks", &[])
     };
     let everywhere = module("all", "helo", &[]);
@@ -341,4 +343,95 @@ fn a_manifest_names_the_hooks_a_module_is_asked_at() {
     assert_eq!(specs[0].hooks, Some(HookSet::of(&[Hook::Rcpt, Hook::Data])));
     let bad = "[[policy]]\nname = \"d\"\nmodule = \"d.wasm\"\nhooks = [\"quit\"]\n";
     assert!(manifest::parse(bad, Path::new("/p")).is_err());
+}
+
+/// A chain of builtin:networks relaying for 127.0.0.0/8, with `reuse` as given.
+fn relaying_chain(reuse: bool) -> Arc<Chain> {
+    let relay_from = ConfigValue::TextList(vec!["127.0.0.0/8".into()]);
+    let spec = PolicySpec {
+        reuse,
+        ..module("networks", "networks", &[("relay_from", relay_from)])
+    };
+    Arc::new(Chain::from_specs(engine(), vec![spec]).expect("the chain loads"))
+}
+
+/// What the module decides for a recipient in a session from `peer`, which then ends.
+async fn rcpt_from(chain: &Arc<Chain>, peer: &str) -> Verdict {
+    let mut s = chain.start_session(Arc::new(facts(peer)));
+    s.on_rcpt("b@example.org", NO_PARAMS).await.verdict
+}
+
+#[tokio::test]
+async fn a_later_session_starts_on_the_instance_an_ended_session_left() {
+    let chain = relaying_chain(true);
+    assert_eq!(rcpt_from(&chain, "127.0.0.1").await, Verdict::Accept);
+    // The same instance, with the new session's facts: this client is refused.
+    assert_eq!(rcpt_from(&chain, "192.0.2.1").await, Verdict::Reject);
+    assert_eq!(rcpt_from(&chain, "127.0.0.2").await, Verdict::Accept);
+    let stats = chain.modules[0].stats.snapshot();
+    assert_eq!((stats.instances, stats.reused), (1, 2));
+}
+
+#[tokio::test]
+async fn reuse_false_makes_an_instance_for_every_session() {
+    let chain = relaying_chain(false);
+    assert_eq!(rcpt_from(&chain, "127.0.0.1").await, Verdict::Accept);
+    assert_eq!(rcpt_from(&chain, "192.0.2.1").await, Verdict::Reject);
+    let stats = chain.modules[0].stats.snapshot();
+    assert_eq!((stats.instances, stats.reused), (2, 0));
+}
+
+#[tokio::test]
+async fn sessions_at_once_get_instances_of_their_own_and_leave_them_for_later() {
+    let chain = relaying_chain(true);
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let mut s = chain.start_session(Arc::new(facts("127.0.0.1")));
+        s.on_rcpt("b@example.org", NO_PARAMS).await;
+        sessions.push(s);
+    }
+    drop(sessions);
+    assert_eq!(chain.modules[0].idle.lock().unwrap().len(), 3);
+    rcpt_from(&chain, "127.0.0.1").await;
+    let stats = chain.modules[0].stats.snapshot();
+    assert_eq!((stats.instances, stats.reused), (3, 1));
+}
+
+#[tokio::test]
+async fn instances_kept_for_later_give_their_places_to_a_module_that_needs_one() {
+    // A pool for one session of the longest chain. Module `a` decides at connect, `b` at
+    // rcpt; sessions that ended at connect left the pool full of `a`s.
+    let engine = PolicyEngine::new(1).expect("the policy engine");
+    let relay_from = ConfigValue::TextList(vec!["127.0.0.0/8".into()]);
+    let at = |name: &str, hook: Hook| PolicySpec {
+        hooks: Some(HookSet::of(&[hook])),
+        ..module(name, "networks", &[("relay_from", relay_from.clone())])
+    };
+    let specs = vec![at("a", Hook::Connect), at("b", Hook::Rcpt)];
+    let chain = Arc::new(Chain::from_specs(&engine, specs).expect("the chain loads"));
+    let mut sessions = Vec::new();
+    for _ in 0..MAX_POLICIES {
+        let mut s = chain.start_session(Arc::new(facts("127.0.0.1")));
+        assert_eq!(s.on_connect().await.verdict, Verdict::Continue);
+        sessions.push(s);
+    }
+    drop(sessions);
+    let mut s = chain.start_session(Arc::new(facts("127.0.0.1")));
+    assert_eq!(s.on_connect().await.verdict, Verdict::Continue);
+    let d = s.on_rcpt("b@example.org", NO_PARAMS).await;
+    assert_eq!(d.verdict, Verdict::Accept, "{:?}", d.reply);
+}
+
+#[tokio::test]
+async fn a_chain_replaced_by_a_reload_keeps_no_instance() {
+    let chain = relaying_chain(true);
+    let mut open = chain.start_session(Arc::new(facts("127.0.0.1")));
+    open.on_rcpt("b@example.org", NO_PARAMS).await;
+    rcpt_from(&chain, "127.0.0.1").await;
+    assert_eq!(chain.modules[0].idle.lock().unwrap().len(), 1);
+    chain.retire();
+    assert_eq!(chain.modules[0].idle.lock().unwrap().len(), 0);
+    // A session that was open at the reload finishes on the old chain, and leaves nothing.
+    drop(open);
+    assert_eq!(chain.modules[0].idle.lock().unwrap().len(), 0);
 }

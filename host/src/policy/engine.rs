@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::component::{Component, ComponentExportIndex, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// The contract this relay speaks (see wit/policy.wit).
@@ -202,7 +202,9 @@ impl PolicyEngine {
                 _ => Vec::new(),
             })
             .unwrap_or_default();
+        let reset = lifecycle_reset(&component, &hooks_name);
         let info = ModuleInfo {
+            reset,
             contract: hooks_name
                 .split_once('@')
                 .map(|(_, v)| format!("{CONTRACT_PACKAGE}@{v}"))
@@ -221,9 +223,19 @@ impl PolicyEngine {
     }
 }
 
+/// The module's `lifecycle.reset` function (of the same contract version as its hooks),
+/// if it exports one: then one instance may serve one session after another.
+fn lifecycle_reset(component: &Component, hooks_name: &str) -> Option<ComponentExportIndex> {
+    let lifecycle = hooks_name.replacen("/hooks", "/lifecycle", 1);
+    let interface = component.get_export_index(None, &lifecycle)?;
+    component.get_export_index(Some(&interface), "reset")
+}
+
 /// What a module is, as `sluice policy check` reports it.
 #[derive(Debug, Clone)]
 pub struct ModuleInfo {
+    /// Its `lifecycle.reset` export, if it has one: its instances may then be reused.
+    pub reset: Option<ComponentExportIndex>,
     /// The contract it was built for, such as `sluice:policy@0.1.0`.
     pub contract: String,
     /// The hook functions it exports.

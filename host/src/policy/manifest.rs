@@ -73,6 +73,9 @@ pub struct PolicySpec {
     /// The hooks the module is called at (`hooks = [...]`); `None`: those a built-in
     /// module implements, or every hook for a module file.
     pub hooks: Option<HookSet>,
+    /// Whether one instance may serve one session after another when the module allows it
+    /// (exports `lifecycle.reset`); `reuse = false` gives every session a new instance.
+    pub reuse: bool,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +102,8 @@ struct RawPolicy {
     config: toml::Table,
     #[serde(default)]
     hooks: Option<Vec<String>>,
+    #[serde(default = "default_reuse")]
+    reuse: bool,
 }
 
 fn default_mode() -> Mode {
@@ -106,6 +111,9 @@ fn default_mode() -> Mode {
 }
 fn default_on_error() -> OnError {
     OnError::Tempfail
+}
+fn default_reuse() -> bool {
+    true
 }
 pub(crate) fn default_timeout() -> Duration {
     Duration::from_millis(50)
@@ -129,6 +137,7 @@ pub fn default_chain() -> Vec<PolicySpec> {
             ConfigValue::TextList(vec!["127.0.0.0/8".into(), "::1/128".into()]),
         )]),
         hooks: None,
+        reuse: true,
     }]
 }
 
@@ -212,6 +221,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<PolicySpec>, ManifestError> {
                 max_memory: raw.max_memory,
                 config,
                 hooks,
+                reuse: raw.reuse,
             })
         })
         .collect()

@@ -105,7 +105,7 @@ impl Reloader {
                 // that rolling back is as quick as going forward.
                 let mut keep = chain.hashes();
                 keep.extend(self.chain.load().hashes());
-                self.chain.store(Arc::new(chain));
+                self.chain.swap(Arc::new(chain)).retire();
                 self.engine.retain_compiled(&keep);
                 tracing::info!(trigger, millis, "policy chain reloaded: {message}");
                 history.reloads += 1;

@@ -41,6 +41,7 @@ async fn connect(peer: &str, configure: impl FnOnce(&mut Config)) -> Client {
         max_memory: 32 << 20,
         config: Default::default(),
         hooks: None,
+        reuse: true,
     };
     let mut specs = vec![helo];
     specs.extend(manifest::default_chain());
