@@ -1,6 +1,7 @@
 //! The policy runtime's costs, on a chain of five modules (the built-in `networks`, five
-//! times): one hook call through the chain, and setting up one session's instances (its
-//! first hook instantiates them; the cost of the hook call itself is taken off).
+//! times): one hook call through the chain, and setting up one session's instances at its
+//! first hook (new instances, or `reset` on those an earlier session left; the cost of
+//! the hook call itself is taken off).
 //!
 //!     cargo bench -p sluice --bench policy
 //!
@@ -17,8 +18,9 @@ use std::time::{Duration, Instant};
 const MODULES: usize = 5;
 const ROUNDS: usize = 7;
 
-fn main() {
-    let engine = PolicyEngine::new(64).expect("the policy engine");
+/// A chain of [`MODULES`] copies of builtin:networks; `reuse`: sessions start on the
+/// instances earlier ones left.
+fn chain(engine: &PolicyEngine, reuse: bool) -> Arc<Chain> {
     let specs = (0..MODULES)
         .map(|i| PolicySpec {
             name: format!("networks-{i}"),
@@ -30,9 +32,16 @@ fn main() {
             config: BTreeMap::new(),
             // Asked at every hook, as modules built with the SDK are.
             hooks: Some(HookSet::ALL),
+            reuse,
         })
         .collect();
-    let chain = Arc::new(Chain::from_specs(&engine, specs).expect("the chain"));
+    Arc::new(Chain::from_specs(engine, specs).expect("the chain"))
+}
+
+fn main() {
+    let engine = PolicyEngine::new(64).expect("the policy engine");
+    let chain = chain(&engine, true);
+    let fresh = self::chain(&engine, false);
     let facts = Arc::new(SessionFacts::new(
         "127.0.0.1:40000".parse().unwrap(),
         "127.0.0.1:25".parse().unwrap(),
@@ -45,7 +54,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let setup = runtime.block_on(best(2_000, async || {
+    let setup_new = runtime.block_on(best(2_000, async || {
+        let mut session = fresh.start_session(facts.clone());
+        black_box(session.on_connect().await);
+    }));
+    let setup = runtime.block_on(best(20_000, async || {
         let mut session = chain.start_session(facts.clone());
         black_box(session.on_connect().await);
     }));
@@ -57,7 +70,7 @@ fn main() {
         })
         .await
     });
-    let setup = setup - connect;
+    let (setup, setup_new) = (setup - connect, setup_new - connect);
     let hook = runtime.block_on(async {
         let mut session = chain.start_session(facts.clone());
         session.on_connect().await;
@@ -68,12 +81,17 @@ fn main() {
     });
     println!("chain of {MODULES} modules");
     println!(
-        "session setup: {:>8.0} ns per session, {:>6.0} ns per module",
+        "session setup, new instances:    {:>8.0} ns per session, {:>6.0} ns per module",
+        setup_new,
+        setup_new / MODULES as f64
+    );
+    println!(
+        "session setup, reused instances: {:>8.0} ns per session, {:>6.0} ns per module",
         setup,
         setup / MODULES as f64
     );
     println!(
-        "hook call:     {:>8.0} ns per call,    {:>6.0} ns per module",
+        "hook call:                       {:>8.0} ns per call,    {:>6.0} ns per module",
         hook,
         hook / MODULES as f64
     );
