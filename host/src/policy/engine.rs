@@ -320,6 +320,10 @@ fn engine_config(pool_instances: Option<usize>) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    // For `perf report` to name the modules' functions (README: "Profiling modules").
+    if std::env::var_os("SLUICE_PERF_MAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if let Some(instances) = pool_instances {
         let instances = u32::try_from(instances).unwrap_or(u32::MAX);
         let mut pool = PoolingAllocationConfig::new();

@@ -31,3 +31,4 @@ pub use chain::{
 pub use engine::PolicyEngine;
 pub use error::LoadError;
 pub use host::SessionFacts;
+pub use message::MessageData;
