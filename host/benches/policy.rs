@@ -8,8 +8,8 @@
 //! Timed with `std::time::Instant` over many iterations, best of several rounds (as
 //! criterion's estimate would be, without its build cost in every `cargo test`).
 
-use sluice::policy::manifest::{Mode, ModuleSource, OnError, PolicySpec};
 use bytes::Bytes;
+use sluice::policy::manifest::{Mode, ModuleSource, OnError, PolicySpec};
 use sluice::policy::{Chain, HookSet, MessageData, PolicyEngine, SessionFacts};
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -142,7 +142,10 @@ fn campus_chain(engine: &PolicyEngine) -> Arc<Chain> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/campus");
     let text = std::fs::read_to_string(dir.join("policies.toml")).expect("the campus chain");
     let text = text
-        .replace(r#"domains = ["example.edu"]"#, r#"domains = ["bench.test"]"#)
+        .replace(
+            r#"domains = ["example.edu"]"#,
+            r#"domains = ["bench.test"]"#,
+        )
         .replace(
             r#"internal_domains = ["example.edu"]"#,
             r#"internal_domains = ["example.org"]"#,

@@ -9,7 +9,7 @@
 //! tls_rule=opportunistic, status=sent (250 2.0.0 Ok)`.
 
 use super::dsn::{self, Failure, Reason};
-use super::runner::Schedule;
+use super::runner::{Queued, Schedule};
 use super::spool::{self, Spool};
 use super::{Envelope, Message, Queue, RecipientStatus};
 use crate::config::TlsRule;
@@ -86,14 +86,19 @@ pub enum Attempted {
 /// The diagnostic of a pending recipient the deliverer said nothing about.
 const NO_OUTCOME: &str = "451 4.3.0 delivery gave no outcome for this recipient";
 
-/// One attempt at the message `id`: load, deliver, record.
+/// One attempt at the message `id`: load (unless it is `kept` in memory), deliver, record.
 pub async fn run<D: Deliver>(
     queue: &Queue,
     deliverer: &D,
     schedule: &Schedule,
     id: &str,
+    kept: Option<Box<Queued>>,
 ) -> Attempted {
-    let (envelope, message) = match load(queue.spool(), schedule, id).await {
+    let loaded = match kept {
+        Some(queued) => Loaded::Ready(queued),
+        None => load(queue.spool(), schedule, id).await,
+    };
+    let (envelope, message) = match loaded {
         Loaded::Ready(loaded) => *loaded,
         Loaded::Skip(attempted) => return attempted,
     };

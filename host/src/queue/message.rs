@@ -76,6 +76,15 @@ impl Message {
         head
     }
 
+    /// The same message, its parts shared rather than copied; without the draft, which
+    /// stays with `self` for the spool to commit.
+    pub(super) fn share(&self) -> Message {
+        Message {
+            parts: self.parts.clone(),
+            draft: None,
+        }
+    }
+
     /// Takes the draft out, for the spool to commit.
     pub(super) fn take_draft(&mut self) -> Option<Draft> {
         self.draft.take()

@@ -175,6 +175,11 @@ impl Queue {
         &self.spool
     }
 
+    /// Largest message the runner is handed in memory for its first attempt (see
+    /// [`Order::New`]): what a session holds in memory anyway (a larger one was written to
+    /// the spool as it arrived, and is mapped from there).
+    const KEEP_FOR_FIRST_ATTEMPT: usize = 256 << 10;
+
     /// Puts a message in the queue: DKIM-signs it (the signature goes on top, as a part
     /// of its own), sets the envelope's size, writes it to the spool, and makes it durable
     /// together with the messages arriving at the same time (group commit): by default one
@@ -193,7 +198,7 @@ impl Queue {
         let hold = envelope.hold;
         // Signing reads the whole message (tens of milliseconds for a large one) and the
         // spool is disk I/O: both off the async workers.
-        let size = tokio::task::spawn_blocking(move || {
+        let (size, kept) = tokio::task::spawn_blocking(move || {
             let signature = {
                 let chunks = message.for_signing();
                 let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_ref()).collect();
@@ -204,8 +209,10 @@ impl Queue {
             }
             let size = message.len();
             envelope.size = size;
+            let kept = (size <= Self::KEEP_FOR_FIRST_ATTEMPT && !hold)
+                .then(|| Box::new((envelope.clone(), message.share())));
             spool.store_unsynced(envelope, message)?;
-            Ok(size)
+            Ok((size, kept))
         })
         .await
         .map_err(SubmitError::Task)?
@@ -218,7 +225,7 @@ impl Queue {
         }
         if !hold {
             // The runner only stops with the process; a send error then does not matter.
-            let _ = self.runner.send(Order::New(id));
+            let _ = self.runner.send(Order::New(id, kept));
         }
         Ok(size)
     }
@@ -384,7 +391,17 @@ mod tests {
         if tag(&signature, "t") == tag(&in_one_piece, "t") {
             assert_eq!(signature, in_one_piece);
         }
-        assert!(matches!(runner.try_recv(), Ok(Order::New(new)) if new == id));
+        // The runner is handed the message as spooled, for its first attempt.
+        match runner.try_recv() {
+            Ok(Order::New(new, Some(kept))) => {
+                assert_eq!(new, id);
+                assert_eq!(
+                    (kept.0.id.as_str(), kept.1.to_vec()),
+                    (id.as_str(), spooled)
+                );
+            }
+            _ => panic!("the runner is told of the message, with the message"),
+        }
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@
 //! delivery's SMTP client, its tests with a scripted deliverer.
 
 use super::attempt::{self, Attempted, Deliver};
-use super::{OrderError, OrderOutcome, Queue, Spool};
+use super::{Envelope, Message, OrderError, OrderOutcome, Queue, Spool};
 use crate::config::Config;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -22,13 +22,23 @@ use tokio::time::Instant;
 /// What the runner is told.
 #[derive(Debug)]
 pub enum Order {
-    /// A message was queued: try it now.
-    New(String),
+    /// A message was queued: try it now. It comes with its envelope and text when they
+    /// are small enough to keep in memory, so that its first attempt does not read back
+    /// what was just written.
+    New(String, Option<Box<Queued>>),
     /// Try every waiting message now.
     Flush,
     /// A postmaster's order for one message; the answer says what was done.
     Message(String, MessageOrder, Answer),
 }
+
+/// A message as queued: its envelope and its text.
+pub type Queued = (Envelope, Message);
+
+/// Messages kept in memory for their first attempt at most; past that, an attempt reads
+/// its message from the spool, as every later attempt does. With messages of at most
+/// [`Queue::KEEP_FOR_FIRST_ATTEMPT`] bytes, this bounds the memory they hold.
+const MAX_KEPT: usize = 256;
 
 /// Where the runner says what became of an order: what was done, or why nothing was.
 pub type Answer = oneshot::Sender<Result<OrderOutcome, OrderError>>;
@@ -80,6 +90,8 @@ struct Book {
     waiting: HashMap<String, Instant>,
     /// Being delivered now, with the orders that wait for the attempt to end.
     in_flight: HashMap<String, Vec<(MessageOrder, Answer)>>,
+    /// Messages just queued, kept in memory for their first attempt.
+    kept: HashMap<String, Box<Queued>>,
 }
 
 /// Runs until the process ends: recovers the spool, then hands what is due to
@@ -96,6 +108,7 @@ pub async fn run<D: Deliver>(
         due: BinaryHeap::new(),
         waiting: HashMap::new(),
         in_flight: HashMap::new(),
+        kept: HashMap::new(),
     };
     recover(&spool, &mut book).await;
 
@@ -105,7 +118,12 @@ pub async fn run<D: Deliver>(
         let next = book.due.peek().map(|Reverse((at, _))| *at);
         tokio::select! {
             Some(order) = orders.recv() => match order {
-                Order::New(id) => book.schedule(id, Instant::now()),
+                Order::New(id, queued) => {
+                    if let Some(queued) = queued.filter(|_| book.kept.len() < MAX_KEPT) {
+                        book.kept.insert(id.clone(), queued);
+                    }
+                    book.schedule(id, Instant::now());
+                }
                 Order::Flush => {
                     let now = Instant::now();
                     let ids: Vec<String> = book.waiting.keys().cloned().collect();
@@ -142,10 +160,11 @@ pub async fn run<D: Deliver>(
                 }
                 book.waiting.remove(&id);
                 book.in_flight.insert(id.clone(), Vec::new());
+                let kept = book.kept.remove(&id);
                 let (queue, deliverer) = (queue.clone(), deliverer.clone());
                 let (schedule, finished) = (schedule.clone(), finished_tx.clone());
                 tokio::spawn(async move {
-                    let attempted = attempt::run(&queue, &*deliverer, &schedule, &id).await;
+                    let attempted = attempt::run(&queue, &*deliverer, &schedule, &id, kept).await;
                     drop(permit);
                     let _ = finished.send((id, attempted));
                 });
@@ -171,9 +190,11 @@ impl Book {
     fn after(&mut self, id: &str, order: MessageOrder, result: &Result<OrderOutcome, OrderError>) {
         match (order, result) {
             (MessageOrder::Release, Ok(_)) => self.schedule(id.to_string(), Instant::now()),
-            // Its entry in `due` is stale now, and skipped when it comes up.
+            // Its entry in `due` is stale now, and skipped when it comes up; once released,
+            // it is read from the spool, as the order left it.
             (MessageOrder::Hold | MessageOrder::Delete, Ok(_)) => {
                 self.waiting.remove(id);
+                self.kept.remove(id);
             }
             (_, Err(_)) => {}
         }
