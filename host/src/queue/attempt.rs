@@ -266,13 +266,13 @@ async fn bounce(
     }
 }
 
-/// Runs `work` on the spool on the blocking pool (the spool is file I/O).
+/// Runs `work` on the spool on the spool's threads (the spool is file I/O).
 async fn blocking<T: Send + 'static>(
     spool: &Arc<Spool>,
     work: impl FnOnce(&Spool) -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     let spool = spool.clone();
-    tokio::task::spawn_blocking(move || work(&spool))
+    super::io::run(move || work(&spool))
         .await
         .map_err(io::Error::other)?
 }

@@ -75,7 +75,7 @@ impl GroupCommit {
             // next waiter must be able to sync: the guard hands the turn on.
             let turn = Turn(self);
             let spool = spool.clone();
-            let result = tokio::task::spawn_blocking(move || spool.sync_queue())
+            let result = super::io::run(move || spool.sync_queue())
                 .await
                 .map_err(std::io::Error::other)
                 .and_then(|r| r);

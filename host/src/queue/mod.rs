@@ -16,6 +16,7 @@ pub mod attempt;
 mod commit;
 mod draft;
 pub mod dsn;
+mod io;
 pub mod message;
 pub mod runner;
 pub mod spool;
@@ -24,7 +25,7 @@ use crate::dkim::Dkim;
 use commit::GroupCommit;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
@@ -156,6 +157,10 @@ pub struct Queue {
     commit: Arc<GroupCommit>,
     /// Signs every message on its way in, as it will be relayed.
     dkim: Arc<Dkim>,
+    /// The runner has listed the spool at start-up. A message written since cannot have
+    /// been found there, and so gets its first attempt from the copy handed over with its
+    /// order; one written before might be on its way already, from the spool.
+    listed: Arc<AtomicBool>,
 }
 
 impl Queue {
@@ -167,7 +172,13 @@ impl Queue {
             runner,
             commit: Arc::default(),
             dkim,
+            listed: Arc::default(),
         }
+    }
+
+    /// The runner has listed the spool at start-up (see `listed`).
+    pub(crate) fn spool_listed(&self) {
+        self.listed.store(true, Ordering::Release);
     }
 
     /// The spool under the queue.
@@ -196,9 +207,10 @@ impl Queue {
         let (spool, dkim) = (self.spool.clone(), self.dkim.clone());
         let id = envelope.id.clone();
         let hold = envelope.hold;
+        let listed = self.listed.load(Ordering::Acquire);
         // Signing reads the whole message (tens of milliseconds for a large one) and the
-        // spool is disk I/O: both off the async workers.
-        let (size, kept) = tokio::task::spawn_blocking(move || {
+        // spool is disk I/O: both off the async workers, on the spool's threads.
+        let (size, kept) = io::run(move || {
             let signature = {
                 let chunks = message.for_signing();
                 let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_ref()).collect();
@@ -209,7 +221,7 @@ impl Queue {
             }
             let size = message.len();
             envelope.size = size;
-            let kept = (size <= Self::KEEP_FOR_FIRST_ATTEMPT && !hold)
+            let kept = (listed && size <= Self::KEEP_FOR_FIRST_ATTEMPT && !hold)
                 .then(|| Box::new((envelope.clone(), message.share())));
             spool.store_unsynced(envelope, message)?;
             Ok((size, kept))
@@ -220,7 +232,7 @@ impl Queue {
         if let Err(e) = self.commit.sync(&self.spool).await {
             // The client is told to try again (451), so this copy must not be delivered too.
             let (spool, id) = (self.spool.clone(), id.clone());
-            let _ = tokio::task::spawn_blocking(move || spool.remove(&id)).await;
+            let _ = io::run(move || spool.remove(&id)).await;
             return Err(SubmitError::Sync(e));
         }
         if !hold {
@@ -247,7 +259,7 @@ impl Queue {
     /// Deletes every message (held ones too); says how many.
     pub async fn delete_all(&self) -> Result<usize, OrderError> {
         let spool = self.spool.clone();
-        let ids = tokio::task::spawn_blocking(move || spool.list())
+        let ids = io::run(move || spool.list())
             .await
             .map_err(OrderError::Task)?
             .map_err(OrderError::List)?;
@@ -269,8 +281,8 @@ pub enum SubmitError {
     /// The sync that was to make it durable failed; the message was taken out again.
     #[error("{0}")]
     Sync(#[source] std::io::Error),
-    #[error("spool task failed: {0}")]
-    Task(#[source] tokio::task::JoinError),
+    #[error("{0}")]
+    Task(#[source] io::Failed),
 }
 
 /// Why a postmaster's order was not carried out.
@@ -286,8 +298,8 @@ pub enum OrderError {
     },
     #[error("cannot list the queue: {0}")]
     List(#[source] std::io::Error),
-    #[error("spool task failed: {0}")]
-    Task(#[source] tokio::task::JoinError),
+    #[error("{0}")]
+    Task(#[source] io::Failed),
     #[error("the queue runner has stopped")]
     Stopped,
 }
@@ -363,6 +375,7 @@ mod tests {
     async fn submit_signs_the_message_as_spooled_and_tells_the_runner() {
         let dir = tempfile::tempdir().unwrap();
         let (queue, mut runner) = signing_queue(dir.path());
+        queue.spool_listed();
         let original =
             Bytes::from_static(b"From: a@example.edu\r\nX-Drop: x\r\nSubject: hi\r\n\r\nbody\r\n");
         let mut message = Message::without(original, std::iter::once(21..32));
@@ -402,6 +415,27 @@ mod tests {
             }
             _ => panic!("the runner is told of the message, with the message"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_message_written_before_the_runner_listed_the_spool_is_read_from_it() {
+        // The runner may find it in its listing at start-up, and deliver it from there
+        // before this order comes: a copy handed over then could be delivered again.
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, mut runner) = signing_queue(dir.path());
+        let envelope = Envelope::local(new_queue_id(), "a@example.edu", "b@example.org");
+        queue
+            .submit(envelope, Message::from(b"x\r\n".to_vec()))
+            .await
+            .unwrap();
+        assert!(matches!(runner.try_recv(), Ok(Order::New(_, None))));
+        queue.spool_listed();
+        let envelope = Envelope::local(new_queue_id(), "a@example.edu", "b@example.org");
+        queue
+            .submit(envelope, Message::from(b"x\r\n".to_vec()))
+            .await
+            .unwrap();
+        assert!(matches!(runner.try_recv(), Ok(Order::New(_, Some(_)))));
     }
 
     #[tokio::test]

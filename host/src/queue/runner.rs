@@ -111,6 +111,7 @@ pub async fn run<D: Deliver>(
         kept: HashMap::new(),
     };
     recover(&spool, &mut book).await;
+    queue.spool_listed();
 
     let slots = Arc::new(Semaphore::new(schedule.concurrency));
     let (finished_tx, mut finished) = mpsc::unbounded_channel::<(String, Attempted)>();
@@ -208,7 +209,7 @@ async fn apply(
     order: MessageOrder,
 ) -> Result<OrderOutcome, OrderError> {
     let (spool, owned) = (spool.clone(), id.to_string());
-    let done = tokio::task::spawn_blocking(move || spool.apply(&owned, order)).await;
+    let done = super::io::run(move || spool.apply(&owned, order)).await;
     let result = match done {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
