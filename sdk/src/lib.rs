@@ -461,6 +461,10 @@ impl<'a> Body<'a> {
 }
 
 /// A policy module: implement the hooks you need; the rest answer "no opinion".
+///
+/// A value is made with `Default` at a session's first hook and serves that session's
+/// hooks; at the next session on the same instance (the relay reuses instances) it is
+/// dropped and a new one made.
 pub trait Policy: Default + 'static {
     /// A client connected (before the greeting).
     fn on_connect(&mut self, cx: &Context) -> Decision {

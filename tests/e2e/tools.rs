@@ -27,6 +27,11 @@ fn policy_check_says_what_a_module_is_or_why_it_is_refused() {
         "{text}"
     );
     assert!(text.contains("compiled in"), "{text}");
+    // Built with the SDK: its instances serve one session after another.
+    assert!(
+        text.contains("instances: reused from session to session"),
+        "{text}"
+    );
 
     let old = module("sluice_test_old_contract.wasm");
     let out = sluice(&["policy", "check", old.to_str().unwrap()]);

@@ -62,12 +62,12 @@ pub fn check(path: &Path) -> ExitCode {
             println!("  contract: {}", info.contract);
             println!("  hooks:    {}", info.hooks.join(", "));
             println!("  imports:  {}", info.imports.join(", "));
-            let reuse = if info.reset.is_some() {
-                "yes (it exports lifecycle.reset)"
+            let instances = if info.reset.is_some() {
+                "reused from session to session (it exports lifecycle.reset)"
             } else {
-                "no: a new instance for every session (it does not export lifecycle.reset)"
+                "a new one for every session (it does not export lifecycle.reset)"
             };
-            println!("  reused:   {reuse}");
+            println!("  instances: {instances}");
             println!("  size:     {} bytes", info.size);
             println!("  sha256:   {}", info.sha256);
             println!(
