@@ -87,6 +87,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     tokio::spawn(registry.clone().run(ctx.queue.clone()));
 
     tokio::spawn(reload_on_sighup(reloader.clone(), reloadable.clone()));
+    tokio::spawn(trim_idle_instances(ctx.chain.clone()));
     if let Some(watching) = watching_certificates {
         tokio::spawn(watching);
     }
@@ -108,6 +109,16 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     // Accepted messages are on disk already; the next start delivers what is left.
     Ok(())
+}
+
+/// Every half minute, the running chain lets go of the module instances that no session
+/// has needed for a while (see `Chain::trim_idle`).
+async fn trim_idle_instances(chain: Arc<ArcSwap<Chain>>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        every.tick().await;
+        chain.load().trim_idle();
+    }
 }
 
 /// The policy engine (its compiled-module cache, the registry modules look up) and the

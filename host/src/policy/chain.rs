@@ -444,6 +444,15 @@ impl Chain {
         self.release_idle();
     }
 
+    /// Lets go of the instances kept longer than [`MAX_IDLE_TIME`] without a session: a
+    /// quiet relay gives back what a burst of sessions left (the relay calls this every
+    /// half minute).
+    pub fn trim_idle(&self) {
+        for module in &self.modules {
+            module.trim_idle(Instant::now());
+        }
+    }
+
     /// Lets every instance kept between sessions go, so that their places in the instance
     /// pool are free again; `false` when none was kept.
     fn release_idle(&self) -> bool {
@@ -619,16 +628,23 @@ impl LoadedModule {
             return;
         }
         let now = Instant::now();
+        self.trim_idle(now);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // The oldest are first: those idle too long go (after the lock is let go).
-        let stale = idle.partition_point(|i| now.duration_since(i.since) > MAX_IDLE_TIME);
-        let stale: Vec<Idle> = idle.drain(..stale).collect();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 instance,
                 since: now,
             });
         }
+    }
+
+    /// Lets go of the instances idle longer than [`MAX_IDLE_TIME`] at `now`.
+    fn trim_idle(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest are first.
+        let stale = idle.partition_point(|i| now.duration_since(i.since) > MAX_IDLE_TIME);
+        let stale: Vec<Idle> = idle.drain(..stale).collect();
+        // Dropped after the lock is let go: tearing a store down takes a while.
         drop(idle);
         drop(stale);
     }

@@ -435,3 +435,14 @@ async fn a_chain_replaced_by_a_reload_keeps_no_instance() {
     drop(open);
     assert_eq!(chain.modules[0].idle.lock().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn an_instance_idle_too_long_is_let_go() {
+    let chain = relaying_chain(true);
+    rcpt_from(&chain, "127.0.0.1").await;
+    let module = &chain.modules[0];
+    module.trim_idle(Instant::now());
+    assert_eq!(module.idle.lock().unwrap().len(), 1, "not idle long yet");
+    module.trim_idle(Instant::now() + MAX_IDLE_TIME + Duration::from_secs(1));
+    assert_eq!(module.idle.lock().unwrap().len(), 0);
+}
