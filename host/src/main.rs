@@ -18,7 +18,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Sluice: an SMTP relay whose every decision is made by WebAssembly policy modules.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Environment:\n  SLUICE_LOG  what is logged, as tracing's filters say it: a level (debug), or \
+                  levels by module (info,sluice::policy=debug). Default: info for serve, \
+                  warn for the other commands."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,23 +38,31 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Check a configuration file and exit.
+    /// Check a configuration file and the policy chain's manifest, then exit.
     CheckConfig {
+        /// The configuration file (default: ./sluice.toml if there is one, else the built-in
+        /// defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Show the running relay's policy chain: modules, hashes, counts, the last reload.
     Status {
+        /// The configuration file (default: ./sluice.toml if there is one, else the built-in
+        /// defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Ask the running relay to reload its policy chain now.
     Reload {
+        /// The configuration file (default: ./sluice.toml if there is one, else the built-in
+        /// defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Look at the queue and steer it.
     Queue {
+        /// The configuration file (default: ./sluice.toml if there is one, else the built-in
+        /// defaults).
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
@@ -56,6 +70,8 @@ enum Command {
     },
     /// The client addresses registered to relay, and those blocked.
     Registry {
+        /// The configuration file (default: ./sluice.toml if there is one, else the built-in
+        /// defaults).
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
@@ -63,6 +79,8 @@ enum Command {
     },
     /// The users who may authenticate on the submission and smtps listeners.
     User {
+        /// The configuration file (default: ./sluice.toml if there is one, else the built-in
+        /// defaults).
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
@@ -76,6 +94,8 @@ enum Command {
     /// An SMTP session on this terminal as if from another client, through the configured
     /// chain, showing each module's decision; nothing is delivered (as Exim's -bh).
     Session {
+        /// The configuration file (default: ./sluice.toml if there is one, else the built-in
+        /// defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The client's IP address.
@@ -95,17 +115,28 @@ enum QueueCommand {
     /// Every queued message: id, age, size, sender, next attempt, recipients waiting, last error.
     List,
     /// One message: its envelope, each recipient's state, and its header fields.
-    Show { id: String },
+    Show {
+        /// The message's queue id (as in the log and `queue list`).
+        id: String,
+    },
     /// Try every waiting message now.
     Flush,
     /// Keep a message in the queue, undelivered, until released.
-    Hold { id: String },
+    Hold {
+        /// The message's queue id.
+        id: String,
+    },
     /// Let a held message be delivered, now.
-    Release { id: String },
+    Release {
+        /// The message's queue id.
+        id: String,
+    },
     /// Remove a message (or, with --all, every message) from the queue.
     Delete {
+        /// The message's queue id.
         #[arg(required_unless_present = "all")]
         id: Option<String>,
+        /// Every message in the queue, held ones too.
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
@@ -116,6 +147,7 @@ enum RegistryCommand {
     /// Register an address (or a network, as CIDR) to relay; a confirmation is mailed to
     /// the contact.
     Add {
+        /// The address, or a network as CIDR (192.0.2.0/28).
         ip: String,
         /// The admin of record (NetID or user name).
         #[arg(long)]
@@ -133,39 +165,66 @@ enum RegistryCommand {
     /// Every registration and block.
     List,
     /// The registration and block covering an address.
-    Show { ip: String },
+    Show {
+        /// The client address.
+        ip: String,
+    },
     /// Remove a registration.
-    Remove { ip: String },
+    Remove {
+        /// The address or network as registered.
+        ip: String,
+    },
     /// Refuse an address (or network) from now on, without notice.
     Block {
+        /// The address, or a network as CIDR.
         ip: String,
         /// What the client is told, and the record says.
         #[arg(long)]
         reason: String,
     },
     /// Lift a block.
-    Unblock { ip: String },
+    Unblock {
+        /// The address or network as blocked.
+        ip: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum UserCommand {
     /// Add a user; the password is read from standard input.
-    Add { name: String },
+    Add {
+        /// The user name, as given in AUTH.
+        name: String,
+    },
     /// Remove a user.
-    Remove { name: String },
+    Remove {
+        /// The user name.
+        name: String,
+    },
     /// Every user (never a password or hash).
     List,
     /// Change a user's password, read from standard input.
-    Passwd { name: String },
+    Passwd {
+        /// The user name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Load a module as the relay would; print what it is, or why it is refused.
-    Check { module: PathBuf },
+    Check {
+        /// The module: a WebAssembly component (.wasm).
+        module: PathBuf,
+    },
     /// Run the scenarios of a file through a module; fail when a decision is not the one
     /// expected.
-    Test { module: PathBuf, scenarios: PathBuf },
+    Test {
+        /// The module: a WebAssembly component (.wasm).
+        module: PathBuf,
+        /// The scenarios: a TOML file of sessions and the decisions expected.
+        scenarios: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -226,7 +285,14 @@ fn dispatch(command: Command) -> ExitCode {
                 if let Some(shortfall) = capacity_shortfall(modules, sessions) {
                     eprintln!("sluice: warning: {shortfall}");
                 }
-                println!("{}: ok", path.display());
+                if path.exists() {
+                    println!("{}: ok", path.display());
+                } else {
+                    println!(
+                        "no {} here and no --config: only the built-in defaults were checked: ok",
+                        path.display()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -350,4 +416,38 @@ fn run<F: Future<Output = ExitCode>>(task: impl FnOnce() -> F) -> ExitCode {
     let code = runtime.block_on(task());
     runtime.shutdown_background();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and every argument says what it is in `--help` (and so in the manual
+    /// pages made from these definitions).
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            if command.get_about().is_none() {
+                missing.push(path.clone());
+            }
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() != "help" {
+                    check(sub, &path, missing);
+                }
+            }
+        }
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        check(&command, "", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
+    }
 }

@@ -88,3 +88,29 @@ fn check_config_refuses_a_chain_longer_than_the_instance_pool_holds() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_without_a_file_says_it_checked_only_the_defaults() {
+    let empty = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .current_dir(empty.path())
+            .output()
+            .expect("run sluice")
+    };
+    let output = run(&["check-config"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("only the built-in defaults were checked"),
+        "{stdout}"
+    );
+    // With a file, it names the file.
+    std::fs::write(empty.path().join("sluice.toml"), "").unwrap();
+    let stdout = String::from_utf8_lossy(&run(&["check-config"]).stdout).into_owned();
+    assert_eq!(stdout.trim(), "sluice.toml: ok");
+    // Help says what SLUICE_LOG does.
+    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    assert!(help.contains("SLUICE_LOG"), "{help}");
+}
