@@ -35,6 +35,7 @@
 //! - [`private`] — files and folders created private to the relay's user, whatever the umask.
 //! - [`tls`] — certificates for STARTTLS.
 //! - [`server`] — wiring it all together for `sluice serve`.
+//! - [`systemd`] — telling systemd the relay is ready, reloading, stopping, alive.
 
 pub mod admin;
 mod auth;
@@ -54,4 +55,5 @@ mod reloadable;
 pub mod server;
 mod smtp;
 mod store;
+mod systemd;
 mod tls;

@@ -12,6 +12,7 @@ use crate::queue::{Queue, Schedule, Spool, runner};
 use crate::registry::Registry;
 use crate::reloadable::Reloadable;
 use crate::smtp::{ServerContext, listener};
+use crate::systemd;
 use crate::tls::Certificates;
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -87,6 +88,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     tokio::spawn(registry.clone().run(ctx.queue.clone()));
 
     tokio::spawn(reload_on_sighup(reloader.clone(), reloadable.clone()));
+    tokio::spawn(systemd::keep_watchdog());
     tokio::spawn(trim_idle_instances(ctx.chain.clone()));
     if let Some(watching) = watching_certificates {
         tokio::spawn(watching);
@@ -102,11 +104,14 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         tokio::spawn(watching);
     }
     let mut terminate = signal(SignalKind::terminate())?;
+    // The listeners are bound: connections are taken from here on.
+    systemd::ready();
     tokio::select! {
         _ = listener::serve(ctx, listeners) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
     }
+    systemd::stopping();
     // Accepted messages are on disk already; the next start delivers what is left.
     Ok(())
 }
@@ -163,8 +168,10 @@ async fn reload_on_sighup(reloader: Arc<Reloader>, reloadable: Arc<Reloadable>) 
         return;
     };
     while hangup.recv().await.is_some() {
+        systemd::reloading();
         let _ = reloader.reload("SIGHUP").await;
         let reloadable = reloadable.clone();
         let _ = tokio::task::spawn_blocking(move || reloadable.reload()).await;
+        systemd::ready();
     }
 }

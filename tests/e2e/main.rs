@@ -21,4 +21,5 @@ mod reload;
 mod sandbox;
 mod smuggling;
 mod submission;
+mod systemd;
 mod tools;

@@ -119,11 +119,14 @@ impl Controls {
     /// Reloads the policy chain, then the DKIM keys and the certificate; fails if either
     /// failed (what failed keeps running as it was).
     async fn reload(&self) -> Answer {
+        crate::systemd::reloading();
         let policies = self.reloader.reload("sluice reload").await;
         let reloadable = self.reloadable.clone();
         let rest = tokio::task::spawn_blocking(move || reloadable.reload())
             .await
             .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        // Ready again whatever came of it: what failed keeps running as it was.
+        crate::systemd::ready();
         match (policies, rest) {
             (Ok(policies), Ok(keys_and_certificate)) => Answer::Reloaded {
                 policies,

@@ -38,6 +38,8 @@ pub struct Relay {
     child: Option<Child>,
     /// The umask the relay is started with; none: the test's own.
     umask: Option<libc::mode_t>,
+    /// More environment for the relay's process.
+    env: Vec<(String, String)>,
 }
 
 /// How to start a relay.
@@ -59,6 +61,8 @@ pub struct RelayOptions {
     pub settle: Option<&'static str>,
     /// The umask to start the relay with (every restart too); none: the test's own.
     pub umask: Option<libc::mode_t>,
+    /// More environment for the relay's process (every restart too).
+    pub env: Vec<(String, String)>,
 }
 
 impl Relay {
@@ -126,6 +130,7 @@ impl Relay {
             dir,
             child: None,
             umask: options.umask,
+            env: options.env,
         };
         relay.spawn().await;
         relay
@@ -180,6 +185,7 @@ impl Relay {
             .args(["serve", "--config"])
             .arg(self.config_path())
             .env("SLUICE_LOG", "info,sluice=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -219,6 +225,14 @@ impl Relay {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGTERM, as systemd stops a service; how the process ended.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the relay runs");
+        // SAFETY: kill(2) on the child's own pid, which it keeps until waited for.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        child.wait().expect("the relay's exit")
     }
 
     /// Kills the relay and starts it again on the same spool and port.
