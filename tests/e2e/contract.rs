@@ -208,7 +208,7 @@ async fn discard_drops_and_quarantine_holds() {
     // answers 250); the quarantined one is held, not waiting for an attempt.
     let discarded = queue_id(&discarded);
     let log = relay.log();
-    assert!(!log.contains(&format!("{discarded}: client=")), "{log}");
+    assert!(!log.contains(&format!("{discarded}: session=")), "{log}");
     relay.wait_for_queued(1).await;
     let quarantined = queue_id(&quarantined);
     let list = relay.command(&["queue", "list"]);

@@ -178,3 +178,37 @@ async fn starttls_works_and_is_not_offered_twice() {
     assert!(text.contains("with ESMTPS id"), "{text}");
     assert!(text.contains("(using TLSv1."), "{text}");
 }
+
+#[tokio::test]
+async fn the_log_ties_a_connection_to_its_message_and_its_message_id() {
+    let sink = Sink::start().await;
+    let relay = Relay::start(sink.addr).await;
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.cmd("EHLO app.example.edu", 250).await;
+    conn.envelope("app@example.edu", &["a@example.org"]).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(b"Message-ID: <nightly-42@app.example.edu>\r\nSubject: r\r\n\r\nx\r\n.\r\n")
+        .await;
+    let reply = conn.expect(250).await;
+    let id = reply.rsplit(' ').next().unwrap().to_string();
+    conn.cmd("QUIT", 221).await;
+
+    // "did <nightly-42@app.example.edu> go out?": the accept line names the message, its
+    // queue id and the session, whose connect line names the client.
+    let log = relay
+        .wait_for_log("message-id=<nightly-42@app.example.edu>")
+        .await;
+    let accepted = crate::support::lines_with(&log, "message-id=<nightly-42@")[0];
+    assert!(accepted.contains(&format!("{id}: session=")), "{accepted}");
+    let session = accepted
+        .split("session=")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .expect("a session number");
+    let connect = crate::support::lines_with(&log, &format!(" connect session={session} "))
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no connect line for session {session}:\n{log}"));
+    assert!(connect.contains("peer=127.0.0.1"), "{connect}");
+    sink.wait_for(1).await;
+}

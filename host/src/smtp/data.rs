@@ -18,6 +18,8 @@ const MAX_HOPS: usize = 50;
 /// than this is written while it arrives (see `queue::Draft`), so a session in DATA holds
 /// at most about this much whatever the message's size.
 const SPILL_AT: usize = 256 * 1024;
+/// Longest Message-ID the accept line carries, in bytes; the rest is cut.
+const MAX_LOGGED_MESSAGE_ID: usize = 256;
 
 /// The reply to a message the relay could not keep (a local error: try again later).
 fn cannot_queue() -> Reply {
@@ -296,7 +298,15 @@ impl Session {
         if let Some(draft) = draft {
             message = message.in_draft(draft);
         }
-        self.queue(tx, message, hold).await
+        // For the accept line: the help desk's "did message <X> go out?" starts there.
+        let message_id = fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case("Message-ID"))
+            .map(|f| {
+                let id = f.value.trim().trim_start_matches('<').trim_end_matches('>');
+                sluice_mail::mime::cut_text(id, MAX_LOGGED_MESSAGE_ID).to_string()
+            });
+        self.queue(tx, message, hold, message_id).await
     }
 
     /// The reply to a message the DATA reader found fault with.
@@ -351,7 +361,13 @@ impl Session {
 
     /// Queues the transaction's message (`hold`: quarantined): the queue signs it, sets its
     /// size and makes it durable before the 250.
-    async fn queue(&mut self, tx: Transaction, message: Message, hold: bool) -> Reply {
+    async fn queue(
+        &mut self,
+        tx: Transaction,
+        message: Message,
+        hold: bool,
+        message_id: Option<String>,
+    ) -> Reply {
         let peer = self.peer;
         let requests = self.policy.delivery_requests();
         let envelope = Envelope {
@@ -386,9 +402,11 @@ impl Session {
         if let Some(registry) = &self.ctx.registry {
             registry.relayed(peer.ip());
         }
+        let message_id = message_id.map_or(String::new(), |m| format!("message-id=<{m}>, "));
         tracing::info!(
             target: "sluice::queue",
-            "{id}: client=[{}], helo={}, from=<{}>, nrcpt={}, size={size}, tls={}{}",
+            "{id}: session={}, client=[{}], helo={}, {message_id}from=<{}>, nrcpt={}, size={size}, tls={}{}",
+            self.id,
             peer.ip(),
             self.helo.as_deref().unwrap_or(""),
             tx.sender,

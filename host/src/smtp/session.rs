@@ -173,7 +173,7 @@ impl Session {
     /// Runs the session to its end. Never panics on client input; every way out is logged.
     pub async fn run(mut self) {
         let peer = self.peer;
-        tracing::debug!(session = self.id, %peer, "connect");
+        tracing::info!(session = self.id, %peer, listener = %self.listener, "connect");
         match self.open().await {
             Ok(()) => {}
             Err(reason) => {
