@@ -113,7 +113,23 @@ enum Command {
 #[derive(Subcommand)]
 enum QueueCommand {
     /// Every queued message: id, age, size, sender, next attempt, recipients waiting, last error.
-    List,
+    List {
+        /// One JSON object per message, a line each (the envelope as the spool keeps it).
+        #[arg(long)]
+        json: bool,
+        /// Only messages from this sender (`<>` for bounces).
+        #[arg(long)]
+        sender: Option<String>,
+        /// Only messages with a recipient waiting in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only messages in this state.
+        #[arg(long, value_enum)]
+        state: Option<cli::queue::State>,
+        /// Only messages queued at least this long ago (`30m`, `2h`, `1d`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
     /// One message: its envelope, each recipient's state, and its header fields.
     Show {
         /// The message's queue id (as in the log and `queue list`).
@@ -313,7 +329,21 @@ fn dispatch(command: Command) -> ExitCode {
                 return ExitCode::from(2);
             };
             match command {
-                QueueCommand::List => cli::queue::list(&config),
+                QueueCommand::List {
+                    json,
+                    sender,
+                    domain,
+                    state,
+                    older_than,
+                } => {
+                    let filter = cli::queue::Filter {
+                        sender,
+                        domain,
+                        state,
+                        older_than,
+                    };
+                    cli::queue::list(&config, &filter, json)
+                }
                 QueueCommand::Show { id } => cli::queue::show(&config, &id),
                 QueueCommand::Flush => cli::queue::order(&config, QueueOrder::Flush),
                 QueueCommand::Hold { id } => cli::queue::order(&config, QueueOrder::Hold { id }),

@@ -139,3 +139,60 @@ async fn a_second_relay_on_the_same_spool_refuses_to_start() {
     assert!(relay.command(&["status"]).status.success());
     send(&relay, "still here").await;
 }
+
+#[tokio::test]
+async fn list_filters_by_state_sender_domain_and_age_and_speaks_json() {
+    let (_sink, relay) = relay_with_busy_sink().await;
+    let deferred = send(&relay, "deferred").await;
+    let held = send(&relay, "held").await;
+    relay
+        .wait_for_log(&format!(
+            "{held}: from=<app@example.edu>, to=<someone@example.org>"
+        ))
+        .await;
+    assert!(out(&relay.command(&["queue", "hold", &held])).starts_with("ok: held"));
+
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut command = vec!["queue", "list", "--json"];
+        command.extend_from_slice(args);
+        let output = relay.command(&command);
+        assert!(output.status.success(), "{}", out(&output));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                let envelope: serde_json::Value = serde_json::from_str(line).expect(line);
+                envelope["id"].as_str().expect("an id").to_string()
+            })
+            .collect()
+    };
+    let mut both = vec![deferred.clone(), held.clone()];
+    both.sort();
+    assert_eq!(ids(&[]), both);
+    // The first attempt's state is written just after its log line: wait for it.
+    let started = std::time::Instant::now();
+    while ids(&["--state", "deferred"]).is_empty() {
+        assert!(
+            started.elapsed() < crate::support::PATIENCE,
+            "never deferred"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(ids(&["--state", "held"]), std::slice::from_ref(&held));
+    assert_eq!(
+        ids(&["--state", "deferred"]),
+        std::slice::from_ref(&deferred)
+    );
+    assert!(ids(&["--state", "active"]).is_empty());
+    assert_eq!(ids(&["--sender", "<app@example.edu>"]), both);
+    assert!(ids(&["--sender", "other@example.edu"]).is_empty());
+    assert_eq!(ids(&["--domain", "EXAMPLE.org"]), both);
+    assert!(ids(&["--domain", "example.com"]).is_empty());
+    assert!(ids(&["--older-than", "1h"]).is_empty());
+    assert_eq!(ids(&["--older-than", "0s", "--state", "held"]), [held]);
+    // The table too: filtered, with its count.
+    let list = out(&relay.command(&["queue", "list", "--state", "deferred"]));
+    assert!(
+        list.contains("1 messages") && list.contains(&deferred),
+        "{list}"
+    );
+}

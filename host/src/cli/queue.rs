@@ -12,8 +12,60 @@ use crate::queue::{self, Envelope, MessageOrder, RecipientStatus, Spool};
 use std::io::ErrorKind;
 use std::process::ExitCode;
 
+/// Where a queued message stands, for `queue list --state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum State {
+    /// Waiting for its first attempt.
+    Active,
+    /// Tried, and waiting to be tried again.
+    Deferred,
+    /// Held (quarantined by a policy, or by a postmaster) until released.
+    Held,
+}
+
+impl State {
+    fn of(envelope: &Envelope) -> State {
+        if envelope.hold {
+            State::Held
+        } else if envelope.attempts > 0 {
+            State::Deferred
+        } else {
+            State::Active
+        }
+    }
+}
+
+/// Which messages `queue list` shows: all of them, or those matching every filter given.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub sender: Option<String>,
+    pub domain: Option<String>,
+    pub state: Option<State>,
+    pub older_than: Option<std::time::Duration>,
+}
+
+impl Filter {
+    fn matches(&self, e: &Envelope, now: u64) -> bool {
+        let sender = self.sender.as_deref().map(|s| s.trim_matches(['<', '>']));
+        let waiting_in = |domain: &str| {
+            e.recipients.iter().any(|r| {
+                r.status == RecipientStatus::Pending
+                    && r.address
+                        .rsplit_once('@')
+                        .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+            })
+        };
+        sender.is_none_or(|s| e.sender.eq_ignore_ascii_case(s))
+            && self.domain.as_deref().is_none_or(waiting_in)
+            && self.state.is_none_or(|s| State::of(e) == s)
+            && self
+                .older_than
+                .is_none_or(|age| now.saturating_sub(e.received) >= age.as_secs())
+    }
+}
+
 /// `sluice queue list`.
-pub fn list(config: &Config) -> ExitCode {
+pub fn list(config: &Config, filter: &Filter, json: bool) -> ExitCode {
     let spool = match Spool::open_read_only(&config.spool.dir) {
         Ok(spool) => spool,
         Err(e) => return fail(e),
@@ -23,14 +75,26 @@ pub fn list(config: &Config) -> ExitCode {
         Err(e) => return fail(e),
     };
     let now = queue::now();
-    println!(
-        "{:<17} {:>8} {:>9}  {:<30} {:<12} {:<30} last error",
-        "queue id", "age", "size", "sender", "next", "recipients (waiting)"
-    );
+    if !json {
+        println!(
+            "{:<17} {:>8} {:>9}  {:<30} {:<12} {:<30} last error",
+            "queue id", "age", "size", "sender", "next", "recipients (waiting)"
+        );
+    }
     let mut count = 0;
     for id in ids {
         let Ok(e) = spool.envelope(&id) else { continue };
+        if !filter.matches(&e, now) {
+            continue;
+        }
         count += 1;
+        if json {
+            match serde_json::to_string(&e) {
+                Ok(line) => println!("{line}"),
+                Err(e) => return fail(std::io::Error::other(e)),
+            }
+            continue;
+        }
         let waiting: Vec<&str> = e
             .recipients
             .iter()
@@ -55,7 +119,9 @@ pub fn list(config: &Config) -> ExitCode {
             e.last_error.as_deref().unwrap_or("")
         );
     }
-    println!("{count} messages");
+    if !json {
+        println!("{count} messages");
+    }
     ExitCode::SUCCESS
 }
 
