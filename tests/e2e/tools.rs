@@ -107,3 +107,22 @@ fn session_plays_a_client_and_shows_each_decision() {
     );
     assert!(log.contains("rcpt networks=reject"), "{log}");
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/sluice.service");
+    let unit = std::fs::read_to_string(unit).unwrap();
+    // As installed, with the binary where this build put it (verify checks it is there).
+    let path = dir.path().join("sluice.service");
+    let installed = unit.replace("/usr/bin/sluice", env!("CARGO_BIN_EXE_sluice"));
+    std::fs::write(&path, installed).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package)");
+    // A value it cannot parse is only a warning: none is wanted either.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
