@@ -19,8 +19,8 @@ type Job = Box<dyn FnOnce() + Send>;
 const THREADS: usize = 2;
 
 /// The queue the spool's threads take their work from.
-fn jobs() -> &'static Mutex<Sender<Job>> {
-    static JOBS: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
+fn jobs() -> &'static Sender<Job> {
+    static JOBS: OnceLock<Sender<Job>> = OnceLock::new();
     JOBS.get_or_init(|| {
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
@@ -31,7 +31,7 @@ fn jobs() -> &'static Mutex<Sender<Job>> {
                 .spawn(move || work(&receiver))
                 .expect("a thread for the spool");
         }
-        Mutex::new(sender)
+        sender
     })
 }
 
@@ -76,11 +76,7 @@ async fn on_spool_thread<T: Send + 'static>(
     let job: Job = Box::new(move || {
         let _ = answer.send(work());
     });
-    jobs()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(job)
-        .map_err(|_| Failed)?;
+    jobs().send(job).map_err(|_| Failed)?;
     answered.await.map_err(|_| Failed)
 }
 
