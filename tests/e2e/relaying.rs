@@ -210,5 +210,25 @@ async fn the_log_ties_a_connection_to_its_message_and_its_message_id() {
         .next()
         .unwrap_or_else(|| panic!("no connect line for session {session}:\n{log}"));
     assert!(connect.contains("peer=127.0.0.1"), "{connect}");
-    sink.wait_for(1).await;
+
+    // Without one from the client, the line names the Message-ID the relay gave it.
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("app@example.edu", &["a@example.org"]).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(b"Subject: r\r\n\r\nx\r\n.\r\n").await;
+    let reply = conn.expect(250).await;
+    let made = reply.rsplit(' ').next().unwrap().to_string();
+    relay.wait_for_log(&format!("{made}: session=")).await;
+    let log = relay.log();
+    let accepted = crate::support::lines_with(&log, &format!("{made}: session="))[0];
+    assert!(
+        accepted.contains(&format!("message-id=<{made}@relay.test>")),
+        "{accepted}"
+    );
+    let received = sink.wait_for(2).await;
+    let relayed = String::from_utf8_lossy(&received[1].data).into_owned();
+    assert!(
+        relayed.contains(&format!("Message-ID: <{made}@relay.test>")),
+        "{relayed}"
+    );
 }

@@ -293,20 +293,12 @@ impl Session {
             return Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
         }
         let hold = decision.verdict == Verdict::Quarantine;
-        let mut message =
+        let (mut message, message_id) =
             self.build_message(id, &tx.recipients, &tx.header_edits, &received.raw, &fields);
         if let Some(draft) = draft {
             message = message.in_draft(draft);
         }
-        // For the accept line: the help desk's "did message <X> go out?" starts there.
-        let message_id = fields
-            .iter()
-            .find(|f| f.name.eq_ignore_ascii_case("Message-ID"))
-            .map(|f| {
-                let id = f.value.trim().trim_start_matches('<').trim_end_matches('>');
-                sluice_mail::mime::cut_text(id, MAX_LOGGED_MESSAGE_ID).to_string()
-            });
-        self.queue(tx, message, hold, message_id).await
+        self.queue(tx, message, hold, &message_id).await
     }
 
     /// The reply to a message the DATA reader found fault with.
@@ -366,7 +358,7 @@ impl Session {
         tx: Transaction,
         message: Message,
         hold: bool,
-        message_id: Option<String>,
+        message_id: &str,
     ) -> Reply {
         let peer = self.peer;
         let requests = self.policy.delivery_requests();
@@ -402,10 +394,15 @@ impl Session {
         if let Some(registry) = &self.ctx.registry {
             registry.relayed(peer.ip());
         }
-        let message_id = message_id.map_or(String::new(), |m| format!("message-id=<{m}>, "));
+        // The help desk's "did message <X> go out?" starts from this line.
+        let message_id = message_id
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>');
+        let message_id = sluice_mail::mime::cut_text(message_id, MAX_LOGGED_MESSAGE_ID);
         tracing::info!(
             target: "sluice::queue",
-            "{id}: session={}, client=[{}], helo={}, {message_id}from=<{}>, nrcpt={}, size={size}, tls={}{}",
+            "{id}: session={}, client=[{}], helo={}, message-id=<{message_id}>, from=<{}>, nrcpt={}, size={size}, tls={}{}",
             self.id,
             peer.ip(),
             self.helo.as_deref().unwrap_or(""),
@@ -418,7 +415,8 @@ impl Session {
     }
 
     /// The message as it will be spooled: the Received field, the policies' header edits,
-    /// Date and Message-ID when the client left them out, then the client's message.
+    /// Date and Message-ID when the client left them out, then the client's message; and
+    /// its Message-ID, as relayed.
     fn build_message(
         &self,
         id: &str,
@@ -426,7 +424,7 @@ impl Session {
         edits: &[Rewrite],
         body: &Bytes,
         fields: &[headers::Field],
-    ) -> Message {
+    ) -> (Message, String) {
         let hostname = &self.ctx.config.hostname;
         let now = chrono::Utc::now().to_rfc2822();
         // The HELO name is the client's text: keep only what is safe in a header field.
@@ -492,9 +490,26 @@ impl Session {
         if !has("Date") {
             top.push_str(&format_field("Date", &now));
         }
-        if !has("Message-ID") {
-            top.push_str(&format_field("Message-ID", &format!("<{id}@{hostname}>")));
-        }
-        headers::assemble(body, fields, &remove, top)
+        let message_id = if has("Message-ID") {
+            // A policy's comes first in the header section, else the client's stands.
+            let added = edits.iter().find_map(|edit| match edit {
+                Rewrite::AddHeader(name, value) | Rewrite::ReplaceHeader(name, value)
+                    if name.eq_ignore_ascii_case("Message-ID") =>
+                {
+                    Some(value)
+                }
+                _ => None,
+            });
+            let client = fields
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case("Message-ID"))
+                .map(|f| &f.value);
+            added.or(client).cloned().unwrap_or_default()
+        } else {
+            let made = format!("<{id}@{hostname}>");
+            top.push_str(&format_field("Message-ID", &made));
+            made
+        };
+        (headers::assemble(body, fields, &remove, top), message_id)
     }
 }
