@@ -116,6 +116,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// DKIM signing of every accepted message; absent, nothing is signed.
     pub dkim: Option<DkimConfig>,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     /// Where mail to `<postmaster>` (no domain, RFC 5321 4.5.1) goes (default:
     /// `postmaster@HOSTNAME`).
     pub postmaster: Option<EnvelopeAddress>,
@@ -706,6 +708,38 @@ pub struct AdminConfig {
     pub socket: Option<PathBuf>,
 }
 
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served over HTTP (absent: no endpoint). The metrics name the
+    /// modules and listeners, not addresses; keep it on loopback or a management network.
+    pub addr: Option<SocketAddr>,
+}
+
+/// How the relay writes its log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A file to append to instead of stderr; reopened on SIGUSR1 (for logrotate).
+    pub file: Option<PathBuf>,
+}
+
+/// The log's line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// tracing's lines: time, level, target, message and fields.
+    #[default]
+    Text,
+    /// Postfix's syslog lines (`Mon DD HH:MM:SS host sluice/smtpd[pid]: QUEUEID: ...`),
+    /// which pflogsumm and other log analysers read.
+    Maillog,
+    /// One JSON object a line.
+    Json,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -728,6 +762,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
             dkim: None,
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
             postmaster: None,
         }
     }

@@ -22,6 +22,7 @@
 //!   check/test, session.
 //! - [`config`] — `sluice.toml`.
 //! - [`logging`] — the log writer, which escapes what clients sent.
+//! - [`metrics`] — the counters every part adds to, and `/metrics` for Prometheus.
 //! - [`smtp`] — the SMTP server: sessions, one file per stage, strict DATA reading.
 //! - [`policy`] — the wasmtime runtime, the chain, the host functions modules import.
 //! - [`protocol`] — what SMTP defines, below `smtp` and `policy`: replies.
@@ -46,6 +47,7 @@ mod dkim;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod logging;
+mod metrics;
 pub mod policy;
 mod private;
 mod protocol;

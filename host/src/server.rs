@@ -5,6 +5,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::dkim::Dkim;
+use crate::metrics;
 use crate::policy::engine::capacity_shortfall;
 use crate::policy::reload::{self, Reloader};
 use crate::policy::{Chain, PolicyEngine};
@@ -61,6 +62,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     });
     let watching_certificates = reloadable.watch_certificates();
     let listeners = listener::bind(&config.listeners).await?;
+    let metrics_listener = match config.metrics.addr {
+        Some(addr) => Some(metrics::http::bind(addr).await?),
+        None => None,
+    };
 
     // The queue runner drives delivery's SMTP client; the queue knows it only as a
     // `Deliver`.
@@ -86,6 +91,14 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         auth: Some(auth),
     });
     tokio::spawn(registry.clone().run(ctx.queue.clone()));
+    if let Some(socket) = metrics_listener {
+        let sources = metrics::http::Sources {
+            spool: ctx.queue.spool().clone(),
+            registry: Some(registry.table()),
+            census: Default::default(),
+        };
+        tokio::spawn(metrics::http::serve(socket, Arc::new(sources)));
+    }
 
     tokio::spawn(reload_on_sighup(reloader.clone(), reloadable.clone()));
     tokio::spawn(systemd::keep_watchdog());

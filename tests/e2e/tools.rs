@@ -126,3 +126,56 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
+
+#[test]
+fn the_alert_rules_pass_promtool_and_the_dashboard_is_json_on_the_relays_metrics() {
+    let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(format!("{dist}/prometheus/sluice-alerts.yml"))
+        .output()
+        .expect("promtool (Debian's prometheus package)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dashboard =
+        std::fs::read_to_string(format!("{dist}/grafana/sluice-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    // Every query names metrics the relay has: a renamed metric leaves no empty panel.
+    let queries: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(queries.len() >= 10, "{queries:?}");
+    // Every metric named in a query or a rule is one the relay has: a renamed metric
+    // leaves no empty panel and no alert that can never fire.
+    let rules = std::fs::read_to_string(format!("{dist}/prometheus/sluice-alerts.yml")).unwrap();
+    let names = metric_names();
+    for text in queries.iter().copied().chain([rules.as_str()]) {
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if let Some(name) = word.strip_prefix("sluice_") {
+                assert!(
+                    names.iter().any(|n| name.starts_with(n.as_str())),
+                    "{word} is not a metric of the relay"
+                );
+            }
+        }
+    }
+}
+
+/// The names of the metrics the relay serves (without `sluice_`), from its own source.
+fn metric_names() -> Vec<String> {
+    let source = include_str!("../../host/src/metrics/mod.rs");
+    source
+        .split("r.register")
+        .skip(1)
+        .filter_map(|call| call.split('"').nth(1).map(str::to_string))
+        .collect()
+}

@@ -8,32 +8,10 @@
 
 use crate::admin::{QueueOrder, Request};
 use crate::config::Config;
+pub use crate::queue::State;
 use crate::queue::{self, Envelope, MessageOrder, RecipientStatus, Spool};
 use std::io::ErrorKind;
 use std::process::ExitCode;
-
-/// Where a queued message stands, for `queue list --state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum State {
-    /// Waiting for its first attempt.
-    Active,
-    /// Tried, and waiting to be tried again.
-    Deferred,
-    /// Held (quarantined by a policy, or by a postmaster) until released.
-    Held,
-}
-
-impl State {
-    fn of(envelope: &Envelope) -> State {
-        if envelope.hold {
-            State::Held
-        } else if envelope.attempts > 0 {
-            State::Deferred
-        } else {
-            State::Active
-        }
-    }
-}
 
 /// Which messages `queue list` shows: all of them, or those matching every filter given.
 #[derive(Debug, Default)]

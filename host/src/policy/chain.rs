@@ -21,7 +21,7 @@
 use super::builtin;
 use super::engine::{Policy, PolicyEngine, PolicyIndices, PolicyPre, sluice::policy::types};
 use super::error::LoadError;
-use super::host::{ConfigValue, DeliveryRequests, HostState, SessionFacts};
+use super::host::{ConfigValue, DeliveryRequests, HostState, MemoryLimit, SessionFacts};
 use super::manifest::{self, Mode, ModuleSource, OnError, PolicySpec};
 use super::message::{MessageBody, MessageData};
 use super::output::{CapturedOutput, OutputBudget};
@@ -227,6 +227,21 @@ pub struct StatsSnapshot {
     pub reused: u64,
 }
 
+impl Failure {
+    /// The kind of failure, as the metrics count it.
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Timeout(_) => "timeout",
+            Failure::Start(_) => "instantiate",
+            Failure::Trapped(_) => "trap",
+            Failure::Broken(_) => "invalid",
+            Failure::OutOfMemory(_) => "memory",
+            Failure::FailedEarlier => "failed_earlier",
+            Failure::Capacity(_) => "capacity",
+        }
+    }
+}
+
 impl ModuleStats {
     fn record(&self, outcome: Result<Verdict, &Failure>, elapsed: Duration) {
         self.calls.fetch_add(1, Ordering::Relaxed);
@@ -269,9 +284,15 @@ enum Failure {
     /// Could not be instantiated for this session.
     #[error("failed to start: {0}")]
     Start(String),
-    /// Trapped, ran out of memory, or answered something invalid.
+    /// Trapped, or failed in a host call.
+    #[error("{0}")]
+    Trapped(String),
+    /// Answered something invalid.
     #[error("{0}")]
     Broken(String),
+    /// Asked for more memory than its `max_memory`.
+    #[error("{0}")]
+    OutOfMemory(String),
     /// Failed at an earlier hook of this session, so it is not entered again.
     #[error("failed earlier in this session")]
     FailedEarlier,
@@ -514,11 +535,14 @@ impl LoadedModule {
             module: self.name.clone(),
             config: self.config.clone(),
             facts: facts.clone(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.max_memory)
-                .table_elements(MAX_TABLE_ELEMENTS)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: MemoryLimit {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.max_memory)
+                    .table_elements(MAX_TABLE_ELEMENTS)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                refused: false,
+            },
             counters: engine.counters().clone(),
             registry: engine.registry().clone(),
             requests: requests.clone(),
@@ -617,7 +641,7 @@ impl LoadedModule {
         self.log_output([&instance.stdout, &instance.stderr], facts, None, false);
         match outcome {
             Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(failure(&e)),
+            Some(Err(e)) => Err(failure(&e, instance.store.data().limits.refused)),
             None => Err(Failure::Timeout(self.timeout)),
         }
     }
@@ -934,7 +958,7 @@ impl SessionChain {
         instance.busy = false;
         let outcome = match outcome {
             Some(result) => result
-                .map_err(|e| failure(&e))
+                .map_err(|e| failure(&e, instance.store.data().limits.refused))
                 .and_then(|d| check_decision(d).map_err(Failure::Broken)),
             // The call was dropped where it stood: in the module's code or in a host call.
             None => Err(Failure::Timeout(module.timeout)),
@@ -1020,6 +1044,14 @@ impl LoadedModule {
         let (hook, name) = (call.hook(), &*self.name);
         self.stats
             .record(outcome.as_ref().map(|(v, _, _)| *v), elapsed);
+        let m = crate::metrics::metrics();
+        match &outcome {
+            Ok((verdict, _, _)) => m.decision(&self.name, hook.as_str(), verdict.as_str(), elapsed),
+            Err(failure) => {
+                m.decision(&self.name, hook.as_str(), "error", elapsed);
+                m.module_failure(&self.name, failure.kind());
+            }
+        }
         let mut decided = Decided {
             hook,
             subject: call.subject().map(str::to_string),
@@ -1140,14 +1172,18 @@ fn note(trace: &mut Vec<Decided>, decided: Decided) {
 
 /// What a failed call's error means. (An epoch interrupt cannot happen: the stores yield
 /// at their deadline instead, and the time limit is kept by [`within`].)
-fn failure(error: &wasmtime::Error) -> Failure {
+/// `out_of_memory`: the store refused the module memory it asked for.
+fn failure(error: &wasmtime::Error, out_of_memory: bool) -> Failure {
     if out_of_capacity(error) {
         return Failure::Capacity(error.to_string());
     }
+    if out_of_memory {
+        return Failure::OutOfMemory(format!("out of memory: {}", error.root_cause()));
+    }
     match error.downcast_ref::<Trap>() {
-        Some(trap) => Failure::Broken(format!("trapped: {trap}")),
+        Some(trap) => Failure::Trapped(format!("trapped: {trap}")),
         // The root cause only: the rest is a multi-line wasm backtrace, not for a log line.
-        None => Failure::Broken(format!("failed: {}", error.root_cause())),
+        None => Failure::Trapped(format!("failed: {}", error.root_cause())),
     }
 }
 

@@ -73,12 +73,56 @@ const MAX_READ: u32 = 1 << 20;
 /// Fields of one log event kept at most.
 const MAX_LOG_FIELDS: usize = 32;
 
+/// The store's limits, remembering when it refused a module memory: a module that runs out
+/// of memory traps like any other, and the metrics tell the two apart.
+pub struct MemoryLimit {
+    pub limits: StoreLimits,
+    /// A memory (or table) was refused the growth it asked for.
+    pub refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum);
+        self.refused |= !matches!(allowed, Ok(true));
+        allowed
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.table_growing(current, desired, maximum);
+        self.refused |= !matches!(allowed, Ok(true));
+        allowed
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
 /// The data of one module instance's store.
 pub struct HostState {
     pub module: Arc<str>,
     pub config: Arc<BTreeMap<String, ConfigValue>>,
     pub facts: Arc<SessionFacts>,
-    pub limits: StoreLimits,
+    pub limits: MemoryLimit,
     /// The node's counters (`counters` in the contract).
     pub counters: Arc<Counters>,
     /// What the session's modules asked of delivery (`delivery` in the contract).

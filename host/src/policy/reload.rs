@@ -111,11 +111,13 @@ impl Reloader {
                 history.reloads += 1;
                 history.last_reload = Some(event(&message));
                 history.last_error = None;
+                crate::metrics::metrics().reload(true);
                 Ok(message)
             }
             Err(e) => {
                 tracing::error!(trigger, dir = %self.dir.display(), "policy chain not reloaded, the running one stays: {e}");
                 history.last_error = Some(event(&e.to_string()));
+                crate::metrics::metrics().reload(false);
                 Err(e)
             }
         }

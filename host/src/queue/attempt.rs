@@ -102,7 +102,11 @@ pub async fn run<D: Deliver>(
         Loaded::Ready(loaded) => *loaded,
         Loaded::Skip(attempted) => return attempted,
     };
+    let started = std::time::Instant::now();
     let delivered = deliverer.attempt(&envelope, &message).await;
+    crate::metrics::metrics()
+        .delivery_attempt_seconds
+        .observe(started.elapsed().as_secs_f64());
     record(queue, schedule, envelope, &message, delivered).await
 }
 
@@ -186,6 +190,16 @@ async fn record(
             }
         };
         let text = outcome.into_text();
+        let tls = leg.as_ref().and_then(|l| l.tls.as_deref());
+        let m = crate::metrics::metrics();
+        match word {
+            "sent" => {
+                m.delivery("sent", tls);
+                m.delivery_delay_seconds.observe(delay as f64);
+            }
+            "deferred" => m.delivery("deferred", tls),
+            _ => m.delivery("bounced", tls),
+        }
         tracing::info!(
             target: "sluice::delivery",
             "{}: from=<{}>, to=<{}>, relay={}, delay={delay}, attempts={}, tls={}, tls_rule={}, status={word} ({text})",

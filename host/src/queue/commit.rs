@@ -75,10 +75,15 @@ impl GroupCommit {
             // next waiter must be able to sync: the guard hands the turn on.
             let turn = Turn(self);
             let spool = spool.clone();
+            let started = std::time::Instant::now();
             let result = super::io::run(move || spool.sync_queue())
                 .await
                 .map_err(std::io::Error::other)
                 .and_then(|r| r);
+            let m = crate::metrics::metrics();
+            m.spool_sync_seconds
+                .observe(started.elapsed().as_secs_f64());
+            m.spool_sync_batch.observe((covers - after) as f64);
             {
                 let mut state = lock();
                 match &result {

@@ -200,6 +200,7 @@ mod tests {
             client: "10.0.0.5".into(),
             size: 10,
             hold: false,
+            quarantined: false,
             attempts: 1,
             next_attempt: 0,
             last_error: None,

@@ -52,6 +52,9 @@ pub struct Envelope {
     /// Held for a postmaster (a policy quarantined it): not delivered until released.
     #[serde(default)]
     pub hold: bool,
+    /// Held because a policy quarantined it (not a postmaster's hold); cleared on release.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantined: bool,
     #[serde(default)]
     pub attempts: u32,
     /// When the next attempt is due (Unix seconds); 0 means now.
@@ -94,6 +97,7 @@ impl Envelope {
             client: "127.0.0.1".into(),
             size: 0,
             hold: false,
+            quarantined: false,
             attempts: 0,
             next_attempt: 0,
             last_error: None,
@@ -125,6 +129,46 @@ pub enum RecipientStatus {
     Sent,
     /// Refused permanently or given up.
     Failed,
+}
+
+/// Where a queued message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum State {
+    /// Waiting for its first attempt.
+    Active,
+    /// Tried, and waiting to be tried again.
+    Deferred,
+    /// Held by a postmaster until released.
+    Held,
+    /// Held because a policy quarantined it, until a postmaster releases it.
+    Quarantined,
+}
+
+impl State {
+    pub const ALL: [State; 4] = [
+        State::Active,
+        State::Deferred,
+        State::Held,
+        State::Quarantined,
+    ];
+
+    pub fn of(envelope: &Envelope) -> State {
+        match envelope {
+            e if e.hold && e.quarantined => State::Quarantined,
+            e if e.hold => State::Held,
+            e if e.attempts > 0 => State::Deferred,
+            _ => State::Active,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Deferred => "deferred",
+            State::Held => "held",
+            State::Quarantined => "quarantined",
+        }
+    }
 }
 
 /// Unix time in seconds.

@@ -156,6 +156,7 @@ impl Spool {
             });
         }
         envelope.hold = hold;
+        envelope.quarantined = false;
         envelope.next_attempt = 0;
         self.update(&envelope)?;
         Ok(if hold {
@@ -541,6 +542,7 @@ mod tests {
             client: "127.0.0.1".into(),
             size: 5,
             hold: false,
+            quarantined: false,
             attempts: 0,
             next_attempt: 0,
             last_error: None,

@@ -163,6 +163,12 @@ impl Session {
             }
             _ => Outcome::Unavailable,
         };
+        crate::metrics::metrics().auth(match outcome {
+            Outcome::Authenticated => "success",
+            Outcome::Failed { .. } => "failure",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Locked(_) => "lockout",
+        });
         match outcome {
             Outcome::Authenticated => {
                 tracing::info!(target: "sluice::auth", session = self.id, peer = %self.peer, mechanism = %mechanism.as_str(), user = %user, "authenticated");

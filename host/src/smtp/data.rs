@@ -377,6 +377,7 @@ impl Session {
             client: peer.ip().to_string(),
             size: 0,
             hold,
+            quarantined: hold,
             attempts: 0,
             next_attempt: 0,
             last_error: None,
@@ -391,6 +392,9 @@ impl Session {
                 return cannot_queue();
             }
         };
+        let m = crate::metrics::metrics();
+        m.messages_accepted.inc();
+        m.bytes_accepted.inc_by(size as u64);
         if let Some(registry) = &self.ctx.registry {
             registry.relayed(peer.ip());
         }

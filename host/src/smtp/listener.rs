@@ -6,6 +6,7 @@ use super::proxy;
 use super::session::Session;
 use super::stream::Stream;
 use crate::config::{ListenerConfig, ListenerKind};
+use crate::metrics::metrics;
 use crate::policy::SessionFacts;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -133,6 +134,7 @@ async fn accept_loop(
         };
         let Ok(listener_permit) = own.clone().try_acquire_owned() else {
             tracing::warn!(%peer, listener = &*name, "connection refused: the listener's max_connections reached");
+            metrics().connection(&name, "over_limit");
             refuse(
                 stream,
                 "421 4.7.0 Too many connections, try again later\r\n",
@@ -141,6 +143,7 @@ async fn accept_loop(
         };
         let Ok(permit) = total.clone().try_acquire_owned() else {
             tracing::warn!(%peer, listener = &*name, "connection refused: limits.max_connections reached");
+            metrics().connection(&name, "over_limit");
             refuse(
                 stream,
                 "421 4.7.0 Too many connections, try again later\r\n",
@@ -162,9 +165,10 @@ async fn start(
     ctx: Arc<ServerContext>,
     mut stream: TcpStream,
     config: &ListenerConfig,
-    name: &str,
+    name: &Arc<str>,
     per_ip: &Arc<PerIp>,
 ) {
+    let refused = |outcome| metrics().connection(name, outcome);
     let _ = stream.set_nodelay(true);
     let mut facts = match Session::facts_for(&stream, name) {
         Ok(facts) => facts,
@@ -177,7 +181,8 @@ async fn start(
             .iter()
             .any(|n| n.contains(&balancer.ip().to_canonical()))
         {
-            return tracing::warn!(peer = %balancer, listener = name, "connection refused: not a load balancer named in proxy_from");
+            refused("proxy_refused");
+            return tracing::warn!(peer = %balancer, listener = &**name, "connection refused: not a load balancer named in proxy_from");
         }
         match proxy::read_header(&mut stream).await {
             Ok(Some((client, destination))) => {
@@ -187,13 +192,15 @@ async fn start(
             // The balancer's own connection (a health check): it is the client.
             Ok(None) => {}
             Err(e) => {
-                return tracing::warn!(peer = %balancer, listener = name, "connection refused: {e}");
+                refused("proxy_refused");
+                return tracing::warn!(peer = %balancer, listener = &**name, "connection refused: {e}");
             }
         }
     }
     let peer = facts.peer;
     let Some(_slot) = per_ip.try_take(peer.ip(), ctx.config.limits.max_connections_per_ip) else {
         tracing::warn!(%peer, "connection refused: limits.max_connections_per_ip reached (an IPv6 /64 counts as one client)");
+        refused("over_limit");
         refuse(
             stream,
             "421 4.7.0 Too many connections from your address, try again later\r\n",
@@ -208,12 +215,19 @@ async fn start(
                 facts.tls = stream.tls_info();
                 stream
             }
-            Ok(Err(e)) => return tracing::info!(%peer, "disconnect: TLS handshake failed: {e}"),
-            Err(_) => return tracing::info!(%peer, "disconnect: TLS handshake timed out"),
+            Ok(Err(e)) => {
+                refused("tls_failed");
+                return tracing::info!(%peer, "disconnect: TLS handshake failed: {e}");
+            }
+            Err(_) => {
+                refused("tls_failed");
+                return tracing::info!(%peer, "disconnect: TLS handshake timed out");
+            }
         }
     } else {
         Stream::Plain(stream)
     };
+    metrics().connection(name, "session");
     Session::new(ctx, stream, facts)
         .on_listener(config.kind)
         .run()

@@ -108,6 +108,8 @@ pub struct Session {
     junk: usize,
     /// When the text of the message in progress began to arrive (`limits.data_timeout`).
     data_since: Option<tokio::time::Instant>,
+    /// The stage the last command was at, for the refusal counts (`metrics`).
+    stage: &'static str,
 }
 
 impl Session {
@@ -152,6 +154,7 @@ impl Session {
             errors: 0,
             junk: 0,
             data_since: None,
+            stage: "connect",
         }
     }
 
@@ -380,6 +383,7 @@ impl Session {
 
     /// Handles one command line; `Some` when the read loop must act.
     async fn command(&mut self, line: &[u8]) -> Option<Next> {
+        self.stage = stage(line);
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(e) => return self.error(parse_error_reply(e)),
@@ -431,6 +435,7 @@ impl Session {
 
     /// Queues a reply for the next write.
     pub(super) fn reply(&mut self, reply: Reply) {
+        crate::metrics::metrics().refused(self.stage, reply.code);
         reply.write_to(&mut self.output);
     }
 
@@ -603,6 +608,30 @@ fn valid_header_edit(edit: &Rewrite) -> bool {
         Rewrite::RemoveHeader(name) => valid_name(name),
         _ => false,
     }
+}
+
+/// The stage a command line belongs to, as the refusal counts name it: by its verb, so
+/// that a command refused because it does not parse counts at its stage too.
+fn stage(line: &[u8]) -> &'static str {
+    let verb = line
+        .split(|b| matches!(b, b' ' | b'\r' | b'\n'))
+        .next()
+        .unwrap_or_default();
+    const STAGES: [(&str, &str); 9] = [
+        ("EHLO", "helo"),
+        ("HELO", "helo"),
+        ("LHLO", "helo"),
+        ("MAIL", "mail"),
+        ("RCPT", "rcpt"),
+        ("DATA", "data"),
+        ("BDAT", "data"),
+        ("AUTH", "auth"),
+        ("STARTTLS", "starttls"),
+    ];
+    STAGES
+        .iter()
+        .find(|(name, _)| verb.eq_ignore_ascii_case(name.as_bytes()))
+        .map_or("other", |(_, stage)| stage)
 }
 
 /// The reply to a command smtp-proto could not parse.
