@@ -370,6 +370,11 @@ pub struct Limits {
     pub max_header_fields: usize,
     /// Largest header section of a message, in bytes.
     pub max_header_size: usize,
+    /// On SIGTERM, how long sessions in the middle of a message and deliveries under way
+    /// have to finish before the relay exits anyway (systemd's `TimeoutStopSec` must be
+    /// longer).
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -389,6 +394,7 @@ impl Default for Limits {
             max_junk_commands: 100,
             max_header_fields: 1000,
             max_header_size: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }

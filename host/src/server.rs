@@ -82,6 +82,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         Schedule::of(&config),
     ));
 
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(ServerContext {
         config: config.clone(),
         tls,
@@ -89,6 +90,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         queue,
         registry: Some(registry.clone()),
         auth: Some(auth),
+        shutdown,
     });
     tokio::spawn(registry.clone().run(ctx.queue.clone()));
     if let Some(socket) = metrics_listener {
@@ -119,14 +121,39 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let mut terminate = signal(SignalKind::terminate())?;
     // The listeners are bound: connections are taken from here on.
     systemd::ready();
+    let serving = tokio::spawn(listener::serve(ctx.clone(), listeners));
     tokio::select! {
-        _ = listener::serve(ctx, listeners) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
     }
     systemd::stopping();
-    // Accepted messages are on disk already; the next start delivers what is left.
+    stop_gracefully(&ctx, stop, serving).await;
     Ok(())
+}
+
+/// Stops listening, tells idle sessions 421, and lets the sessions in the middle of a
+/// message and the deliveries under way finish, within `limits.shutdown_grace`. A delivery
+/// cut short would be repeated after the restart, and the next hop would hold two copies;
+/// a message is acknowledged only once on disk, so a session cut short loses nothing.
+async fn stop_gracefully(
+    ctx: &ServerContext,
+    stop: tokio::sync::watch::Sender<bool>,
+    serving: tokio::task::JoinHandle<()>,
+) {
+    let _ = stop.send(true);
+    let grace = ctx.config.limits.shutdown_grace;
+    let finished = tokio::time::timeout(grace, async {
+        let _ = tokio::join!(serving, ctx.queue.drain());
+    })
+    .await;
+    match finished {
+        Ok(()) => tracing::info!("stopped: every session and delivery under way finished"),
+        Err(_) => tracing::warn!(
+            "stopped after limits.shutdown_grace ({}): sessions or deliveries were cut short; \
+             their clients retry, and the deliveries are tried again at the next start",
+            humantime::format_duration(grace)
+        ),
+    }
 }
 
 /// Every half minute, the running chain lets go of the module instances that no session

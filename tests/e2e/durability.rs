@@ -338,3 +338,136 @@ async fn every_accepted_message_is_delivered_across_sigkills_while_the_next_hop_
     let sink = Sink::start().await;
     under_sigkill(&sink, 200, true).await;
 }
+
+/// One command (or a message's text) and the code of its reply; `None` once the relay has
+/// closed the connection.
+async fn exchange(
+    stream: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    text: &str,
+) -> Option<u16> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    if !text.is_empty() {
+        stream.get_mut().write_all(text.as_bytes()).await.ok()?;
+    }
+    loop {
+        let mut line = String::new();
+        if stream.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line.get(..3)?.parse().ok();
+        }
+    }
+}
+
+/// A client that sends message after message on one connection until the relay stops
+/// it; the subjects of those answered 250, and the code that stopped it.
+async fn keep_sending(relay: std::net::SocketAddr, client: usize) -> (Vec<String>, Option<u16>) {
+    let stream = tokio::net::TcpStream::connect(relay).await.unwrap();
+    let mut stream = tokio::io::BufReader::new(stream);
+    let mut accepted = Vec::new();
+    let mut code = exchange(&mut stream, "").await;
+    if code == Some(220) {
+        code = exchange(&mut stream, "EHLO client.test\r\n").await;
+    }
+    for n in 0.. {
+        if code != Some(250) {
+            break;
+        }
+        let subject = format!("client {client} message {n}");
+        code = exchange(&mut stream, "MAIL FROM:<app@example.edu>\r\n").await;
+        if code != Some(250) {
+            break;
+        }
+        code = exchange(&mut stream, "RCPT TO:<a@example.org>\r\n").await;
+        if code != Some(250) {
+            break;
+        }
+        code = exchange(&mut stream, "DATA\r\n").await;
+        if code != Some(354) {
+            break;
+        }
+        let text = format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n");
+        code = exchange(&mut stream, &text).await;
+        if code == Some(250) {
+            accepted.push(subject);
+        }
+    }
+    (accepted, code)
+}
+
+#[tokio::test]
+async fn sigterm_under_load_with_a_slow_next_hop_delivers_each_message_exactly_once() {
+    let sink = Sink::start().await;
+    // The next hop takes a while to answer each message: a SIGTERM finds deliveries that
+    // the next hop holds but has not acknowledged.
+    sink.set_reply_delay(std::time::Duration::from_millis(700));
+    let mut relay = Relay::start_with(crate::support::relay::RelayOptions {
+        smarthost: Some(sink.addr),
+        extra: "[limits]\nshutdown_grace = \"20s\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let senders: Vec<_> = (0..4)
+        .map(|client| tokio::spawn(keep_sending(relay.addr, client)))
+        .collect();
+    // A session in the middle of a message's text, and one waiting for a command.
+    let mut in_data = Conn::greeted(relay.addr).await;
+    in_data
+        .envelope("app@example.edu", &["a@example.org"])
+        .await;
+    in_data.cmd("DATA", 354).await;
+    in_data.send("Subject: begun before the stop\r\n\r\n").await;
+    let mut idle = Conn::greeted(relay.addr).await;
+    idle.cmd("EHLO idle.test", 250).await;
+    // Deliveries are under way.
+    sink.wait_for(2).await;
+
+    let stopping = std::time::Instant::now();
+    relay.send_sigterm();
+    // The idle session is told at once; the one in DATA may finish its message.
+    let told = idle.reply().await;
+    assert_eq!(
+        (told.code, told.lines[0].starts_with("4.3.2")),
+        (421, true),
+        "{told:?}"
+    );
+    in_data.send("finished after the stop\r\n.\r\n").await;
+    in_data.expect(250).await;
+    in_data.cmd("NOOP", 421).await;
+    let mut accepted = vec!["begun before the stop".to_string()];
+    for sender in senders {
+        let (subjects, last) = sender.await.unwrap();
+        assert!(matches!(last, Some(421) | None), "{last:?}");
+        accepted.extend(subjects);
+    }
+    let status = relay.exited().await;
+    assert!(status.success(), "{status:?}\n{}", relay.log());
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(20));
+    let log = relay.log();
+    assert!(
+        log.contains("stopped: every session and delivery under way finished"),
+        "{log}"
+    );
+
+    // The restart delivers what was left, and nothing twice.
+    relay.restart().await;
+    relay.wait_for_queued(0).await;
+    let delivered: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(&m.data).into_owned();
+            let subject = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap();
+            subject.to_string()
+        })
+        .collect();
+    for subject in &accepted {
+        let copies = delivered.iter().filter(|d| *d == subject).count();
+        assert_eq!(copies, 1, "{subject}: {copies} copies\n{}", relay.log());
+    }
+    assert_eq!(delivered.len(), accepted.len(), "{delivered:?}");
+}

@@ -300,6 +300,15 @@ impl Queue {
         answered.await.map_err(|_| OrderError::Stopped)?
     }
 
+    /// Stops delivery for a shutdown: returns once no attempt is under way, and none will
+    /// start (a restart delivers what is left).
+    pub async fn drain(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.runner.send(Order::Drain(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Deletes every message (held ones too); says how many.
     pub async fn delete_all(&self) -> Result<usize, OrderError> {
         let spool = self.spool.clone();

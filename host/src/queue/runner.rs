@@ -30,6 +30,9 @@ pub enum Order {
     Flush,
     /// A postmaster's order for one message; the answer says what was done.
     Message(String, MessageOrder, Answer),
+    /// The relay is stopping: start no more attempts, and answer once those under way
+    /// have recorded their outcome (so none is repeated after the restart).
+    Drain(oneshot::Sender<()>),
 }
 
 /// A message as queued: its envelope and its text.
@@ -115,8 +118,20 @@ pub async fn run<D: Deliver>(
 
     let slots = Arc::new(Semaphore::new(schedule.concurrency));
     let (finished_tx, mut finished) = mpsc::unbounded_channel::<(String, Attempted)>();
+    // Told to drain: who waits for the attempts under way to end.
+    let mut drained: Option<Vec<oneshot::Sender<()>>> = None;
     loop {
-        let next = book.due.peek().map(|Reverse((at, _))| *at);
+        if let Some(waiting) = drained.take_if(|_| book.in_flight.is_empty()) {
+            for waiter in waiting {
+                let _ = waiter.send(());
+            }
+            drained = Some(Vec::new());
+        }
+        // Draining, nothing new starts: the messages wait in the spool for the next start.
+        let next = match drained {
+            Some(_) => None,
+            None => book.due.peek().map(|Reverse((at, _))| *at),
+        };
         tokio::select! {
             Some(order) = orders.recv() => match order {
                 Order::New(id, queued) => {
@@ -132,6 +147,12 @@ pub async fn run<D: Deliver>(
                     for id in ids {
                         book.schedule(id, now);
                     }
+                }
+                Order::Drain(waiter) => {
+                    if drained.is_none() {
+                        tracing::info!(in_flight = book.in_flight.len(), "queue: starting no more deliveries; waiting for those under way");
+                    }
+                    drained.get_or_insert_with(Vec::new).push(waiter);
                 }
                 Order::Message(id, order, answer) => match book.in_flight.get_mut(&id) {
                     Some(waiting) => waiting.push((order, answer)),

@@ -89,9 +89,11 @@ pub async fn bind(
     Ok(bound)
 }
 
-/// Accepts connections on every listener until the process ends.
+/// Accepts connections on every listener until the relay stops (`ctx.shutdown`), then
+/// returns once every session has ended.
 pub async fn serve(ctx: Arc<ServerContext>, listeners: Vec<(TcpListener, ListenerConfig)>) {
-    let total = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
+    let max = ctx.config.limits.max_connections;
+    let total = Arc::new(Semaphore::new(max));
     let per_ip = Arc::new(PerIp::default());
     let mut tasks = tokio::task::JoinSet::new();
     for (listener, config) in listeners {
@@ -107,6 +109,10 @@ pub async fn serve(ctx: Arc<ServerContext>, listeners: Vec<(TcpListener, Listene
         ));
     }
     while tasks.join_next().await.is_some() {}
+    // Every session holds one of the relay's places: all of them back, all have ended.
+    let _ = total
+        .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
+        .await;
 }
 
 async fn accept_loop(
@@ -118,8 +124,16 @@ async fn accept_loop(
 ) {
     let name: Arc<str> = Arc::from(config.name());
     let mut backoff = Duration::from_millis(10);
+    let mut shutdown = ctx.shutdown.clone();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = super::shutting_down(&mut shutdown) => {
+                tracing::info!(listener = &*name, "no longer listening: the relay is shutting down");
+                return;
+            }
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => {
                 backoff = Duration::from_millis(10);
                 accepted

@@ -56,6 +56,16 @@ pub struct ServerContext {
     pub registry: Option<Arc<Registry>>,
     /// The users AUTH checks against; `None` where nobody authenticates (`sluice session`).
     pub auth: Option<Arc<Auth>>,
+    /// Set when the relay is stopping: listeners stop accepting, and sessions waiting for
+    /// a command are told 421 (see [`shutting_down`]).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Returns once the relay is stopping; never, if whoever could stop it is gone.
+pub async fn shutting_down(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 impl ServerContext {
@@ -79,6 +89,8 @@ impl ServerContext {
             queue: Queue::new(spool, new_messages, dkim),
             registry: None,
             auth: None,
+            // Nobody stops it: the session ends with its client.
+            shutdown: tokio::sync::watch::channel(false).1,
         })
     }
 }

@@ -292,7 +292,20 @@ impl Session {
             if let Some(since) = self.data_since.filter(|s| *s + data_timeout < limit.0) {
                 limit = (since + data_timeout, "message text took too long to arrive");
             }
-            let read = tokio::time::timeout_at(limit.0, self.stream.read(&mut read_buf)).await;
+            // A session waiting for a command is told the relay is stopping; one in the
+            // middle of a message's text is let finish it (within `shutdown_grace`).
+            let mut shutdown = self.ctx.shutdown.clone();
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(limit.0, self.stream.read(&mut read_buf)) => read,
+                () = super::shutting_down(&mut shutdown), if !in_data => {
+                    self.reply(Reply::new(
+                        421,
+                        "4.3.2",
+                        format!("{} Service shutting down, try again later", self.ctx.config.hostname),
+                    ));
+                    return "the relay is shutting down".into();
+                }
+            };
             match read {
                 Err(_) => {
                     self.reply(Reply::new(

@@ -229,10 +229,33 @@ impl Relay {
 
     /// SIGTERM, as systemd stops a service; how the process ended.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.send_sigterm();
         let mut child = self.child.take().expect("the relay runs");
+        child.wait().expect("the relay's exit")
+    }
+
+    /// Sends SIGTERM and returns at once (see [`Relay::exited`]).
+    pub fn send_sigterm(&self) {
+        let child = self.child.as_ref().expect("the relay runs");
         // SAFETY: kill(2) on the child's own pid, which it keeps until waited for.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        child.wait().expect("the relay's exit")
+    }
+
+    /// Waits for the relay to exit, without holding up the test's other tasks.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("the relay runs");
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("the relay's exit") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay did not exit"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Kills the relay and starts it again on the same spool and port.

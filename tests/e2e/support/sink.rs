@@ -1,5 +1,5 @@
 //! A real SMTP server that stands for the next hop: it records every message it accepts,
-//! and can be told to answer 4xx for a while; a recipient whose address starts with
+//! and can be told to answer 4xx for a while, or slowly; a recipient whose address starts with
 //! `unknown` is refused with 550 5.1.1.
 
 use super::PATIENCE;
@@ -24,6 +24,8 @@ struct State {
     messages: Mutex<Vec<Received>>,
     arrived: Notify,
     tempfail: AtomicBool,
+    /// How long the answer to a message's text takes (a slow next hop).
+    delay: Mutex<std::time::Duration>,
 }
 
 /// The sink; it stops when dropped.
@@ -64,6 +66,12 @@ impl Sink {
     /// From now on answer MAIL with `451 4.3.0` (or stop doing so).
     pub fn set_tempfail(&self, on: bool) {
         self.state.tempfail.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on answer each message's text after `delay` (it is recorded at once, as a
+    /// next hop that has the message but has not said so yet).
+    pub fn set_reply_delay(&self, delay: std::time::Duration) {
+        *self.state.delay.lock().unwrap() = delay;
     }
 
     /// Every message received so far.
@@ -157,6 +165,8 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<State>) {
                 });
                 state.arrived.notify_waiters();
                 in_transaction = false;
+                let delay = *state.delay.lock().unwrap();
+                tokio::time::sleep(delay).await;
                 say!("250 2.0.0 Ok: received\r\n");
             }
             "RSET" => {
