@@ -5,7 +5,6 @@ use sluice::admin::QueueOrder;
 use sluice::cli;
 use sluice::config::Config;
 use sluice::policy::engine::capacity_shortfall;
-use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -256,15 +255,10 @@ fn main() -> ExitCode {
         | Command::User { .. } => "warn",
         _ => "info",
     };
-    let colours = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
-        )
-        .with_writer(move || sluice::logging::Escaping::new(std::io::stderr(), colours))
-        .with_ansi(colours)
-        .init();
+    // The relay logs as its configuration says, once it is read (see `serve`).
+    if !matches!(cli.command, Command::Serve { .. }) {
+        let _ = sluice::logging::init(default_log, &Default::default(), "localhost");
+    }
     dispatch(cli.command)
 }
 
@@ -276,6 +270,10 @@ fn dispatch(command: Command) -> ExitCode {
             let Some(config) = load_config(path.clone()) else {
                 return ExitCode::from(2);
             };
+            if let Err(e) = sluice::logging::init("info", &config.log, &config.hostname) {
+                eprintln!("sluice: {e}");
+                return ExitCode::from(2);
+            }
             run(|| async {
                 match sluice::server::serve(config, path).await {
                     Ok(()) => ExitCode::SUCCESS,

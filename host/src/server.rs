@@ -103,6 +103,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
 
     tokio::spawn(reload_on_sighup(reloader.clone(), reloadable.clone()));
+    tokio::spawn(reopen_log_on_sigusr1());
     tokio::spawn(systemd::keep_watchdog());
     tokio::spawn(trim_idle_instances(ctx.chain.clone()));
     if let Some(watching) = watching_certificates {
@@ -199,6 +200,23 @@ async fn start_policies(
     let chain = Arc::new(ArcSwap::from_pointee(chain));
     let reloader = Arc::new(Reloader::new(engine, policies.dir.clone(), chain.clone()));
     Ok((chain, reloader))
+}
+
+/// SIGUSR1 opens the log file again under its name: logrotate renames it, then signals
+/// (`postrotate`), and the relay's lines go to the new file.
+async fn reopen_log_on_sigusr1() {
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return tracing::warn!("cannot listen for SIGUSR1; the log file cannot be reopened");
+    };
+    while usr1.recv().await.is_some() {
+        match crate::logging::reopen() {
+            Ok(true) => tracing::info!("SIGUSR1: log file reopened"),
+            Ok(false) => tracing::info!("SIGUSR1: the log goes to stderr; nothing to reopen"),
+            Err(e) => tracing::error!(
+                "SIGUSR1: cannot reopen the log file: {e}; logging on to the old one"
+            ),
+        }
+    }
 }
 
 /// SIGHUP reloads the policy chain (see [`reload`]), the DKIM keys and the certificate.

@@ -13,6 +13,7 @@ mod durability;
 mod example_policy;
 mod files;
 mod hostile_clients;
+mod logs;
 mod metrics;
 mod protocol;
 mod queue;

@@ -6,13 +6,15 @@
 //! How mail is carried is not the queue's business: delivery implements [`Deliver`]. Every
 //! attempt logs one line per recipient, in the form postmasters grep:
 //! `QUEUEID: from=<s>, to=<r>, relay=HOST:PORT, delay=12, attempts=1, tls=TLSv1.3,
-//! tls_rule=opportunistic, status=sent (250 2.0.0 Ok)`.
+//! tls_rule=opportunistic, status=sent (250 2.0.0 Ok)` (or Postfix's line, in the maillog
+//! format: see `logging::mail`).
 
 use super::dsn::{self, Failure, Reason};
 use super::runner::{Queued, Schedule};
 use super::spool::{self, Spool};
 use super::{Envelope, Message, Queue, RecipientStatus};
 use crate::config::TlsRule;
+use crate::logging::mail as mail_log;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -104,10 +106,11 @@ pub async fn run<D: Deliver>(
     };
     let started = std::time::Instant::now();
     let delivered = deliverer.attempt(&envelope, &message).await;
+    let took = started.elapsed();
     crate::metrics::metrics()
         .delivery_attempt_seconds
-        .observe(started.elapsed().as_secs_f64());
-    record(queue, schedule, envelope, &message, delivered).await
+        .observe(took.as_secs_f64());
+    record(queue, schedule, envelope, &message, delivered, took).await
 }
 
 /// A message ready to be delivered, or what to tell the runner instead.
@@ -154,6 +157,7 @@ async fn record(
     mut envelope: Envelope,
     message: &Message,
     delivered: Vec<Delivered>,
+    took: Duration,
 ) -> Attempted {
     let mut reports: Vec<Option<Delivered>> = vec![None; envelope.recipients.len()];
     for d in delivered {
@@ -163,6 +167,11 @@ async fn record(
     }
     envelope.attempts += 1;
     let delay = super::now().saturating_sub(envelope.received);
+    // To the millisecond, for the log.
+    let since_received = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |now| now.as_secs_f64() - envelope.received as f64)
+        .max(0.0);
     let expired = Duration::from_secs(delay) >= schedule.max_queue_lifetime;
     let mut last_error = None;
     let mut failures = Vec::new();
@@ -195,22 +204,24 @@ async fn record(
         match word {
             "sent" => {
                 m.delivery("sent", tls);
-                m.delivery_delay_seconds.observe(delay as f64);
+                m.delivery_delay_seconds.observe(since_received);
             }
             "deferred" => m.delivery("deferred", tls),
             _ => m.delivery("bounced", tls),
         }
-        tracing::info!(
-            target: "sluice::delivery",
-            "{}: from=<{}>, to=<{}>, relay={}, delay={delay}, attempts={}, tls={}, tls_rule={}, status={word} ({text})",
-            envelope.id,
-            envelope.sender,
-            rcpt.address,
-            leg.as_ref().and_then(|l| l.relay.as_deref()).unwrap_or("none"),
-            envelope.attempts,
-            leg.as_ref().and_then(|l| l.tls.as_deref()).unwrap_or("none"),
-            leg.as_ref().map_or("none", |l| l.tls_rule.as_str()),
-        );
+        mail_log::delivered(&mail_log::Delivered {
+            queue_id: &envelope.id,
+            sender: &envelope.sender,
+            recipient: &rcpt.address,
+            relay: leg.as_ref().and_then(|l| l.relay.as_deref()),
+            delay: since_received,
+            attempt: took.as_secs_f64(),
+            attempts: envelope.attempts,
+            tls,
+            tls_rule: leg.as_ref().map_or("none", |l| l.tls_rule.as_str()),
+            status: word,
+            reply: &text,
+        });
         rcpt.status = status;
         rcpt.diagnostic = Some(text);
         if let Some(reason) = reason {
@@ -239,8 +250,11 @@ async fn finish(
         .all(|r| r.status != RecipientStatus::Pending)
     {
         let owned = id.clone();
-        if let Err(e) = blocking(spool, move |spool| spool.remove(&owned)).await {
-            tracing::error!(queue_id = %id, error = %e, "cannot remove a delivered message");
+        match blocking(spool, move |spool| spool.remove(&owned)).await {
+            Ok(()) => mail_log::removed(&id),
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot remove a delivered message")
+            }
         }
         return Attempted::Finished;
     }
@@ -271,9 +285,7 @@ async fn bounce(
     };
     let id = bounce.id.clone();
     match queue.submit(bounce, Message::from(text)).await {
-        Ok(_) => {
-            tracing::info!(target: "sluice::delivery", "{}: sender non-delivery notification: {id}", envelope.id)
-        }
+        Ok(_) => mail_log::bounce_queued(&envelope.id, &id),
         Err(e) => {
             tracing::error!(queue_id = %envelope.id, error = %e, "cannot queue a bounce")
         }

@@ -269,6 +269,10 @@ impl Session {
         }
         let mut decision = self.policy.on_data(&named, &received).await;
         self.apply_rewrites(std::mem::take(&mut decision.rewrites), None);
+        let refused = refusal(Hook::Data, &decision, "");
+        if let Some(reply) = &refused {
+            self.log_refusal("DATA", reply, None, decision.decided_by.as_deref());
+        }
         let Some(tx) = self.tx.take() else {
             return Reply::new(503, "5.5.1", "No transaction");
         };
@@ -279,13 +283,7 @@ impl Session {
             "{id}: policy: {}",
             format_trace(&self.policy.take_transaction_trace())
         );
-        if let Some(reply) = refusal(Hook::Data, &decision, "") {
-            let what = if reply.code >= 500 {
-                "message refused by policy"
-            } else {
-                "message deferred by policy"
-            };
-            tracing::info!(session = self.id, %peer, queue_id = %id, from = %tx.sender, decided_by = ?decision.decided_by, reply = %reply, "{what}");
+        if let Some(reply) = refused {
             return reply;
         }
         if decision.verdict == Verdict::Discard {
@@ -398,23 +396,25 @@ impl Session {
         if let Some(registry) = &self.ctx.registry {
             registry.relayed(peer.ip());
         }
-        // The help desk's "did message <X> go out?" starts from this line.
+        // The help desk's "did message <X> go out?" starts from the accept line.
         let message_id = message_id
             .trim()
             .trim_start_matches('<')
             .trim_end_matches('>');
         let message_id = sluice_mail::mime::cut_text(message_id, MAX_LOGGED_MESSAGE_ID);
-        tracing::info!(
-            target: "sluice::queue",
-            "{id}: session={}, client=[{}], helo={}, message-id=<{message_id}>, from=<{}>, nrcpt={}, size={size}, tls={}{}",
-            self.id,
-            peer.ip(),
-            self.helo.as_deref().unwrap_or(""),
-            tx.sender,
-            tx.recipients.len(),
-            self.tls.as_ref().map(|(v, _)| v.as_str()).unwrap_or("none"),
-            if hold { ", status=quarantined" } else { "" },
-        );
+        crate::logging::mail::accepted(&crate::logging::mail::Accepted {
+            queue_id: id,
+            session: self.id,
+            client: peer.ip(),
+            helo: self.helo.as_deref().unwrap_or(""),
+            message_id,
+            sender: &tx.sender,
+            recipients: tx.recipients.len(),
+            size,
+            tls: self.tls.as_ref().map(|(version, _)| version.as_str()),
+            user: self.user.as_deref(),
+            quarantined: hold,
+        });
         Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
     }
 

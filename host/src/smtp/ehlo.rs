@@ -28,6 +28,7 @@ impl Session {
         self.publish();
         let decision = self.policy.on_helo(name).await;
         if let Some(reply) = refusal(Hook::Helo, &decision, name) {
+            self.log_refusal("HELO", &reply, None, decision.decided_by.as_deref());
             // Refused: as if the client had never greeted.
             self.helo = None;
             self.publish();

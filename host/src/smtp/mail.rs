@@ -59,7 +59,7 @@ impl Session {
         self.publish();
         let decision = self.policy.on_mail_from(&sender, &params).await;
         if let Some(reply) = refusal(Hook::MailFrom, &decision, &sender) {
-            tracing::info!(session = self.id, peer = %self.peer, queue_id = %self.queue_id(), from = %sender, reply = %reply, "MAIL refused");
+            self.log_refusal("MAIL", &reply, None, decision.decided_by.as_deref());
             self.reset_transaction();
             self.reply(reply);
             return None;

@@ -35,7 +35,12 @@ impl Session {
             .unwrap_or_default();
         let decision = self.policy.on_rcpt(&recipient, &params).await;
         if let Some(reply) = refusal(Hook::Rcpt, &decision, &recipient) {
-            tracing::info!(session = self.id, peer = %self.peer, queue_id = self.queue_id(), to = %recipient, reply = %reply, decided_by = ?decision.decided_by, "RCPT refused");
+            self.log_refusal(
+                "RCPT",
+                &reply,
+                Some(&recipient),
+                decision.decided_by.as_deref(),
+            );
             if reply.code >= 500 {
                 return self.error(reply);
             }

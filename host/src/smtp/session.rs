@@ -11,6 +11,7 @@ use super::reply::refusal;
 use super::stream::Stream;
 use super::{Reply, ServerContext, valid_address};
 use crate::config::ListenerKind;
+use crate::logging::mail as mail_log;
 use crate::policy::{Hook, Rewrite, SessionChain, SessionFacts};
 use crate::queue::Draft;
 use smtp_proto::{Error as ParseError, Request};
@@ -176,19 +177,15 @@ impl Session {
     /// Runs the session to its end. Never panics on client input; every way out is logged.
     pub async fn run(mut self) {
         let peer = self.peer;
-        tracing::info!(session = self.id, %peer, listener = %self.listener, "connect");
-        match self.open().await {
-            Ok(()) => {}
-            Err(reason) => {
-                tracing::info!(session = self.id, %peer, "disconnect: {reason}");
-                return;
-            }
+        mail_log::connect(self.id, peer, &self.listener);
+        if let Err(reason) = self.open().await {
+            return mail_log::disconnect(self.id, peer, &reason);
         }
         let reason = self.serve().await;
         let _ = self.flush().await;
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(5), self.stream.shutdown()).await;
-        tracing::info!(session = self.id, %peer, "disconnect: {reason}");
+        mail_log::disconnect(self.id, peer, &reason);
     }
 
     /// Pre-greeting checks, the connect hook and the greeting.
@@ -204,6 +201,7 @@ impl Session {
         }
         let decision = self.policy.on_connect().await;
         if let Some(reply) = refusal(Hook::Connect, &decision, "") {
+            self.log_refusal("CONNECT", &reply, None, decision.decided_by.as_deref());
             self.reply(reply.clone());
             let _ = self.flush().await;
             return Err(format!(
@@ -446,6 +444,29 @@ impl Session {
         }
     }
 
+    /// Logs a command the policy chain refused (`stage` as Postfix names it: `CONNECT`,
+    /// `HELO`, `MAIL`, `RCPT`, `DATA`), with the transaction's sender and queue id.
+    pub(super) fn log_refusal(
+        &self,
+        stage: &'static str,
+        reply: &Reply,
+        recipient: Option<&str>,
+        decided_by: Option<&str>,
+    ) {
+        let tx = self.tx.as_ref();
+        mail_log::refused(&mail_log::Refused {
+            session: self.id,
+            peer: self.peer,
+            stage,
+            queue_id: tx.map(|tx| tx.id.as_str()).filter(|_| stage == "DATA"),
+            reply: &reply.to_string(),
+            sender: tx.map(|tx| tx.sender.as_str()),
+            recipient,
+            helo: self.helo.as_deref(),
+            decided_by,
+        });
+    }
+
     /// Queues a reply for the next write.
     pub(super) fn reply(&mut self, reply: Reply) {
         crate::metrics::metrics().refused(self.stage, reply.code);
@@ -542,11 +563,6 @@ impl Session {
             session: self.id,
         };
         self.policy.set_facts(&Arc::new(facts));
-    }
-
-    /// The queue id of the transaction in progress, for the log.
-    pub(super) fn queue_id(&self) -> &str {
-        self.tx.as_ref().map_or("-", |tx| tx.id.as_str())
     }
 
     /// The header edits of a hook before MAIL (connect, helo), which apply to every

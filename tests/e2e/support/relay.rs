@@ -236,9 +236,14 @@ impl Relay {
 
     /// Sends SIGTERM and returns at once (see [`Relay::exited`]).
     pub fn send_sigterm(&self) {
+        self.send_signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` to the relay.
+    pub fn send_signal(&self, signal: libc::c_int) {
         let child = self.child.as_ref().expect("the relay runs");
         // SAFETY: kill(2) on the child's own pid, which it keeps until waited for.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     }
 
     /// Waits for the relay to exit, without holding up the test's other tasks.

@@ -7,8 +7,128 @@
 //! postmaster's terminal. Rather than trust every call site to escape its fields, the
 //! writer escapes control characters in the whole formatted line, keeping only the line's
 //! own end, tabs, and (on a terminal) the colour codes the formatter itself writes.
+//!
+//! Here too: starting the log in the configured format and place ([`init`]), reopening
+//! its file for logrotate ([`reopen`]), the mail lines in each format ([`mail`]), and
+//! Postfix's maillog format ([`maillog`]).
 
-use std::io::{self, Write};
+pub mod mail;
+mod maillog;
+
+use crate::config::{LogConfig, LogFormat};
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Starts the log: `[log] format` and `file` as configured, `SLUICE_LOG` (else
+/// `default_filter`) choosing what is written. `host` names the relay on maillog lines.
+pub fn init(default_filter: &str, log: &LogConfig, host: &str) -> io::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let file = match &log.file {
+        Some(path) => {
+            let file = Arc::new(LogFile::open(path.clone())?);
+            let _ = LOG_FILE.set(file.clone());
+            Some(file)
+        }
+        None => None,
+    };
+    // Colours for a person at a terminal; never in a file or for a machine's format.
+    let colours = file.is_none() && log.format == LogFormat::Text && io::stderr().is_terminal();
+    let writer = move || {
+        let output = match &file {
+            Some(file) => Output::File(file.clone()),
+            None => Output::Stderr(io::stderr()),
+        };
+        Escaping::new(output, colours)
+    };
+    mail::set_format(log.format);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(colours);
+    let installed = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Maillog => builder
+            .event_format(maillog::Maillog {
+                host: host.to_string(),
+                pid: std::process::id(),
+            })
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    installed.map_err(io::Error::other)
+}
+
+/// The log file, when the log goes to one.
+static LOG_FILE: OnceLock<Arc<LogFile>> = OnceLock::new();
+
+/// Opens the log file again under its name (after logrotate renamed it); `false` when the
+/// log goes to stderr.
+pub fn reopen() -> io::Result<bool> {
+    match LOG_FILE.get() {
+        Some(file) => file.reopen().map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// A log file appended to, which can be opened again under its name.
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl LogFile {
+    fn open(path: PathBuf) -> io::Result<LogFile> {
+        let file = Self::append(&path)?;
+        Ok(LogFile {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
+    fn append(path: &PathBuf) -> io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("log.file {}: {e}", path.display())))
+    }
+
+    fn reopen(&self) -> io::Result<()> {
+        let file = Self::append(&self.path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = file;
+        Ok(())
+    }
+}
+
+/// Where the lines go.
+enum Output {
+    Stderr(io::Stderr),
+    /// Each formatted line is one write: under the lock, lines never interleave.
+    File(Arc<LogFile>),
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Output::Stderr(stderr) => stderr.write(buf),
+            Output::File(file) => {
+                let mut file = file.file.lock().unwrap_or_else(|e| e.into_inner());
+                file.write_all(buf)?;
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::Stderr(stderr) => stderr.flush(),
+            Output::File(_) => Ok(()),
+        }
+    }
+}
 
 /// Wraps a writer so that each formatted event reaches it with control characters escaped.
 pub struct Escaping<W> {
