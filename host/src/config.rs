@@ -728,6 +728,10 @@ pub struct MetricsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
+    /// What is logged, as tracing's filters say it: a level (`info`, the default; `debug`),
+    /// or targets with levels (`info,sluice::policy=debug`). `SLUICE_LOG` overrides it.
+    /// Taken up by a reload.
+    pub level: Option<String>,
     /// A file to append to instead of stderr; reopened on SIGUSR1 (for logrotate).
     pub file: Option<PathBuf>,
 }
@@ -775,7 +779,56 @@ impl Default for Config {
     }
 }
 
+/// Do two parts of a configuration differ? Compared by their debug form: every part has
+/// one, and a difference in it is a difference in what was configured.
+fn differ(a: &impl fmt::Debug, b: &impl fmt::Debug) -> bool {
+    format!("{a:?}") != format!("{b:?}")
+}
+
 impl Config {
+    /// The keys that differ between the running configuration and `new` and take effect
+    /// only at a restart: what is bound, opened or sized when the relay starts.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let keys: [(&'static str, bool); 11] = [
+            ("listener", differ(&self.listeners, &new.listeners)),
+            ("spool", differ(&self.spool, &new.spool)),
+            ("store", differ(&self.store, &new.store)),
+            ("admin", differ(&self.admin, &new.admin)),
+            ("policies", differ(&self.policies, &new.policies)),
+            ("metrics", differ(&self.metrics, &new.metrics)),
+            ("log.format", self.log.format != new.log.format),
+            ("log.file", self.log.file != new.log.file),
+            // The files: their contents are reloaded, where they are is not.
+            ("tls", differ(&self.tls, &new.tls)),
+            (
+                "limits.max_connections",
+                self.limits.max_connections != new.limits.max_connections,
+            ),
+            ("hostname", self.hostname != new.hostname),
+        ];
+        keys.into_iter()
+            .filter_map(|(key, differs)| differs.then_some(key))
+            .collect()
+    }
+
+    /// The sections that differ between the running configuration and `new` and are
+    /// taken up by a reload.
+    pub fn reloadable_changes(&self, new: &Config) -> Vec<&'static str> {
+        let sections: [(&'static str, bool); 7] = [
+            ("limits", differ(&self.limits, &new.limits)),
+            ("delivery", differ(&self.delivery, &new.delivery)),
+            ("auth", differ(&self.auth, &new.auth)),
+            ("registry", differ(&self.registry, &new.registry)),
+            ("dkim", differ(&self.dkim, &new.dkim)),
+            ("postmaster", differ(&self.postmaster, &new.postmaster)),
+            ("log.level", self.log.level != new.log.level),
+        ];
+        sections
+            .into_iter()
+            .filter_map(|(key, differs)| differs.then_some(key))
+            .collect()
+    }
+
     /// Where compiled policy modules are kept (default: `cache` in the spool directory,
     /// which is the relay's own).
     pub fn cache_dir(&self) -> PathBuf {

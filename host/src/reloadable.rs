@@ -1,40 +1,55 @@
-//! What `sluice reload` and SIGHUP reload besides the policy chain: the `[dkim]` section of
-//! the configuration file (so a key rotation needs no restart) and the TLS certificate,
-//! which is also reloaded by itself when its files change. Other changes to `sluice.toml`
-//! take effect at the next start.
+//! What `sluice reload` and SIGHUP reload besides the policy chain: `sluice.toml` — limits,
+//! delivery (smarthost, routes, TLS rules, retries), AUTH, the registry's book-keeping and
+//! the DKIM keys take effect at once for new sessions and deliveries — and the TLS
+//! certificate, which is also reloaded by itself when its files change.
+//!
+//! What is bound, opened or sized at start-up (listeners, the spool, the store, the
+//! control socket, the policies directory, the metrics address, the log, the certificate's
+//! paths, `limits.max_connections`, the host name) needs a restart: a file that changes
+//! any of it is not taken up at all, and the reload fails naming those keys.
 
+use crate::auth::Auth;
 use crate::config::Config;
+use crate::delivery::{CurrentDelivery, Delivery};
 use crate::dkim::Dkim;
+use crate::queue::{Queue, Schedule};
+use crate::registry::{self, Registry};
 use crate::tls::Certificates;
+use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long the certificate files must be quiet before they are read: a copy of both
 /// files is one reload, and a file is not read half-written.
 const SETTLE: Duration = Duration::from_millis(200);
 
-/// The DKIM signer and the certificate, and where the configuration came from.
+/// Everything a reload of `sluice.toml` changes, and where the configuration came from.
 pub struct Reloadable {
     /// As given with `--config` (`None`: `./sluice.toml` or the defaults).
     pub config_path: Option<PathBuf>,
+    /// The running configuration, which each new session takes.
+    pub config: Arc<ArcSwap<Config>>,
     pub dkim: Arc<Dkim>,
     pub certificates: Arc<Certificates>,
+    pub delivery: Arc<CurrentDelivery>,
+    pub queue: Queue,
+    pub auth: Arc<Auth>,
+    pub registry: Arc<Registry>,
+    /// Why the last reload of `sluice.toml` was refused, until one is taken up.
+    pub failed: Mutex<Option<String>>,
 }
 
 impl Reloadable {
-    /// Reads `[dkim]` from the configuration file again and the certificate files; what
-    /// fails to load keeps what was running, and the error is the answer.
+    /// Reads `sluice.toml` and the certificate files again; what fails to load keeps what
+    /// was running, and the error is the answer.
     pub fn reload(&self) -> Result<String, String> {
         let mut said = Vec::new();
         let mut failed = Vec::new();
-        match Config::load(self.config_path.as_deref()) {
-            Ok((config, _)) => match self.dkim.reload(config.dkim.as_ref()) {
-                Ok(dkim) => said.push(dkim),
-                Err(e) => failed.push(format!("{e:#}")),
-            },
-            Err(e) => failed.push(format!("configuration: {e}")),
+        match self.reload_config() {
+            Ok(line) => said.push(line),
+            Err(e) => failed.push(e),
         }
         match self.certificates.reload() {
             Ok(tls) => said.push(tls),
@@ -46,11 +61,68 @@ impl Reloadable {
         for line in &failed {
             tracing::error!("reload: {line}; the running one stays");
         }
+        crate::metrics::metrics().reload("configuration", failed.is_empty());
         if failed.is_empty() {
             Ok(said.join("; "))
         } else {
             Err(failed.join("; "))
         }
+    }
+
+    /// Why the last reload of `sluice.toml` was refused, while the file and the running
+    /// configuration differ.
+    pub fn failed(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes up `sluice.toml` as it is now, or none of it.
+    fn reload_config(&self) -> Result<String, String> {
+        let outcome = self.try_reload_config();
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = outcome.as_ref().err().cloned();
+        crate::metrics::metrics()
+            .config_reload_failed
+            .set(i64::from(outcome.is_err()));
+        outcome
+    }
+
+    fn try_reload_config(&self) -> Result<String, String> {
+        let (new, _) =
+            Config::load(self.config_path.as_deref()).map_err(|e| format!("configuration: {e}"))?;
+        let running = self.config.load_full();
+        let restart = running.restart_needed(&new);
+        if !restart.is_empty() {
+            return Err(format!(
+                "configuration: {} changed, which takes a restart; nothing in it was taken up",
+                restart.join(", ")
+            ));
+        }
+        // What can fail first, so that a failure changes nothing.
+        let delivery = Delivery::new(new.delivery.clone(), new.hostname.clone())
+            .map_err(|e| format!("configuration: delivery: {e:#}"))?;
+        if new.log.level != running.log.level {
+            let level = crate::logging::set_level(new.log.level.as_deref())
+                .map_err(|e| format!("configuration: {e}"))?;
+            tracing::info!("reload: {level}");
+        }
+        let dkim = self
+            .dkim
+            .reload(new.dkim.as_ref())
+            .map_err(|e| format!("{e:#}"))?;
+        let changed = running.reloadable_changes(&new);
+        self.delivery.replace(delivery);
+        self.queue.reschedule(Schedule::of(&new));
+        self.auth.set_config(new.auth.clone());
+        self.registry.set_settings(registry::Settings::of(&new));
+        self.config.store(Arc::new(new));
+        let changed = if changed.is_empty() {
+            "configuration unchanged".to_string()
+        } else {
+            format!("configuration: {} taken up", changed.join(", "))
+        };
+        Ok(format!("{changed}; {dkim}"))
     }
 
     /// Watches the certificate files (when configured) and reloads them when they change.

@@ -3,7 +3,7 @@
 use crate::admin;
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::delivery::Delivery;
+use crate::delivery::{CurrentDelivery, Delivery};
 use crate::dkim::Dkim;
 use crate::metrics;
 use crate::policy::engine::capacity_shortfall;
@@ -55,12 +55,6 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         .flatten();
     let certificates = Certificates::load(&config.tls, &config.hostname)?;
     let tls = crate::tls::acceptor(certificates.clone())?;
-    let reloadable = Arc::new(Reloadable {
-        config_path,
-        dkim: dkim.clone(),
-        certificates,
-    });
-    let watching_certificates = reloadable.watch_certificates();
     let listeners = listener::bind(&config.listeners).await?;
     let metrics_listener = match config.metrics.addr {
         Some(addr) => Some(metrics::http::bind(addr).await?),
@@ -71,20 +65,33 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     // `Deliver`.
     let (orders, runner_orders) = mpsc::unbounded_channel();
     let queue = Queue::new(spool, orders, dkim.clone());
-    let delivery = Arc::new(Delivery::new(
+    let delivery = Arc::new(CurrentDelivery::new(Delivery::new(
         config.delivery.clone(),
         config.hostname.clone(),
-    )?);
+    )?));
     tokio::spawn(runner::run(
         queue.clone(),
-        delivery,
+        delivery.clone(),
         runner_orders,
         Schedule::of(&config),
     ));
 
     let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running_config = Arc::new(ArcSwap::new(config.clone()));
+    let reloadable = Arc::new(Reloadable {
+        config_path,
+        config: running_config.clone(),
+        dkim: dkim.clone(),
+        certificates,
+        delivery,
+        queue: queue.clone(),
+        auth: auth.clone(),
+        registry: registry.clone(),
+        failed: Default::default(),
+    });
+    let watching_certificates = reloadable.watch_certificates();
     let ctx = Arc::new(ServerContext {
-        config: config.clone(),
+        config: running_config,
         tls,
         chain,
         queue,
@@ -142,7 +149,7 @@ async fn stop_gracefully(
     serving: tokio::task::JoinHandle<()>,
 ) {
     let _ = stop.send(true);
-    let grace = ctx.config.limits.shutdown_grace;
+    let grace = ctx.config.load().limits.shutdown_grace;
     let finished = tokio::time::timeout(grace, async {
         let _ = tokio::join!(serving, ctx.queue.drain());
     })

@@ -269,3 +269,94 @@ async fn write_manifest(relay: &Relay, manifest: &str, needle: &str) {
     std::fs::write(relay.policies_dir().join("policies.toml"), manifest).unwrap();
     relay.wait_for_log_after(mark, needle).await;
 }
+
+/// Rewrites the relay's `sluice.toml`, replacing `from` with `to`.
+fn edit_config(relay: &Relay, from: &str, to: &str) {
+    let path = relay.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from:?} not in\n{text}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+/// Opens a session and gives it recipients until one is refused; the code of each.
+async fn recipients_taken(relay: &Relay, n: usize) -> Vec<u16> {
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.cmd("EHLO app.example.edu", 250).await;
+    conn.cmd("MAIL FROM:<app@example.edu>", 250).await;
+    let mut codes = Vec::new();
+    for i in 0..n {
+        conn.send(format!("RCPT TO:<r{i}@example.org>\r\n")).await;
+        codes.push(conn.reply().await.code);
+    }
+    codes
+}
+
+#[tokio::test]
+async fn a_reload_takes_up_a_new_smarthost_and_limits_for_new_sessions() {
+    let (old_hop, new_hop) = (Sink::start().await, Sink::start().await);
+    let relay = Relay::start_with(RelayOptions {
+        smarthost: Some(old_hop.addr),
+        extra: "[limits]\nmax_recipients = 3\n".into(),
+        ..Default::default()
+    })
+    .await;
+    // A session open before the reload keeps the limits it began with.
+    let mut before = Conn::greeted(relay.addr).await;
+    before.cmd("EHLO app.example.edu", 250).await;
+    edit_config(&relay, &old_hop.addr.to_string(), &new_hop.addr.to_string());
+    edit_config(&relay, "max_recipients = 3", "max_recipients = 1");
+
+    let reload = relay.command(&["reload"]);
+    let said = String::from_utf8_lossy(&reload.stdout);
+    assert!(
+        reload.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    assert!(
+        said.contains("configuration: limits, delivery taken up"),
+        "{said}"
+    );
+    assert_eq!(recipients_taken(&relay, 2).await, [250, 452]);
+    before.cmd("MAIL FROM:<app@example.edu>", 250).await;
+    before.cmd("RCPT TO:<a@example.org>", 250).await;
+    before.cmd("RCPT TO:<b@example.org>", 250).await;
+    before.cmd("DATA", 354).await;
+    before
+        .send("Subject: after the reload\r\n\r\nhi\r\n.\r\n")
+        .await;
+    before.expect(250).await;
+    // Delivered through the smarthost the relay has now.
+    let received = new_hop.wait_for(1).await;
+    assert_eq!(received[0].recipients, ["a@example.org", "b@example.org"]);
+    assert!(old_hop.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_change_that_needs_a_restart_fails_the_reload_and_keeps_the_running_configuration() {
+    let sink = Sink::start().await;
+    let relay = Relay::start_with(RelayOptions {
+        smarthost: Some(sink.addr),
+        extra: "[limits]\nmax_recipients = 3\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let elsewhere = format!("127.0.0.1:{}", crate::support::free_port());
+    edit_config(&relay, &relay.addr.to_string(), &elsewhere);
+    edit_config(&relay, "max_recipients = 3", "max_recipients = 1");
+
+    let reload = relay.command(&["reload"]);
+    let said = String::from_utf8_lossy(&reload.stdout);
+    assert!(!reload.status.success(), "{said}");
+    assert!(
+        said.contains("listener changed, which takes a restart; nothing in it was taken up"),
+        "{said}"
+    );
+    // Nothing was taken up: the limit is the one the relay started with.
+    assert_eq!(recipients_taken(&relay, 2).await, [250, 250]);
+    let status = String::from_utf8_lossy(&relay.command(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("CONFIGURATION NOT RELOADED: configuration: listener changed"),
+        "{status}"
+    );
+}

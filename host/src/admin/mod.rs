@@ -104,7 +104,11 @@ impl Controls {
     /// Does what `request` asks; says what came of it.
     async fn carry_out(&self, request: Request) -> Answer {
         match request {
-            Request::Status => Answer::Status(self.reloader.status()),
+            Request::Status => {
+                let mut status = self.reloader.status();
+                status.configuration_error = self.reloadable.failed();
+                Answer::Status(status)
+            }
             Request::Reload => self.reload().await,
             Request::Queue(order) => self.steer_queue(order).await,
             Request::RegistryChanged => match self.registry.catch_up(&self.queue).await {

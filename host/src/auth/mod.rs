@@ -22,6 +22,7 @@
 pub mod users;
 
 use crate::config::{AuthConfig, Config};
+use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::collections::HashMap;
@@ -48,7 +49,8 @@ pub const MAX_DELAY_STEPS: u32 = 5;
 /// The users and the failures of the running relay.
 pub struct Auth {
     users: Users,
-    config: AuthConfig,
+    /// As configured; replaced by a reload of `sluice.toml`.
+    config: ArcSwap<AuthConfig>,
     failures: Mutex<Failures>,
     /// Hashes the names tried with keys drawn at random for this process, so that a
     /// client cannot choose a name whose count is another user's.
@@ -165,11 +167,16 @@ impl AddressFailures {
 }
 
 impl Auth {
+    /// From now on, counts failures and locks out as `config` says.
+    pub fn set_config(&self, config: AuthConfig) {
+        self.config.store(Arc::new(config));
+    }
+
     /// Opens the users table of the configured store.
     pub fn open(config: &Config) -> anyhow::Result<Auth> {
         Ok(Auth {
             users: Users::open(&config.store_db())?,
-            config: config.auth.clone(),
+            config: ArcSwap::from_pointee(config.auth.clone()),
             failures: Mutex::default(),
             names: RandomState::new(),
             checking: Arc::new(tokio::sync::Semaphore::new(
@@ -195,7 +202,7 @@ impl Auth {
             }
             Ok(false) => Outcome::Failed {
                 counts,
-                delay: self.config.failure_delay
+                delay: self.config.load().failure_delay
                     * counts.user.max(counts.address).min(MAX_DELAY_STEPS),
             },
             Err(e) => {
@@ -228,8 +235,8 @@ impl Auth {
     /// counted: it costs no check, and a client retrying with a stale password (a printer,
     /// a script) must not lock its neighbours out by retrying.
     fn count_attempt(&self, attempt: Attempt, now: Instant) -> Result<Counts, Lockout> {
-        let window = self.config.failure_window;
-        let max = self.config.max_failures;
+        let config = self.config.load();
+        let (window, max) = (config.failure_window, config.max_failures);
         let address_max = max.saturating_mul(USERS_PER_ADDRESS);
         let mut failures = self.failures();
         failures.make_room(attempt.ip, window, now, |f| f.locks_out(max, address_max));

@@ -78,6 +78,11 @@ pub fn status(config: &Config) -> ExitCode {
             error.message
         );
     }
+    if let Some(error) = &status.configuration_error {
+        println!(
+            "CONFIGURATION NOT RELOADED: {error} (the relay runs on the configuration it had)"
+        );
+    }
     ExitCode::SUCCESS
 }
 

@@ -119,6 +119,27 @@ impl queue::Deliver for Delivery {
     }
 }
 
+/// Delivery as the configuration says now: a reload of `sluice.toml` swaps in a new one,
+/// and attempts under way finish with the one they began with.
+pub struct CurrentDelivery(arc_swap::ArcSwap<Delivery>);
+
+impl CurrentDelivery {
+    pub fn new(delivery: Delivery) -> Self {
+        Self(arc_swap::ArcSwap::from_pointee(delivery))
+    }
+
+    pub fn replace(&self, delivery: Delivery) {
+        self.0.store(Arc::new(delivery));
+    }
+}
+
+impl queue::Deliver for CurrentDelivery {
+    async fn attempt(&self, envelope: &Envelope, message: &Message) -> Vec<Delivered> {
+        let delivery = self.0.load_full();
+        queue::Deliver::attempt(&*delivery, envelope, message).await
+    }
+}
+
 impl Delivery {
     /// Delivery as configured; `hostname` is said in EHLO.
     pub fn new(config: DeliveryConfig, hostname: String) -> anyhow::Result<Self> {

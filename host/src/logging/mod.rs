@@ -20,12 +20,19 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 /// Starts the log: `[log] format` and `file` as configured, `SLUICE_LOG` (else
 /// `default_filter`) choosing what is written. `host` names the relay on maillog lines.
 pub fn init(default_filter: &str, log: &LogConfig, host: &str) -> io::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let filter = match std::env::var("SLUICE_LOG") {
+        Ok(from_env) => EnvFilter::new(from_env),
+        Err(_) => filter(log.level.as_deref().unwrap_or(default_filter))?,
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = FILTER.set(handle);
     let file = match &log.file {
         Some(path) => {
             let file = Arc::new(LogFile::open(path.clone())?);
@@ -44,21 +51,49 @@ pub fn init(default_filter: &str, log: &LogConfig, host: &str) -> io::Result<()>
         Escaping::new(output, colours)
     };
     mail::set_format(log.format);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(colours);
+    let registry = tracing_subscriber::registry().with(filter);
     let installed = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Maillog => builder
-            .event_format(maillog::Maillog {
+        LogFormat::Text => registry.with(lines).try_init(),
+        LogFormat::Maillog => registry
+            .with(lines.event_format(maillog::Maillog {
                 host: host.to_string(),
                 pid: std::process::id(),
-            })
+            }))
             .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => registry.with(lines.json().flatten_event(true)).try_init(),
     };
     installed.map_err(io::Error::other)
+}
+
+/// The filter in force, which a reload can replace.
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// `[log] level` read as a filter.
+fn filter(level: &str) -> io::Result<EnvFilter> {
+    EnvFilter::try_new(level).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("log.level {level:?}: {e}"),
+        )
+    })
+}
+
+/// Logs from now on what `level` says (`[log] level`, reloaded); says what was done.
+/// `SLUICE_LOG`, when set, keeps the last word.
+pub fn set_level(level: Option<&str>) -> io::Result<String> {
+    if std::env::var_os("SLUICE_LOG").is_some() {
+        return Ok("log level kept: SLUICE_LOG is set".into());
+    }
+    let level = level.unwrap_or("info");
+    let filter = filter(level)?;
+    match FILTER.get() {
+        Some(handle) => handle.reload(filter).map_err(io::Error::other)?,
+        None => return Ok("no log to change".into()),
+    }
+    Ok(format!("log level {level}"))
 }
 
 /// The log file, when the log goes to one.

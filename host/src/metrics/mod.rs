@@ -60,7 +60,15 @@ pub struct FailureLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// `ok` or `failed` (reloads); `success`, `failure`, `lockout` or `unavailable` (AUTH).
+    /// `success`, `failure`, `lockout` or `unavailable`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `policies` (the chain), or `configuration` (`sluice.toml`, keys, certificate).
+    pub what: &'static str,
+    /// `ok` or `failed`.
     pub result: &'static str,
 }
 
@@ -90,7 +98,7 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     pub decision_seconds: Family<ModuleLabels, Histogram, fn() -> Histogram>,
     pub module_failures: Family<FailureLabels, Counter>,
-    pub reloads: Family<ResultLabels, Counter>,
+    pub reloads: Family<ReloadLabels, Counter>,
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub delivery_attempt_seconds: Histogram,
     pub delivery_delay_seconds: Histogram,
@@ -185,7 +193,7 @@ impl Metrics {
         );
         r.register(
             "reloads",
-            "Reloads (policies, configuration, keys), by result",
+            "Reloads of the policy chain and of the configuration, by result",
             self.reloads.clone(),
         );
         r.register(
@@ -316,10 +324,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a reload's result.
-    pub fn reload(&self, ok: bool) {
+    /// Counts a reload's result; `what`: `policies` or `configuration`.
+    pub fn reload(&self, what: &'static str, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
-        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        self.reloads
+            .get_or_create(&ReloadLabels { what, result })
+            .inc();
     }
 
     /// Counts an AUTH attempt: `success`, `failure`, `lockout` or `unavailable` (the user

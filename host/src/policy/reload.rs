@@ -62,6 +62,10 @@ pub struct Status {
     pub last_reload: Option<ReloadEvent>,
     /// The last reload that failed, until a later one succeeds.
     pub last_error: Option<ReloadEvent>,
+    /// Why the last reload of `sluice.toml` was refused (the running configuration is
+    /// older than the file), until one is taken up. Set by the control socket.
+    #[serde(default)]
+    pub configuration_error: Option<String>,
 }
 
 impl Reloader {
@@ -111,13 +115,13 @@ impl Reloader {
                 history.reloads += 1;
                 history.last_reload = Some(event(&message));
                 history.last_error = None;
-                crate::metrics::metrics().reload(true);
+                crate::metrics::metrics().reload("policies", true);
                 Ok(message)
             }
             Err(e) => {
                 tracing::error!(trigger, dir = %self.dir.display(), "policy chain not reloaded, the running one stays: {e}");
                 history.last_error = Some(event(&e.to_string()));
-                crate::metrics::metrics().reload(false);
+                crate::metrics::metrics().reload("policies", false);
                 Err(e)
             }
         }
@@ -138,6 +142,7 @@ impl Reloader {
             reloads: history.reloads,
             last_reload: history.last_reload,
             last_error: history.last_error,
+            configuration_error: None,
         }
     }
 }

@@ -300,6 +300,11 @@ impl Queue {
         answered.await.map_err(|_| OrderError::Stopped)?
     }
 
+    /// From now on, attempts follow `schedule` (a reload of the configuration).
+    pub fn reschedule(&self, schedule: Schedule) {
+        let _ = self.runner.send(Order::Reschedule(Box::new(schedule)));
+    }
+
     /// Stops delivery for a shutdown: returns once no attempt is under way, and none will
     /// start (a restart delivers what is left).
     pub async fn drain(&self) {

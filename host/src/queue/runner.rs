@@ -30,6 +30,8 @@ pub enum Order {
     Flush,
     /// A postmaster's order for one message; the answer says what was done.
     Message(String, MessageOrder, Answer),
+    /// The configuration was reloaded: attempts from now on follow this schedule.
+    Reschedule(Box<Schedule>),
     /// The relay is stopping: start no more attempts, and answer once those under way
     /// have recorded their outcome (so none is repeated after the restart).
     Drain(oneshot::Sender<()>),
@@ -106,7 +108,7 @@ pub async fn run<D: Deliver>(
     schedule: Schedule,
 ) {
     let spool = queue.spool().clone();
-    let schedule = Arc::new(schedule);
+    let mut schedule = Arc::new(schedule);
     let mut book = Book {
         due: BinaryHeap::new(),
         waiting: HashMap::new(),
@@ -116,7 +118,7 @@ pub async fn run<D: Deliver>(
     recover(&spool, &mut book).await;
     queue.spool_listed();
 
-    let slots = Arc::new(Semaphore::new(schedule.concurrency));
+    let mut slots = Arc::new(Semaphore::new(schedule.concurrency));
     let (finished_tx, mut finished) = mpsc::unbounded_channel::<(String, Attempted)>();
     // Told to drain: who waits for the attempts under way to end.
     let mut drained: Option<Vec<oneshot::Sender<()>>> = None;
@@ -147,6 +149,14 @@ pub async fn run<D: Deliver>(
                     for id in ids {
                         book.schedule(id, now);
                     }
+                }
+                Order::Reschedule(new) => {
+                    // Attempts under way keep their places in the old semaphore; new ones
+                    // take places in a semaphore of the new size.
+                    if new.concurrency != schedule.concurrency {
+                        slots = Arc::new(Semaphore::new(new.concurrency));
+                    }
+                    schedule = Arc::new(*new);
                 }
                 Order::Drain(waiter) => {
                     if drained.is_none() {

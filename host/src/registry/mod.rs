@@ -33,15 +33,34 @@ pub struct Registry {
     store: Mutex<Store>,
     /// Uses seen since the last write: registered network → when it last relayed.
     uses: Mutex<HashMap<IpNet, u64>>,
+    /// As configured; replaced by a reload of `sluice.toml`.
+    settings: ArcSwap<Settings>,
+    /// One round of book-keeping at a time, so a notice is never queued twice by two.
+    round: tokio::sync::Mutex<()>,
+    /// Outbox rows queued by this process.
+    queued: Mutex<HashSet<i64>>,
+}
+
+/// What the configuration says about the registry's book-keeping.
+#[derive(Debug)]
+pub struct Settings {
     hostname: String,
     notices_from: String,
     how_to_change: String,
     expire_after: Duration,
     check_interval: Duration,
-    /// One round of book-keeping at a time, so a notice is never queued twice by two.
-    round: tokio::sync::Mutex<()>,
-    /// Outbox rows queued by this process.
-    queued: Mutex<HashSet<i64>>,
+}
+
+impl Settings {
+    pub fn of(config: &Config) -> Settings {
+        Settings {
+            hostname: config.hostname.clone(),
+            notices_from: config.notices_from(),
+            how_to_change: config.registry.how_to_change.clone(),
+            expire_after: config.registry.expire_after,
+            check_interval: config.registry.check_interval,
+        }
+    }
 }
 
 impl Registry {
@@ -55,14 +74,15 @@ impl Registry {
             table: Arc::new(ArcSwap::from_pointee(table)),
             store: Mutex::new(store),
             uses: Mutex::default(),
-            hostname: config.hostname.clone(),
-            notices_from: config.notices_from(),
-            how_to_change: config.registry.how_to_change.clone(),
-            expire_after: config.registry.expire_after,
-            check_interval: config.registry.check_interval,
+            settings: ArcSwap::from_pointee(Settings::of(config)),
             round: tokio::sync::Mutex::new(()),
             queued: Mutex::default(),
         })
+    }
+
+    /// From now on, keeps the books as `settings` say (a reload of `sluice.toml`).
+    pub fn set_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// The table policies look addresses up in; replaced whole on every change.
@@ -92,7 +112,7 @@ impl Registry {
     pub async fn run(self: Arc<Self>, queue: Queue) {
         loop {
             let _ = self.catch_up(&queue).await;
-            tokio::time::sleep(self.check_interval).await;
+            tokio::time::sleep(self.settings.load().check_interval).await;
         }
     }
 
@@ -132,11 +152,12 @@ impl Registry {
         }
         // What this connection wrote itself does not show in `changed()`.
         let mut reload = !uses.is_empty();
-        if !self.expire_after.is_zero() {
-            let before = queue::now().saturating_sub(self.expire_after.as_secs());
+        let settings = self.settings.load();
+        if !settings.expire_after.is_zero() {
+            let before = queue::now().saturating_sub(settings.expire_after.as_secs());
             let wording = Wording {
-                hostname: &self.hostname,
-                how_to_change: &self.how_to_change,
+                hostname: &settings.hostname,
+                how_to_change: &settings.how_to_change,
             };
             // Uses seen since this round began are not written yet, but count.
             let in_use: HashSet<IpNet> = self.uses().keys().copied().collect();
@@ -150,7 +171,7 @@ impl Registry {
                     department = %r.department,
                     last_relayed = r.last_relayed_at.unwrap_or(0),
                     "registry: registration unused for {}: removed, contact notified",
-                    humantime::format_duration(self.expire_after),
+                    humantime::format_duration(settings.expire_after),
                 );
             }
         }
@@ -176,7 +197,9 @@ impl Registry {
             if self.queued().contains(&row) {
                 continue;
             }
-            let (envelope, message) = notice::message(&notice, &self.notices_from, &self.hostname);
+            let settings = self.settings.load();
+            let (envelope, message) =
+                notice::message(&notice, &settings.notices_from, &settings.hostname);
             let id = envelope.id.clone();
             if let Err(e) = queue.submit(envelope, message).await {
                 tracing::error!(target: "sluice::registry", error = %e, "registry: cannot queue a notice to <{}>; trying again later", notice.recipient);

@@ -105,7 +105,7 @@ impl Session {
     }
 
     fn reader_limits(&self) -> (usize, usize, HeaderLimits) {
-        let l = &self.ctx.config.limits;
+        let l = &self.config.limits;
         let header = HeaderLimits {
             fields: l.max_header_fields,
             bytes: l.max_header_size,
@@ -301,7 +301,7 @@ impl Session {
 
     /// The reply to a message the DATA reader found fault with.
     fn problem_reply(&self, problem: DataProblem) -> Reply {
-        let limits = &self.ctx.config.limits;
+        let limits = &self.config.limits;
         match problem {
             DataProblem::TooBig => Reply::new(
                 552,
@@ -429,7 +429,7 @@ impl Session {
         body: &Bytes,
         fields: &[headers::Field],
     ) -> (Message, String) {
-        let hostname = &self.ctx.config.hostname;
+        let hostname = &self.config.hostname;
         let now = chrono::Utc::now().to_rfc2822();
         // The HELO name is the client's text: keep only what is safe in a header field.
         let helo: String = self

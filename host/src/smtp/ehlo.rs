@@ -40,7 +40,7 @@ impl Session {
         }
         self.helo_edits = self.session_edits(decision.rewrites);
         self.esmtp = esmtp;
-        let hostname = &self.ctx.config.hostname;
+        let hostname = &self.config.hostname;
         let first = format!("{hostname} Hello [{}]", self.peer.ip());
         if !esmtp {
             self.reply(Reply::new(250, "", first));
@@ -49,7 +49,7 @@ impl Session {
         let mut lines = vec![
             first,
             "PIPELINING".to_string(),
-            format!("SIZE {}", self.ctx.config.limits.max_message_size),
+            format!("SIZE {}", self.config.limits.max_message_size),
             "8BITMIME".into(),
             "ENHANCEDSTATUSCODES".into(),
             "SMTPUTF8".into(),

@@ -92,18 +92,22 @@ pub async fn bind(
 /// Accepts connections on every listener until the relay stops (`ctx.shutdown`), then
 /// returns once every session has ended.
 pub async fn serve(ctx: Arc<ServerContext>, listeners: Vec<(TcpListener, ListenerConfig)>) {
-    let max = ctx.config.limits.max_connections;
+    // The listeners and the relay's connection limit are fixed until a restart.
+    let config = ctx.config.load_full();
+    let max = config.limits.max_connections;
     let total = Arc::new(Semaphore::new(max));
     let per_ip = Arc::new(PerIp::default());
     let mut tasks = tokio::task::JoinSet::new();
-    for (listener, config) in listeners {
+    for (listener, listener_config) in listeners {
         // Each listener's own places, taken with one of the relay's: a busy listener
         // cannot fill the others' share.
-        let own = Arc::new(Semaphore::new(config.connection_limit(&ctx.config.limits)));
+        let own = Arc::new(Semaphore::new(
+            listener_config.connection_limit(&config.limits),
+        ));
         tasks.spawn(accept_loop(
             ctx.clone(),
             listener,
-            Arc::new(config),
+            Arc::new(listener_config),
             [total.clone(), own],
             per_ip.clone(),
         ));
@@ -212,7 +216,8 @@ async fn start(
         }
     }
     let peer = facts.peer;
-    let Some(_slot) = per_ip.try_take(peer.ip(), ctx.config.limits.max_connections_per_ip) else {
+    let per_ip_limit = ctx.config.load().limits.max_connections_per_ip;
+    let Some(_slot) = per_ip.try_take(peer.ip(), per_ip_limit) else {
         tracing::warn!(%peer, "connection refused: limits.max_connections_per_ip reached (an IPv6 /64 counts as one client)");
         refused("over_limit");
         refuse(

@@ -30,7 +30,7 @@ impl Session {
             };
             return self.error(reply);
         }
-        let max = self.ctx.config.limits.max_message_size;
+        let max = self.config.limits.max_message_size;
         if from.size > max {
             self.reply(Reply::new(
                 552,

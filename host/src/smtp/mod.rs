@@ -47,7 +47,8 @@ use tokio_rustls::TlsAcceptor;
 /// What every session shares: the configuration, the TLS certificate, the policy chain
 /// (swapped whole on reload; a session keeps the one it started with) and the queue.
 pub struct ServerContext {
-    pub config: Arc<Config>,
+    /// The configuration now; each session takes it as it is when the session begins.
+    pub config: Arc<ArcSwap<Config>>,
     pub tls: TlsAcceptor,
     pub chain: Arc<ArcSwap<Chain>>,
     pub queue: Queue,
@@ -84,7 +85,7 @@ impl ServerContext {
                 &config.tls,
                 &config.hostname,
             )?)?,
-            config: Arc::new(config),
+            config: Arc::new(ArcSwap::from_pointee(config)),
             chain: Arc::new(ArcSwap::from_pointee(chain)),
             queue: Queue::new(spool, new_messages, dkim),
             registry: None,

@@ -19,12 +19,12 @@ impl Session {
             Ok(Path::Mailbox(recipient)) => recipient,
             // RFC 5321 4.5.1: mail to `<postmaster>` must be taken; it goes to the relay's
             // postmaster, and through the chain like any recipient.
-            Ok(Path::Postmaster) => self.ctx.config.postmaster(),
+            Ok(Path::Postmaster) => self.config.postmaster(),
             Ok(Path::Null) | Err(_) => {
                 return self.error(Reply::new(501, "5.1.3", "Bad recipient address syntax"));
             }
         };
-        if tx.recipients.len() >= self.ctx.config.limits.max_recipients {
+        if tx.recipients.len() >= self.config.limits.max_recipients {
             self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
             return None;
         }

@@ -10,7 +10,7 @@ use super::data_reader::DataReader;
 use super::reply::refusal;
 use super::stream::Stream;
 use super::{Reply, ServerContext, valid_address};
-use crate::config::ListenerKind;
+use crate::config::{Config, ListenerKind};
 use crate::logging::mail as mail_log;
 use crate::policy::{Hook, Rewrite, SessionChain, SessionFacts};
 use crate::queue::Draft;
@@ -74,6 +74,9 @@ pub(super) struct Transaction {
 /// policy modules see of it (`SessionFacts`) is derived from them ([`Session::publish`]).
 pub struct Session {
     pub(super) ctx: Arc<ServerContext>,
+    /// The configuration as it was when the session began: a reload never changes a
+    /// session half-way.
+    pub(super) config: Arc<Config>,
     pub(super) stream: Stream,
     pub(super) peer: SocketAddr,
     /// The local address the client connected to.
@@ -134,6 +137,7 @@ impl Session {
         };
         let policy = ctx.chain.load_full().start_session(Arc::new(facts));
         Session {
+            config: ctx.config.load_full(),
             ctx,
             stream,
             peer,
@@ -210,7 +214,7 @@ impl Session {
             ));
         }
         self.connect_edits = self.session_edits(decision.rewrites);
-        let greeting = format!("{} ESMTP Sluice", self.ctx.config.hostname);
+        let greeting = format!("{} ESMTP Sluice", self.config.hostname);
         self.reply(Reply::new(220, "", greeting));
         self.flush().await.map_err(|e| format!("write error: {e}"))
     }
@@ -221,7 +225,7 @@ impl Session {
         let Stream::Plain(tcp) = &self.stream else {
             return false;
         };
-        let deadline = tokio::time::Instant::now() + self.ctx.config.limits.greeting_delay;
+        let deadline = tokio::time::Instant::now() + self.config.limits.greeting_delay;
         let mut probe = [0u8; 1];
         loop {
             match tcp.try_read(&mut probe) {
@@ -239,7 +243,7 @@ impl Session {
 
     /// The command loop; returns why the session ended.
     async fn serve(&mut self) -> String {
-        let limits = &self.ctx.config.limits;
+        let limits = &self.config.limits;
         let (command_timeout, data_timeout) = (limits.command_timeout, limits.data_timeout);
         let session_ends = tokio::time::Instant::now() + limits.session_timeout;
         let mut read_buf = vec![0u8; 8192];
@@ -299,7 +303,7 @@ impl Session {
                     self.reply(Reply::new(
                         421,
                         "4.3.2",
-                        format!("{} Service shutting down, try again later", self.ctx.config.hostname),
+                        format!("{} Service shutting down, try again later", self.config.hostname),
                     ));
                     return "the relay is shutting down".into();
                 }
@@ -309,7 +313,7 @@ impl Session {
                     self.reply(Reply::new(
                         421,
                         "4.4.2",
-                        format!("{} Error: {}", self.ctx.config.hostname, limit.1),
+                        format!("{} Error: {}", self.config.hostname, limit.1),
                     ));
                     return limit.1.into();
                 }
@@ -357,7 +361,7 @@ impl Session {
                     None => at = input.len(),
                 },
                 State::Command | State::Auth(_) => {
-                    let max = self.ctx.config.limits.command_line_length;
+                    let max = self.config.limits.command_line_length;
                     let Some(pos) = memchr::memchr(b'\n', rest) else {
                         if rest.len() > max {
                             at = input.len();
@@ -478,7 +482,7 @@ impl Session {
         tracing::debug!(session = self.id, peer = %self.peer, reply = %reply, "error reply");
         self.reply(reply);
         self.errors += 1;
-        if self.errors >= self.ctx.config.limits.max_errors {
+        if self.errors >= self.config.limits.max_errors {
             self.reply(Reply::new(
                 421,
                 "4.7.0",
@@ -494,7 +498,7 @@ impl Session {
     /// otherwise keep an idle session open for ever.
     fn junk(&mut self, reply: Reply) -> Option<Next> {
         self.junk += 1;
-        if self.junk <= self.ctx.config.limits.max_junk_commands {
+        if self.junk <= self.config.limits.max_junk_commands {
             self.reply(reply);
             return None;
         }
@@ -517,7 +521,7 @@ impl Session {
         if self.output.is_empty() {
             return Ok(());
         }
-        let timeout = self.ctx.config.limits.command_timeout;
+        let timeout = self.config.limits.command_timeout;
         let write = async {
             self.stream.write_all(&self.output).await?;
             self.stream.flush().await
@@ -586,7 +590,7 @@ impl Session {
     /// rcpt hook has just accepted: it joins the transaction (as `replace-recipient` left
     /// it) before any recipient a module added.
     pub(super) fn apply_rewrites(&mut self, rewrites: Vec<Rewrite>, accepted: Option<String>) {
-        let max_recipients = self.ctx.config.limits.max_recipients;
+        let max_recipients = self.config.limits.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
             // Every hook that calls this is inside a transaction.
             tracing::warn!(
