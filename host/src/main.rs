@@ -133,9 +133,22 @@ enum QueueCommand {
     Show {
         /// The message's queue id (as in the log and `queue list`).
         id: String,
+        /// The whole message, not only its header fields.
+        #[arg(long)]
+        body: bool,
     },
-    /// Try every waiting message now.
-    Flush,
+    /// Try every waiting message now (or those with a recipient waiting in one domain).
+    Flush {
+        /// Only messages with a recipient waiting in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Return a message to its sender now, with a bounce (DSN), and remove it from the
+    /// queue.
+    Bounce {
+        /// The message's queue id.
+        id: String,
+    },
     /// Keep a message in the queue, undelivered, until released.
     Hold {
         /// The message's queue id.
@@ -342,8 +355,13 @@ fn dispatch(command: Command) -> ExitCode {
                     };
                     cli::queue::list(&config, &filter, json)
                 }
-                QueueCommand::Show { id } => cli::queue::show(&config, &id),
-                QueueCommand::Flush => cli::queue::order(&config, QueueOrder::Flush),
+                QueueCommand::Show { id, body } => cli::queue::show(&config, &id, body),
+                QueueCommand::Flush { domain } => {
+                    cli::queue::order(&config, QueueOrder::Flush { domain })
+                }
+                QueueCommand::Bounce { id } => {
+                    cli::queue::order(&config, QueueOrder::Bounce { id })
+                }
                 QueueCommand::Hold { id } => cli::queue::order(&config, QueueOrder::Hold { id }),
                 QueueCommand::Release { id } => {
                     cli::queue::order(&config, QueueOrder::Release { id })

@@ -196,3 +196,71 @@ async fn list_filters_by_state_sender_domain_and_age_and_speaks_json() {
         "{list}"
     );
 }
+
+/// Sends one message to `recipient`; returns its queue id.
+async fn send_to(relay: &Relay, recipient: &str, subject: &str) -> String {
+    let mut conn = Conn::greeted(relay.addr).await;
+    conn.envelope("app@example.edu", &[recipient]).await;
+    conn.cmd("DATA", 354).await;
+    conn.send(format!(
+        "Subject: {subject}\r\n\r\nthe body of {subject}\r\n.\r\n"
+    ))
+    .await;
+    let queued = conn.expect(250).await;
+    queued.rsplit(' ').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn flush_for_one_domain_show_with_the_body_and_bounce_to_the_sender() {
+    let (sink, relay) = relay_with_busy_sink().await;
+    let one = send_to(&relay, "a@one.test", "for one").await;
+    let two = send_to(&relay, "b@two.test", "for two").await;
+    let returned = send_to(&relay, "c@three.test", "to return").await;
+    relay
+        .wait_for_log_count(crate::support::relay::LogMark::START, "status=deferred", 3)
+        .await;
+
+    let show = out(&relay.command(&["queue", "show", &one]));
+    assert!(!show.contains("the body of for one"), "{show}");
+    let show = out(&relay.command(&["queue", "show", &one, "--body"]));
+    assert!(
+        show.contains("Subject: for one") && show.contains("the body of for one"),
+        "{show}"
+    );
+
+    // Only the message waiting in one.test goes now.
+    sink.set_tempfail(false);
+    let flushed = relay.command(&["queue", "flush", "--domain", "ONE.test"]);
+    assert!(flushed.status.success(), "{}", out(&flushed));
+    let received = sink.wait_for(1).await;
+    assert_eq!(received[0].recipients, ["a@one.test"]);
+    relay.wait_for_queued(2).await;
+
+    // Returned: the sender gets a bounce saying so, and the message is gone.
+    let bounced = relay.command(&["queue", "bounce", &returned]);
+    assert!(
+        bounced.status.success() && out(&bounced).starts_with("ok: returned to its sender"),
+        "{}",
+        out(&bounced)
+    );
+    relay
+        .wait_for_log(&format!(
+            "{returned}: from=<app@example.edu>, to=<c@three.test>, relay=none"
+        ))
+        .await;
+    let bounce = &sink.wait_for(2).await[1];
+    assert_eq!(bounce.sender, "");
+    assert_eq!(bounce.recipients, ["app@example.edu"]);
+    let text = String::from_utf8_lossy(&bounce.data);
+    assert!(
+        text.contains("<c@three.test>: returned to the sender by the postmaster")
+            && text.contains("Subject: to return"),
+        "{text}"
+    );
+    // The message for two.test still waits for its next attempt.
+    let list = out(&relay.command(&["queue", "list"]));
+    assert!(
+        list.contains(&two) && !list.contains(&returned) && !list.contains(&one),
+        "{list}"
+    );
+}

@@ -148,10 +148,11 @@ impl Controls {
 
     async fn steer_queue(&self, order: QueueOrder) -> Answer {
         let (id, order) = match order {
-            QueueOrder::Flush => {
-                self.queue.flush();
+            QueueOrder::Flush { domain } => {
+                self.queue.flush(domain);
                 return Answer::Flushing;
             }
+            QueueOrder::Bounce { id } => (id, MessageOrder::Bounce),
             QueueOrder::DeleteAll => {
                 return match self.queue.delete_all().await {
                     Ok(count) => Answer::Deleted { count },

@@ -40,8 +40,13 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "order", rename_all = "kebab-case")]
 pub enum QueueOrder {
-    /// Try every waiting message now.
-    Flush,
+    /// Try every waiting message now; with a domain, those with a recipient waiting there.
+    Flush {
+        #[serde(default)]
+        domain: Option<String>,
+    },
+    /// Return a message to its sender now, with a bounce (DSN), and remove it.
+    Bounce { id: String },
     /// Keep a message in the queue, undelivered, until released.
     Hold { id: String },
     /// Let a held message be delivered, now.
@@ -130,7 +135,11 @@ mod tests {
             Request::Status,
             Request::Reload,
             Request::RegistryChanged,
-            Request::Queue(QueueOrder::Flush),
+            Request::Queue(QueueOrder::Flush { domain: None }),
+            Request::Queue(QueueOrder::Flush {
+                domain: Some("example.org".into()),
+            }),
+            Request::Queue(QueueOrder::Bounce { id: "ABC".into() }),
             Request::Queue(QueueOrder::DeleteAll),
             Request::Queue(QueueOrder::Hold { id: "A1".into() }),
             Request::Queue(QueueOrder::Release { id: "A1".into() }),

@@ -25,16 +25,8 @@ pub struct Filter {
 impl Filter {
     fn matches(&self, e: &Envelope, now: u64) -> bool {
         let sender = self.sender.as_deref().map(|s| s.trim_matches(['<', '>']));
-        let waiting_in = |domain: &str| {
-            e.recipients.iter().any(|r| {
-                r.status == RecipientStatus::Pending
-                    && r.address
-                        .rsplit_once('@')
-                        .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
-            })
-        };
         sender.is_none_or(|s| e.sender.eq_ignore_ascii_case(s))
-            && self.domain.as_deref().is_none_or(waiting_in)
+            && self.domain.as_deref().is_none_or(|d| e.waits_in(d))
             && self.state.is_none_or(|s| State::of(e) == s)
             && self
                 .older_than
@@ -103,8 +95,9 @@ pub fn list(config: &Config, filter: &Filter, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `sluice queue show ID`: the envelope, each recipient's state and the header section.
-pub fn show(config: &Config, id: &str) -> ExitCode {
+/// `sluice queue show ID`: the envelope, each recipient's state and the header section;
+/// with `body`, the whole message.
+pub fn show(config: &Config, id: &str, body: bool) -> ExitCode {
     let spool = match Spool::open_read_only(&config.spool.dir) {
         Ok(spool) => spool,
         Err(e) => return fail(e),
@@ -118,10 +111,14 @@ pub fn show(config: &Config, id: &str) -> ExitCode {
         Err(e) => return fail(e),
     };
     print_envelope(&envelope);
-    let head = message.head(usize::MAX);
+    let text = if body {
+        message.for_signing().concat()
+    } else {
+        message.head(usize::MAX)
+    };
     println!();
     // The client's text: nothing in it may drive the terminal (escape sequences).
-    let head: String = String::from_utf8_lossy(&head)
+    let head: String = String::from_utf8_lossy(&text)
         .chars()
         .map(|c| {
             if c.is_control() && !matches!(c, '\r' | '\n' | '\t') {
@@ -181,9 +178,15 @@ fn offline(config: &Config, order: QueueOrder) -> ExitCode {
         Err(e) => return fail(e),
     };
     let (order, ids) = match order {
-        QueueOrder::Flush => {
+        QueueOrder::Flush { .. } => {
             println!("the relay is not running; it tries every queued message when it starts");
             return ExitCode::SUCCESS;
+        }
+        QueueOrder::Bounce { .. } => {
+            eprintln!(
+                "sluice: the relay is not running: start it to return a message (it queues the bounce)"
+            );
+            return ExitCode::FAILURE;
         }
         QueueOrder::DeleteAll => (MessageOrder::Delete, spool.list().unwrap_or_default()),
         QueueOrder::Hold { id } => (MessageOrder::Hold, vec![id]),

@@ -12,7 +12,7 @@
 use super::dsn::{self, Failure, Reason};
 use super::runner::{Queued, Schedule};
 use super::spool::{self, Spool};
-use super::{Envelope, Message, Queue, RecipientStatus};
+use super::{Envelope, Message, OrderOutcome, Queue, RecipientStatus};
 use crate::config::TlsRule;
 use crate::logging::mail as mail_log;
 use std::future::Future;
@@ -290,6 +290,50 @@ async fn bounce(
             tracing::error!(queue_id = %envelope.id, error = %e, "cannot queue a bounce")
         }
     }
+}
+
+/// A postmaster's `queue bounce`: every recipient still waiting fails now, the sender gets
+/// the bounce, and the message leaves the queue. Logged as a delivery would be.
+pub async fn return_to_sender(queue: &Queue, hostname: &str, id: &str) -> io::Result<OrderOutcome> {
+    let owned = id.to_string();
+    let (mut envelope, message) = blocking(queue.spool(), move |spool| spool.load(&owned)).await?;
+    let delay = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |now| now.as_secs_f64() - envelope.received as f64)
+        .max(0.0);
+    let mut failures = Vec::new();
+    for rcpt in envelope
+        .recipients
+        .iter_mut()
+        .filter(|r| r.status == RecipientStatus::Pending)
+    {
+        let said = "returned to the sender by the postmaster";
+        mail_log::delivered(&mail_log::Delivered {
+            queue_id: &envelope.id,
+            sender: &envelope.sender,
+            recipient: &rcpt.address,
+            relay: None,
+            delay,
+            attempt: 0.0,
+            attempts: envelope.attempts,
+            tls: None,
+            tls_rule: "none",
+            status: "bounced",
+            reply: said,
+        });
+        crate::metrics::metrics().delivery("bounced", None);
+        rcpt.status = RecipientStatus::Failed;
+        rcpt.diagnostic = Some(said.to_string());
+        failures.push(Failure {
+            recipient: rcpt.clone(),
+            reason: Reason::Refused { remote: None },
+        });
+    }
+    bounce(queue, hostname, &envelope, &failures, &message).await;
+    let owned = id.to_string();
+    blocking(queue.spool(), move |spool| spool.remove(&owned)).await?;
+    mail_log::removed(id);
+    Ok(OrderOutcome::Returned)
 }
 
 /// Runs `work` on the spool on the spool's threads (the spool is file I/O).

@@ -86,6 +86,16 @@ pub struct Recipient {
 }
 
 impl Envelope {
+    /// Does a recipient still wait in `domain`?
+    pub fn waits_in(&self, domain: &str) -> bool {
+        self.recipients.iter().any(|r| {
+            r.status == RecipientStatus::Pending
+                && r.address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+        })
+    }
+
     /// The envelope of a message the relay writes itself (a bounce, a notice) to one
     /// recipient, due now ([`Queue::submit`] sets its size).
     pub fn local(id: String, sender: &str, recipient: &str) -> Envelope {
@@ -287,8 +297,8 @@ impl Queue {
     }
 
     /// Every waiting message is tried now.
-    pub fn flush(&self) {
-        let _ = self.runner.send(Order::Flush);
+    pub fn flush(&self, domain: Option<String>) {
+        let _ = self.runner.send(Order::Flush(domain));
     }
 
     /// Holds, releases or deletes a message, once no attempt is delivering it.
@@ -374,6 +384,8 @@ pub enum OrderOutcome {
     /// Release, on a message that was not held.
     NotHeld,
     Deleted,
+    /// Bounced to its sender by a postmaster, and removed.
+    Returned,
 }
 
 impl std::fmt::Display for OrderOutcome {
@@ -384,6 +396,7 @@ impl std::fmt::Display for OrderOutcome {
             OrderOutcome::Released => "released",
             OrderOutcome::NotHeld => "not held",
             OrderOutcome::Deleted => "deleted",
+            OrderOutcome::Returned => "returned to its sender",
         })
     }
 }

@@ -26,8 +26,8 @@ pub enum Order {
     /// are small enough to keep in memory, so that its first attempt does not read back
     /// what was just written.
     New(String, Option<Box<Queued>>),
-    /// Try every waiting message now.
-    Flush,
+    /// Try every waiting message now; with a domain, those with a recipient waiting there.
+    Flush(Option<String>),
     /// A postmaster's order for one message; the answer says what was done.
     Message(String, MessageOrder, Answer),
     /// The configuration was reloaded: attempts from now on follow this schedule.
@@ -57,6 +57,8 @@ pub enum MessageOrder {
     Release,
     /// Remove it from the queue.
     Delete,
+    /// Return it to its sender now (a bounce), and remove it from the queue.
+    Bounce,
 }
 
 /// How the runner schedules attempts and when it gives up, from the configuration.
@@ -142,10 +144,13 @@ pub async fn run<D: Deliver>(
                     }
                     book.schedule(id, Instant::now());
                 }
-                Order::Flush => {
+                Order::Flush(domain) => {
                     let now = Instant::now();
-                    let ids: Vec<String> = book.waiting.keys().cloned().collect();
-                    tracing::info!(count = ids.len(), "queue flushed by postmaster");
+                    let mut ids: Vec<String> = book.waiting.keys().cloned().collect();
+                    if let Some(domain) = &domain {
+                        ids = waiting_in(&spool, ids, domain).await;
+                    }
+                    tracing::info!(target: "sluice::queue", count = ids.len(), domain, "queue flushed by postmaster");
                     for id in ids {
                         book.schedule(id, now);
                     }
@@ -167,7 +172,7 @@ pub async fn run<D: Deliver>(
                 Order::Message(id, order, answer) => match book.in_flight.get_mut(&id) {
                     Some(waiting) => waiting.push((order, answer)),
                     None => {
-                        let result = apply(&spool, &id, order).await;
+                        let result = apply(&queue, &schedule, &id, order).await;
                         book.after(&id, order, &result);
                         let _ = answer.send(result);
                     }
@@ -179,7 +184,7 @@ pub async fn run<D: Deliver>(
                     book.schedule(id.clone(), Instant::now() + delay);
                 }
                 for (order, answer) in waiting {
-                    let result = apply(&spool, &id, order).await;
+                    let result = apply(&queue, &schedule, &id, order).await;
                     book.after(&id, order, &result);
                     let _ = answer.send(result);
                 }
@@ -224,7 +229,7 @@ impl Book {
             (MessageOrder::Release, Ok(_)) => self.schedule(id.to_string(), Instant::now()),
             // Its entry in `due` is stale now, and skipped when it comes up; once released,
             // it is read from the spool, as the order left it.
-            (MessageOrder::Hold | MessageOrder::Delete, Ok(_)) => {
+            (MessageOrder::Hold | MessageOrder::Delete | MessageOrder::Bounce, Ok(_)) => {
                 self.waiting.remove(id);
                 self.kept.remove(id);
             }
@@ -233,14 +238,30 @@ impl Book {
     }
 }
 
-/// Carries out a postmaster's order on the spool (the message is not being delivered).
+/// Those of `ids` with a recipient still waiting in `domain`.
+async fn waiting_in(spool: &Arc<Spool>, ids: Vec<String>, domain: &str) -> Vec<String> {
+    let (spool, domain) = (spool.clone(), domain.to_string());
+    let found = super::io::run(move || {
+        ids.into_iter()
+            .filter(|id| spool.envelope(id).is_ok_and(|e| e.waits_in(&domain)))
+            .collect()
+    })
+    .await;
+    found.unwrap_or_default()
+}
+
+/// Carries out a postmaster's order (the message is not being delivered).
 async fn apply(
-    spool: &Arc<Spool>,
+    queue: &Queue,
+    schedule: &Schedule,
     id: &str,
     order: MessageOrder,
 ) -> Result<OrderOutcome, OrderError> {
-    let (spool, owned) = (spool.clone(), id.to_string());
-    let done = super::io::run(move || spool.apply(&owned, order)).await;
+    let (spool, owned) = (queue.spool().clone(), id.to_string());
+    let done = match order {
+        MessageOrder::Bounce => Ok(attempt::return_to_sender(queue, &schedule.hostname, id).await),
+        _ => super::io::run(move || spool.apply(&owned, order)).await,
+    };
     let result = match done {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -775,7 +796,7 @@ mod tests {
         h.submit(SENDER, &["a@example.org"], false).await;
         let first = h.next_call().await;
         h.run_for(Duration::from_secs(10)).await;
-        h.queue.flush();
+        h.queue.flush(None);
         let again = h.next_call().await;
         assert_eq!(again.at - first.at, Duration::from_secs(10), "not at 60 s");
     }
