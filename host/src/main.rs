@@ -4,7 +4,6 @@ use clap::{Parser, Subcommand};
 use sluice::admin::QueueOrder;
 use sluice::cli;
 use sluice::config::Config;
-use sluice::policy::engine::capacity_shortfall;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +36,9 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Check a configuration file and the policy chain's manifest, then exit.
+    /// Check everything `serve` would load — the configuration file, the policy chain and
+    /// each module, the DKIM keys, the TLS certificate, the store, the log filter — then
+    /// exit (2 when something is wrong).
     CheckConfig {
         /// The configuration file (default: ./sluice.toml if there is one, else the built-in
         /// defaults).
@@ -297,36 +298,7 @@ fn dispatch(command: Command) -> ExitCode {
                 }
             })
         }
-        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
-            Ok((config, path)) => {
-                // The chain's manifest too: among other things, that the chain fits the
-                // instance pool, which holds MAX_POLICIES modules per connection.
-                let modules = match sluice::policy::manifest::load(&config.policies.dir) {
-                    Ok(specs) => specs.map_or(1, |specs| specs.len()),
-                    Err(e) => {
-                        eprintln!("sluice: configuration error: {e}");
-                        return ExitCode::from(2);
-                    }
-                };
-                let sessions = config.limits.max_connections;
-                if let Some(shortfall) = capacity_shortfall(modules, sessions) {
-                    eprintln!("sluice: warning: {shortfall}");
-                }
-                if path.exists() {
-                    println!("{}: ok", path.display());
-                } else {
-                    println!(
-                        "no {} here and no --config: only the built-in defaults were checked: ok",
-                        path.display()
-                    );
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("sluice: configuration error: {e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig { config } => cli::check::check_config(config.as_deref()),
         Command::Status { config } => match load_config(config) {
             Some(config) => cli::status::status(&config),
             None => ExitCode::from(2),

@@ -109,8 +109,83 @@ fn check_config_without_a_file_says_it_checked_only_the_defaults() {
     // With a file, it names the file.
     std::fs::write(empty.path().join("sluice.toml"), "").unwrap();
     let stdout = String::from_utf8_lossy(&run(&["check-config"]).stdout).into_owned();
-    assert_eq!(stdout.trim(), "sluice.toml: ok");
+    assert_eq!(stdout.lines().last(), Some("sluice.toml: ok"), "{stdout}");
     // Help says what SLUICE_LOG does.
     let help = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
     assert!(help.contains("SLUICE_LOG"), "{help}");
+}
+
+#[test]
+fn check_config_loads_every_module_key_and_certificate_serve_would_and_names_each_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.d");
+    std::fs::create_dir_all(&policies).unwrap();
+    // A module that is not WebAssembly at all.
+    std::fs::write(policies.join("dept.wasm"), b"not a module").unwrap();
+    std::fs::write(
+        policies.join("policies.toml"),
+        "[[policy]]\nname = \"dept\"\nmodule = \"dept.wasm\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("sluice.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[policies]\ndir = \"{}\"\n[spool]\ndir = \"{}\"\n{extra}",
+                policies.display(),
+                dir.path().join("spool").display()
+            ),
+        )
+        .unwrap()
+    };
+    write(
+        "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n\
+         [dkim]\ndomain = \"example.edu\"\nselector = \"s1\"\nkey = \"/nonexistent/dkim.pem\"\n\
+         [log]\nlevel = \"info,=nonsense=\"\n",
+    );
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run sluice")
+    };
+    let output = check();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for part in [
+        "policies: policy `dept`",
+        "dkim:",
+        "tls: tls.cert: /nonexistent/cert.pem",
+        "log: log.level",
+    ] {
+        assert!(
+            stderr.contains(&format!("configuration error: {part}")),
+            "{part}\n{stderr}"
+        );
+    }
+
+    // Put right, every part says what it loaded.
+    std::fs::write(
+        policies.join("policies.toml"),
+        "[[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n",
+    )
+    .unwrap();
+    write("");
+    let output = check();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("policies: chain [\"networks\"]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("store: ") && stdout.contains("tls: ") && stdout.contains("dkim: off"),
+        "{stdout}"
+    );
 }

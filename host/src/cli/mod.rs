@@ -16,6 +16,7 @@
 //! control socket ([`crate::admin`]) and word its typed [`Answer`] here, in one place
 //! ([`said`]): `ok: …` when it was done, `error: …` when it was not.
 
+pub mod check;
 pub mod policy;
 pub mod queue;
 pub mod registry;

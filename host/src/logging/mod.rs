@@ -81,6 +81,11 @@ fn filter(level: &str) -> io::Result<EnvFilter> {
     })
 }
 
+/// Is `level` a filter the log can use (`[log] level`)?
+pub fn check_level(level: &str) -> io::Result<()> {
+    filter(level).map(|_| ())
+}
+
 /// Logs from now on what `level` says (`[log] level`, reloaded); says what was done.
 /// `SLUICE_LOG`, when set, keeps the last word.
 pub fn set_level(level: Option<&str>) -> io::Result<String> {
