@@ -108,6 +108,13 @@ enum Command {
         #[arg(long)]
         auth: Option<String>,
     },
+    /// Write the manual pages (sluice.8, and sluice-COMMAND.8 for each command) into a
+    /// folder; for packagers.
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -256,6 +263,31 @@ enum PolicyCommand {
     },
 }
 
+/// Writes sluice(8) and a page for every command and subcommand (`sluice-queue-list.8`),
+/// from the CLI's own definitions, so the pages say what `--help` says. Returns how many.
+fn write_manpages(dir: &std::path::Path) -> std::io::Result<usize> {
+    use clap::CommandFactory;
+    fn write(dir: &std::path::Path, command: clap::Command, name: &str) -> std::io::Result<usize> {
+        let command = command
+            .name(name.to_string())
+            .bin_name(name.replace('-', " "))
+            .version(env!("CARGO_PKG_VERSION"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command.clone())
+            .section("8")
+            .manual("Sluice")
+            .render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.8")), page)?;
+        let mut count = 1;
+        for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+            count += write(dir, sub.clone(), &format!("{name}-{}", sub.get_name()))?;
+        }
+        Ok(count)
+    }
+    std::fs::create_dir_all(dir)?;
+    write(dir, Cli::command(), "sluice")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A test session shows every module's decision as it goes; the relay logs what matters.
@@ -266,7 +298,8 @@ fn main() -> ExitCode {
         | Command::Reload { .. }
         | Command::Queue { .. }
         | Command::Registry { .. }
-        | Command::User { .. } => "warn",
+        | Command::User { .. }
+        | Command::Manpages { .. } => "warn",
         _ => "info",
     };
     // The relay logs as its configuration says, once it is read (see `serve`).
@@ -299,6 +332,16 @@ fn dispatch(command: Command) -> ExitCode {
             })
         }
         Command::CheckConfig { config } => cli::check::check_config(config.as_deref()),
+        Command::Manpages { dir } => match write_manpages(&dir) {
+            Ok(count) => {
+                println!("{count} manual pages written to {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Status { config } => match load_config(config) {
             Some(config) => cli::status::status(&config),
             None => ExitCode::from(2),

@@ -179,3 +179,38 @@ fn metric_names() -> Vec<String> {
         .filter_map(|call| call.split('"').nth(1).map(str::to_string))
         .collect()
 }
+
+#[test]
+fn the_manual_pages_are_made_from_the_commands_and_say_what_help_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("manpages")
+        .arg(dir.path())
+        .output()
+        .expect("run sluice");
+    assert!(out.status.success(), "{out:?}");
+    let page = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let main = page("sluice.8");
+    assert!(main.contains(".TH sluice 8"), "{main}");
+    assert!(main.contains("SLUICE_LOG"), "{main}");
+    let serve = page("sluice-serve.8");
+    assert!(
+        serve.contains(".TH sluice\\-serve 8") || serve.contains(".TH sluice-serve 8"),
+        "{serve}"
+    );
+    // An option's help text is under it.
+    assert!(
+        serve.contains("\\-\\-config") && serve.contains("The configuration file"),
+        "{serve}"
+    );
+    // One page for each command and subcommand.
+    for name in [
+        "sluice-queue-bounce.8",
+        "sluice-registry-block.8",
+        "sluice-policy-test.8",
+    ] {
+        assert!(page(name).contains(".SH SYNOPSIS"), "{name}");
+    }
+}
