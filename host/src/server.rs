@@ -226,7 +226,8 @@ async fn reopen_log_on_sigusr1() {
     }
 }
 
-/// SIGHUP reloads the policy chain (see [`reload`]), the DKIM keys and the certificate.
+/// SIGHUP reloads the policy chain (see [`reload`]), `sluice.toml` (see [`Reloadable`])
+/// and the certificate.
 async fn reload_on_sighup(reloader: Arc<Reloader>, reloadable: Arc<Reloadable>) {
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload with sluice reload");

@@ -148,30 +148,17 @@ async fn retries_after_a_temporary_refusal_and_delivers_once() {
 /// One transaction on a relay that may be killed at any moment: `Some(true)` when the
 /// message got its 250, `Some(false)` when refused, `None` when the connection broke.
 async fn try_send(addr: std::net::SocketAddr, n: usize) -> Option<bool> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let mut stream = BufReader::new(stream);
-    async fn reply(stream: &mut BufReader<tokio::net::TcpStream>) -> Option<u16> {
-        loop {
-            let mut line = String::new();
-            if stream.read_line(&mut line).await.ok()? == 0 {
-                return None;
-            }
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return line.get(..3)?.parse().ok();
-            }
-        }
-    }
-    let exchange = async {
-        reply(&mut stream).await?;
+    let mut stream = tokio::io::BufReader::new(stream);
+    let transaction = async {
+        exchange(&mut stream, "").await?;
         for (command, want) in [
-            ("EHLO app.example.edu\r\n".to_string(), 250),
-            ("MAIL FROM:<app@example.edu>\r\n".to_string(), 250),
-            ("RCPT TO:<a@example.org>\r\n".to_string(), 250),
-            ("DATA\r\n".to_string(), 354),
+            ("EHLO app.example.edu\r\n", 250),
+            ("MAIL FROM:<app@example.edu>\r\n", 250),
+            ("RCPT TO:<a@example.org>\r\n", 250),
+            ("DATA\r\n", 354),
         ] {
-            stream.get_mut().write_all(command.as_bytes()).await.ok()?;
-            if reply(&mut stream).await? != want {
+            if exchange(&mut stream, command).await? != want {
                 return Some(false);
             }
         }
@@ -179,10 +166,9 @@ async fn try_send(addr: std::net::SocketAddr, n: usize) -> Option<bool> {
             "Subject: chaos {n}\r\n\r\n{}\r\nend of {n}\r\n.\r\n",
             body_of(n)
         );
-        stream.get_mut().write_all(body.as_bytes()).await.ok()?;
-        Some(reply(&mut stream).await? == 250)
+        Some(exchange(&mut stream, &body).await? == 250)
     };
-    tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+    tokio::time::timeout(std::time::Duration::from_secs(10), transaction)
         .await
         .ok()?
 }

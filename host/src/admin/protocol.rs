@@ -202,7 +202,7 @@ mod tests {
     async fn an_unknown_request_is_an_error_not_a_panic() {
         for bytes in [
             &b"{\"command\":\"shutdown\"}\n"[..],
-            b"{\"command\":\"queue\",\"order\":\"bounce\",\"id\":\"A1\"}\n",
+            b"{\"command\":\"queue\",\"order\":\"requeue\",\"id\":\"A1\"}\n",
             b"{\"command\":\"queue\",\"order\":\"hold\"}\n",
             b"status\n",
             b"\n",
