@@ -10,6 +10,7 @@ sluice_binary() {
 
 # Writes a relay configuration to $1: listening on 127.0.0.1:$2, relaying to the sink on
 # 127.0.0.1:$3, its spool and policies under $4; $5 holds more [delivery] lines.
+# SLUICE_BENCH_CONFIG: more TOML at the end ("[metrics]\naddr = ..." to measure with metrics on).
 relay_config() {
   cat > "$1" <<TOML
 hostname = "relay.bench"
@@ -24,6 +25,7 @@ smarthost = "127.0.0.1:$3"
 ${5:-}
 [policies]
 dir = "$4/policies.d"
+${SLUICE_BENCH_CONFIG:-}
 TOML
 }
 
