@@ -223,6 +223,11 @@ enum RegistryCommand {
         /// The address or network as blocked.
         ip: String,
     },
+    /// Every change to the registry (who, when, from where, what), oldest first.
+    History {
+        /// Only the changes to this address or network.
+        ip: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -417,6 +422,7 @@ fn dispatch(command: Command) -> ExitCode {
                     cli::registry::block(&config, &ip, &reason)
                 }
                 RegistryCommand::Unblock { ip } => cli::registry::unblock(&config, &ip),
+                RegistryCommand::History { ip } => cli::registry::history(&config, ip.as_deref()),
             }
         }
         Command::User { config, command } => {

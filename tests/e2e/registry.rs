@@ -366,3 +366,64 @@ async fn registry_commands_refuse_what_they_cannot_record() {
     relay.wait_for_queued(0).await;
     assert_eq!(sink.messages().len(), 1);
 }
+
+#[tokio::test]
+async fn the_history_says_who_changed_what_when_and_from_where() {
+    let sink = Sink::start().await;
+    let relay = campus_relay(&sink, "").await;
+    let as_alice = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("registry")
+            .args(args)
+            .arg("--config")
+            .arg(relay.config_path())
+            .env("SUDO_USER", "alice")
+            .output()
+            .expect("run sluice");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    as_alice(&[
+        "add",
+        REGISTERED,
+        "--admin",
+        "jdoe",
+        "--contact",
+        "jdoe@example.edu",
+        "--dept",
+        "Physics",
+        "--purpose",
+        "lab printer",
+    ]);
+    as_alice(&["block", REGISTERED, "--reason", "sent phishing"]);
+    as_alice(&["unblock", REGISTERED]);
+    as_alice(&["remove", REGISTERED]);
+    as_alice(&["block", "127.0.9.0/24", "--reason", "another network"]);
+
+    let history = as_alice(&["history", REGISTERED]);
+    let lines: Vec<&str> = history.lines().skip(1).collect();
+    let actions: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(6))
+        .collect();
+    // `DATE TIME UTC who command line action ...`.
+    assert_eq!(
+        actions,
+        ["register", "block", "unblock", "remove"],
+        "{history}"
+    );
+    for line in &lines[..4] {
+        assert!(
+            line.contains(" alice ") && line.contains("command line") && line.contains(REGISTERED),
+            "{line}"
+        );
+    }
+    assert!(
+        lines[0].contains("admin=jdoe, contact=jdoe@example.edu, department=Physics"),
+        "{history}"
+    );
+    assert!(lines[1].contains("reason=sent phishing"), "{history}");
+    assert_eq!(lines[4], "4 changes");
+    // Without a network, every change.
+    assert!(as_alice(&["history"]).contains("5 changes"));
+}

@@ -1,4 +1,4 @@
-//! `sluice registry add|list|show|remove|block|unblock`: the table of client addresses
+//! `sluice registry add|list|show|remove|block|unblock|history`: the table of client addresses
 //! registered to relay, and the postmaster's blocks.
 //!
 //! The commands write the registry's database directly (SQLite keeps them and the relay
@@ -10,7 +10,7 @@ use crate::admin::{self, Answer, Request};
 use crate::config::Config;
 use crate::queue;
 use crate::registry::notice::{self, Wording};
-use crate::registry::store::Store;
+use crate::registry::store::{Actor, Store};
 use crate::registry::table::{Registration, display, parse_network};
 use crate::smtp::valid_address;
 use sluice_mail::Address;
@@ -224,9 +224,56 @@ pub fn unblock(config: &Config, what: &str) -> ExitCode {
     }
 }
 
+/// The store, to change: each change is recorded in the history as this user's, from the
+/// command line.
 fn open(config: &Config) -> anyhow::Result<Store> {
     let db = config.store_db();
-    Store::open(&db).map_err(|e| e.context(format!("store {}", db.display())))
+    let store = Store::open(&db).map_err(|e| e.context(format!("store {}", db.display())))?;
+    Ok(store.acting_as(Actor {
+        who: user_name(),
+        origin: "command line".into(),
+    }))
+}
+
+/// Who runs the command: the user behind sudo, else the login name, else the uid.
+fn user_name() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+        // SAFETY: getuid(2) cannot fail and touches no memory.
+        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
+}
+
+/// `sluice registry history [NETWORK]`: every change, oldest first.
+pub fn history(config: &Config, what: Option<&str>) -> ExitCode {
+    let result = (|| {
+        let network = what
+            .map(|w| parse_network(w).map_err(anyhow::Error::msg))
+            .transpose()?;
+        open_existing(config)?.history(network.as_ref())
+    })();
+    match result {
+        Ok(changes) => {
+            println!(
+                "{:<23} {:<12} {:<14} {:<9} {:<20} detail",
+                "when", "who", "from", "action", "network"
+            );
+            for c in &changes {
+                println!(
+                    "{:<23} {:<12} {:<14} {:<9} {:<20} {}",
+                    time(c.at),
+                    c.who,
+                    c.origin,
+                    c.action,
+                    parse_network(&c.network).map_or(c.network.clone(), |n| display(&n)),
+                    c.detail
+                );
+            }
+            println!("{} changes", changes.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }
 
 /// The registry for reading: an error, not an empty registry, where there is none.

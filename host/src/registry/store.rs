@@ -8,6 +8,8 @@
 //! blocks         network → reason, blocked_at
 //! outbox         notices to send: a row is written in the same transaction as the change
 //!                it tells of, and removed by the relay once the message is in its spool
+//! history        every change: when, who, from where, what, the network, the details;
+//!                written in the same transaction as the change
 //! ```
 //!
 //! Times are Unix seconds (SQLite's integers are signed; these are far from the sign bit).
@@ -35,6 +37,15 @@ CREATE TABLE IF NOT EXISTS blocks (
     reason TEXT NOT NULL,
     blocked_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    action TEXT NOT NULL,
+    network TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient TEXT NOT NULL,
@@ -43,9 +54,32 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 ";
 
+/// Who changes the registry, and from where, as the history records it.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// A user name (`root`, `alice`), or `relay` for the relay's own book-keeping.
+    pub who: String,
+    /// `command line`, `expiry`, and later the portal's client address.
+    pub origin: String,
+}
+
+/// One change, as `sluice registry history` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub at: u64,
+    pub who: String,
+    pub origin: String,
+    /// `register`, `remove`, `block`, `unblock` or `expire`.
+    pub action: String,
+    pub network: String,
+    pub detail: String,
+}
+
 /// An open registry database.
 pub struct Store {
     conn: Connection,
+    /// Who the changes made through this store are recorded as.
+    actor: Actor,
     /// SQLite's count of changes made by other connections, at the last [`Store::changed`].
     data_version: Option<i64>,
 }
@@ -58,8 +92,37 @@ impl Store {
             .with_context(|| format!("{}: creating the registry's tables", path.display()))?;
         Ok(Store {
             conn,
+            actor: Actor {
+                who: "relay".into(),
+                origin: "relay".into(),
+            },
             data_version: None,
         })
+    }
+
+    /// Records the changes made from now on as `actor`'s.
+    pub fn acting_as(mut self, actor: Actor) -> Store {
+        self.actor = actor;
+        self
+    }
+
+    /// Every change to `network` (all changes, without one), oldest first.
+    pub fn history(&self, network: Option<&IpNet>) -> anyhow::Result<Vec<Change>> {
+        let mut query = self.conn.prepare(
+            "SELECT at, who, origin, action, network, detail FROM history
+             WHERE ?1 IS NULL OR network = ?1 ORDER BY id",
+        )?;
+        let rows = query.query_map([network.map(|n| n.to_string())], |row| {
+            Ok(Change {
+                at: row.get::<_, i64>(0)? as u64,
+                who: row.get(1)?,
+                origin: row.get(2)?,
+                action: row.get(3)?,
+                network: row.get(4)?,
+                detail: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The registry in the store at `path`, if there is a store there: a command that only
@@ -159,38 +222,64 @@ impl Store {
             ],
         )?;
         queue_notice(&tx, notice)?;
+        let detail = format!(
+            "admin={}, contact={}, department={}, purpose={}",
+            registration.admin, registration.contact, registration.department, registration.purpose
+        );
+        record(&tx, &self.actor, "register", &registration.network, &detail)?;
         tx.commit()?;
         Ok(())
     }
 
     /// Removes the registration of exactly `network`, returning its department and admin.
     pub fn unregister(&mut self, network: &IpNet) -> anyhow::Result<Option<(String, String)>> {
-        Ok(self
-            .conn
+        let tx = self.conn.transaction()?;
+        let removed: Option<(String, String)> = tx
             .query_row(
                 "DELETE FROM registrations WHERE network = ?1 RETURNING department, admin",
                 [network.to_string()],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
-            .optional()?)
+            .optional()?;
+        if let Some((department, admin)) = &removed {
+            let detail = format!("admin={admin}, department={department}");
+            record(&tx, &self.actor, "remove", network, &detail)?;
+        }
+        tx.commit()?;
+        Ok(removed)
     }
 
     /// Blocks `network` (replacing the reason of an existing block).
     pub fn block(&mut self, network: &IpNet, reason: &str, now: u64) -> anyhow::Result<()> {
-        self.conn.execute(
+        let tx = self.conn.transaction()?;
+        tx.execute(
             "INSERT INTO blocks (network, reason, blocked_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (network) DO UPDATE SET reason = ?2, blocked_at = ?3",
             params![network.to_string(), reason, now as i64],
         )?;
+        record(
+            &tx,
+            &self.actor,
+            "block",
+            network,
+            &format!("reason={reason}"),
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
     /// Lifts the block of exactly `network`; false when there was none.
     pub fn unblock(&mut self, network: &IpNet) -> anyhow::Result<bool> {
-        Ok(self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let lifted = tx.execute(
             "DELETE FROM blocks WHERE network = ?1",
             [network.to_string()],
-        )? > 0)
+        )? > 0;
+        if lifted {
+            record(&tx, &self.actor, "unblock", network, "")?;
+        }
+        tx.commit()?;
+        Ok(lifted)
     }
 
     /// Records when registrations last relayed: `(network, Unix seconds)`.
@@ -242,6 +331,14 @@ impl Store {
             )?;
             if deleted > 0 {
                 queue_notice(&tx, &notice(&registration))?;
+                let since = chrono::DateTime::from_timestamp(before as i64, 0)
+                    .map_or_else(String::new, |t| t.format("%Y-%m-%d").to_string());
+                let unused = format!("unused since {since}; admin={}", registration.admin);
+                let expiry = Actor {
+                    who: self.actor.who.clone(),
+                    origin: "expiry".into(),
+                };
+                record(&tx, &expiry, "expire", &registration.network, &unused)?;
                 removed.push(registration);
             }
         }
@@ -273,6 +370,29 @@ impl Store {
             .execute("DELETE FROM outbox WHERE id = ?1", [id])?;
         Ok(())
     }
+}
+
+/// Adds a change to the history, in the transaction that makes it.
+fn record(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &Actor,
+    action: &str,
+    network: &IpNet,
+    detail: &str,
+) -> anyhow::Result<()> {
+    tx.execute(
+        "INSERT INTO history (at, who, origin, action, network, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            crate::queue::now() as i64,
+            actor.who,
+            actor.origin,
+            action,
+            network.to_string(),
+            detail
+        ],
+    )?;
+    Ok(())
 }
 
 fn queue_notice(tx: &rusqlite::Transaction<'_>, notice: &Notice) -> rusqlite::Result<usize> {
@@ -350,6 +470,56 @@ mod tests {
         let table = other.table().unwrap();
         assert_eq!(table.registrations().len(), 1);
         assert_eq!(table.blocks()[0].reason, "spam");
+    }
+
+    #[test]
+    fn every_change_is_in_the_history_with_who_made_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        let mut store = Store::open(&path).unwrap().acting_as(Actor {
+            who: "alice".into(),
+            origin: "command line".into(),
+        });
+        let printer = parse_network("10.1.2.3").unwrap();
+        store
+            .register(&registration("10.1.2.3", 100), &notice("jdoe@example.edu"))
+            .unwrap();
+        store.block(&printer, "spam", 5).unwrap();
+        assert!(store.unblock(&printer).unwrap());
+        // What changed nothing is not a change.
+        assert!(!store.unblock(&printer).unwrap());
+        assert!(
+            store
+                .register(&registration("10.1.2.3", 1), &notice("x@y"))
+                .is_err()
+        );
+        // The relay's own book-keeping, through another connection.
+        let mut relay = Store::open(&path).unwrap();
+        relay
+            .expire(500, &HashSet::new(), |r| notice(&r.contact))
+            .unwrap();
+        let history = relay.history(Some(&printer)).unwrap();
+        let said: Vec<(&str, &str, &str)> = history
+            .iter()
+            .map(|c| (c.who.as_str(), c.origin.as_str(), c.action.as_str()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("alice", "command line", "register"),
+                ("alice", "command line", "block"),
+                ("alice", "command line", "unblock"),
+                ("relay", "expiry", "expire"),
+            ]
+        );
+        assert!(history[1].detail.contains("reason=spam"));
+        assert!(
+            relay
+                .history(Some(&parse_network("10.9.9.9").unwrap()))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(relay.history(None).unwrap().len(), 4);
     }
 
     #[test]

@@ -298,7 +298,9 @@ impl Session {
             // middle of a message's text is let finish it (within `shutdown_grace`).
             let mut shutdown = self.ctx.shutdown.clone();
             let read = tokio::select! {
-                read = tokio::time::timeout_at(limit.0, self.stream.read(&mut read_buf)) => read,
+                // Stopping comes first: a command that arrives once the relay is stopping
+                // is answered 421, not carried out.
+                biased;
                 () = super::shutting_down(&mut shutdown), if !in_data => {
                     self.reply(Reply::new(
                         421,
@@ -307,6 +309,7 @@ impl Session {
                     ));
                     return "the relay is shutting down".into();
                 }
+                read = tokio::time::timeout_at(limit.0, self.stream.read(&mut read_buf)) => read,
             };
             match read {
                 Err(_) => {
