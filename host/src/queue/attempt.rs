@@ -167,11 +167,7 @@ async fn record(
     }
     envelope.attempts += 1;
     let delay = super::now().saturating_sub(envelope.received);
-    // To the millisecond, for the log.
-    let since_received = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |now| now.as_secs_f64() - envelope.received as f64)
-        .max(0.0);
+    let since_received = seconds_since(envelope.received);
     let expired = Duration::from_secs(delay) >= schedule.max_queue_lifetime;
     let mut last_error = None;
     let mut failures = Vec::new();
@@ -201,13 +197,14 @@ async fn record(
         let text = outcome.into_text();
         let tls = leg.as_ref().and_then(|l| l.tls.as_deref());
         let m = crate::metrics::metrics();
-        match word {
-            "sent" => {
+        match status {
+            RecipientStatus::Sent => {
                 m.delivery("sent", tls);
                 m.delivery_delay_seconds.observe(since_received);
             }
-            "deferred" => m.delivery("deferred", tls),
-            _ => m.delivery("bounced", tls),
+            RecipientStatus::Pending => m.delivery("deferred", tls),
+            // Refused for good, or expired: returned to the sender either way.
+            RecipientStatus::Failed => m.delivery("bounced", tls),
         }
         mail_log::delivered(&mail_log::Delivered {
             queue_id: &envelope.id,
@@ -297,10 +294,7 @@ async fn bounce(
 pub async fn return_to_sender(queue: &Queue, hostname: &str, id: &str) -> io::Result<OrderOutcome> {
     let owned = id.to_string();
     let (mut envelope, message) = blocking(queue.spool(), move |spool| spool.load(&owned)).await?;
-    let delay = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |now| now.as_secs_f64() - envelope.received as f64)
-        .max(0.0);
+    let delay = seconds_since(envelope.received);
     let mut failures = Vec::new();
     for rcpt in envelope
         .recipients
@@ -334,6 +328,14 @@ pub async fn return_to_sender(queue: &Queue, hostname: &str, id: &str) -> io::Re
     blocking(queue.spool(), move |spool| spool.remove(&owned)).await?;
     mail_log::removed(id);
     Ok(OrderOutcome::Returned)
+}
+
+/// Seconds since `received` (Unix seconds), to the millisecond, for the log and metrics.
+fn seconds_since(received: u64) -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |now| now.as_secs_f64() - received as f64)
+        .max(0.0)
 }
 
 /// Runs `work` on the spool on the spool's threads (the spool is file I/O).

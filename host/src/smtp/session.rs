@@ -114,6 +114,8 @@ pub struct Session {
     data_since: Option<tokio::time::Instant>,
     /// The stage the last command was at, for the refusal counts (`metrics`).
     stage: &'static str,
+    /// Set when the relay is stopping (the context's, watched by this session).
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Session {
@@ -138,6 +140,7 @@ impl Session {
         let policy = ctx.chain.load_full().start_session(Arc::new(facts));
         Session {
             config: ctx.config.load_full(),
+            shutdown: ctx.shutdown.clone(),
             ctx,
             stream,
             peer,
@@ -296,12 +299,11 @@ impl Session {
             }
             // A session waiting for a command is told the relay is stopping; one in the
             // middle of a message's text is let finish it (within `shutdown_grace`).
-            let mut shutdown = self.ctx.shutdown.clone();
             let read = tokio::select! {
                 // Stopping comes first: a command that arrives once the relay is stopping
                 // is answered 421, not carried out.
                 biased;
-                () = super::shutting_down(&mut shutdown), if !in_data => {
+                () = super::shutting_down(&mut self.shutdown), if !in_data => {
                     self.reply(Reply::new(
                         421,
                         "4.3.2",
