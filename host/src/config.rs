@@ -117,6 +117,7 @@ pub struct Config {
     /// DKIM signing of every accepted message; absent, nothing is signed.
     pub dkim: Option<DkimConfig>,
     pub metrics: MetricsConfig,
+    pub web: WebConfig,
     pub log: LogConfig,
     /// Where mail to `<postmaster>` (no domain, RFC 5321 4.5.1) goes (default:
     /// `postmaster@HOSTNAME`).
@@ -723,6 +724,60 @@ pub struct MetricsConfig {
     pub addr: Option<SocketAddr>,
 }
 
+/// The registration portal (see `web`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Where the portal is served (absent: no portal). HTTPS with the relay's certificate;
+    /// plain HTTP only from loopback or `trusted_proxies`.
+    pub addr: Option<SocketAddr>,
+    /// The portal's address as its users reach it, for the links in sign-in mail
+    /// (default: `https://HOSTNAME:PORT`).
+    pub url: Option<String>,
+    /// Who may ask for a sign-in link: addresses in these domains and their subdomains.
+    pub domains: Vec<String>,
+    /// Reverse proxies that may speak plain HTTP to the portal and whose `user_header`
+    /// is believed (single sign-on through Shibboleth or an OIDC proxy).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header a trusted proxy names the signed-in user with (e.g. `X-Remote-User`).
+    pub user_header: Option<String>,
+    /// How long a portal session lasts after signing in.
+    #[serde(with = "duration")]
+    pub session_lifetime: Duration,
+    /// The terms of use a department accepts with every request, one item each.
+    pub terms: Vec<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            url: None,
+            domains: Vec::new(),
+            trusted_proxies: Vec::new(),
+            user_header: None,
+            session_lifetime: Duration::from_secs(8 * 3600),
+            terms: DEFAULT_TERMS.map(String::from).to_vec(),
+        }
+    }
+}
+
+/// The terms of relaying from the seed services, shown with every request unless
+/// `[web] terms` says others.
+const DEFAULT_TERMS: [&str; 7] = [
+    "The relay is only for systems, services and devices on the campus network, sending mail \
+     in support of the organisation's teaching, research or administration.",
+    "Only staff of the organisation may request relaying, and the admin of record answers for \
+     the system registered.",
+    "Mail servers, and servers that accept mail from others on port 25, must not use the relay.",
+    "End-user workstations may not use the relay: people send with their own accounts.",
+    "Sending spam, phishing or offensive content is prohibited.",
+    "Protected health information is never sent unencrypted to addresses outside the \
+     organisation.",
+    "A registration unused for a long time is removed; the postmaster may block a system \
+     that breaks these terms, and refers the matter for investigation.",
+];
+
 /// How the relay writes its log.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -773,6 +828,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             dkim: None,
             metrics: MetricsConfig::default(),
+            web: WebConfig::default(),
             log: LogConfig::default(),
             postmaster: None,
         }
@@ -789,13 +845,14 @@ impl Config {
     /// The keys that differ between the running configuration and `new` and take effect
     /// only at a restart: what is bound, opened or sized when the relay starts.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
-        let keys: [(&'static str, bool); 11] = [
+        let keys: [(&'static str, bool); 12] = [
             ("listener", differ(&self.listeners, &new.listeners)),
             ("spool", differ(&self.spool, &new.spool)),
             ("store", differ(&self.store, &new.store)),
             ("admin", differ(&self.admin, &new.admin)),
             ("policies", differ(&self.policies, &new.policies)),
             ("metrics", differ(&self.metrics, &new.metrics)),
+            ("web", differ(&self.web, &new.web)),
             ("log.format", self.log.format != new.log.format),
             ("log.file", self.log.file != new.log.file),
             // The files: their contents are reloaded, where they are is not.

@@ -37,6 +37,7 @@
 //! - [`tls`] — certificates for STARTTLS.
 //! - [`server`] — wiring it all together for `sluice serve`.
 //! - [`systemd`] — telling systemd the relay is ready, reloading, stopping, alive.
+//! - [`web`] — the registration portal and its JSON API (`[web]`).
 
 pub mod admin;
 mod auth;
@@ -59,3 +60,4 @@ mod smtp;
 mod store;
 mod systemd;
 mod tls;
+mod web;

@@ -86,6 +86,15 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Bearer tokens for the registration portal's JSON API (/api/).
+    Token {
+        /// The configuration file (default: ./sluice.toml if there is one, else the built-in
+        /// defaults).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Try policy modules before they go live.
     Policy {
         #[command(subcommand)]
@@ -234,8 +243,12 @@ enum RegistryCommand {
 enum UserCommand {
     /// Add a user; the password is read from standard input.
     Add {
-        /// The user name, as given in AUTH.
+        /// The user name, as given in AUTH or at the portal's sign-in.
         name: String,
+        /// sender: authenticates on the submission listeners; postmaster: signs in to the
+        /// registration portal to review requests (never good for SMTP AUTH).
+        #[arg(long, value_enum, default_value = "sender")]
+        role: cli::user::Role,
     },
     /// Remove a user.
     Remove {
@@ -249,6 +262,26 @@ enum UserCommand {
         /// The user name.
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token; its secret is printed once, on standard output.
+    Add {
+        /// The token's name: a department token acts as the admin of record of this name.
+        name: String,
+        /// postmaster: every operation; department: requests, and the registrations whose
+        /// admin of record is NAME.
+        #[arg(long, value_enum)]
+        role: cli::token::Role,
+    },
+    /// Remove a token; it stops working at once.
+    Remove {
+        /// The token's name.
+        name: String,
+    },
+    /// Every token (never a secret).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -304,6 +337,7 @@ fn main() -> ExitCode {
         | Command::Queue { .. }
         | Command::Registry { .. }
         | Command::User { .. }
+        | Command::Token { .. }
         | Command::Manpages { .. } => "warn",
         _ => "info",
     };
@@ -425,12 +459,22 @@ fn dispatch(command: Command) -> ExitCode {
                 RegistryCommand::History { ip } => cli::registry::history(&config, ip.as_deref()),
             }
         }
+        Command::Token { config, command } => {
+            let Some(config) = load_config(config) else {
+                return ExitCode::from(2);
+            };
+            match command {
+                TokenCommand::Add { name, role } => cli::token::add(&config, &name, role),
+                TokenCommand::Remove { name } => cli::token::remove(&config, &name),
+                TokenCommand::List => cli::token::list(&config),
+            }
+        }
         Command::User { config, command } => {
             let Some(config) = load_config(config) else {
                 return ExitCode::from(2);
             };
             match command {
-                UserCommand::Add { name } => cli::user::add(&config, &name),
+                UserCommand::Add { name, role } => cli::user::add(&config, &name, role),
                 UserCommand::Remove { name } => cli::user::remove(&config, &name),
                 UserCommand::List => cli::user::list(&config),
                 UserCommand::Passwd { name } => cli::user::passwd(&config, &name),

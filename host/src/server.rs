@@ -15,6 +15,7 @@ use crate::reloadable::Reloadable;
 use crate::smtp::{ServerContext, listener};
 use crate::systemd;
 use crate::tls::Certificates;
+use crate::web;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
@@ -60,6 +61,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         Some(addr) => Some(metrics::http::bind(addr).await?),
         None => None,
     };
+    let web_listener = match config.web.addr {
+        Some(addr) => Some(web::bind(addr).await?),
+        None => None,
+    };
 
     // The queue runner drives delivery's SMTP client; the queue knows it only as a
     // `Deliver`.
@@ -96,9 +101,19 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         chain,
         queue,
         registry: Some(registry.clone()),
-        auth: Some(auth),
+        auth: Some(auth.clone()),
         shutdown,
     });
+    if let Some(socket) = web_listener {
+        let parts = web::Parts {
+            config: ctx.config.clone(),
+            registry: registry.clone(),
+            queue: ctx.queue.clone(),
+            auth,
+            tls: ctx.tls.clone(),
+        };
+        web::serve(socket, parts).await?;
+    }
     tokio::spawn(registry.clone().run(ctx.queue.clone()));
     if let Some(socket) = metrics_listener {
         let sources = metrics::http::Sources {

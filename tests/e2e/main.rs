@@ -15,6 +15,7 @@ mod files;
 mod hostile_clients;
 mod logs;
 mod metrics;
+mod portal;
 mod protocol;
 mod queue;
 mod registry;

@@ -8,7 +8,7 @@ use crate::support::{Conn, PATIENCE, Relay, Sink, lines_with};
 use std::net::IpAddr;
 
 /// The campus is 127.0.0.0/16, its workstations 127.0.9.0/24; 127.5.x.x is off campus.
-const CAMPUS_CHAIN: &str = r#"
+pub const CAMPUS_CHAIN: &str = r#"
 [[policy]]
 name = "campus-access"
 module = "builtin:campus-access"
@@ -72,7 +72,7 @@ fn register(relay: &Relay, ip: &str, contact: &str) -> String {
 
 /// A message from `from` to `to`: the reply to each RCPT, then to the end of DATA if any
 /// recipient was accepted.
-async fn send_from(relay: &Relay, from: &str, to: &[&str]) -> Vec<u16> {
+pub async fn send_from(relay: &Relay, from: &str, to: &[&str]) -> Vec<u16> {
     let mut conn = Conn::connect_from(ip(from), relay.addr).await;
     conn.expect(220).await;
     conn.cmd("EHLO app.example.edu", 250).await;

@@ -188,6 +188,12 @@ impl Auth {
     /// Checks `user`'s `password` for a client at `ip`. Slow (argon2): call it where
     /// blocking is allowed, holding a permit of [`Auth::checking`].
     pub fn check(&self, ip: IpAddr, user: &str, password: &str) -> Outcome {
+        self.check_as(ip, user, password, users::Role::Sender)
+    }
+
+    /// [`Auth::check`] for a user with `role` (the portal's postmasters), counted in the
+    /// same failures: a guesser gains nothing by moving from SMTP to the portal.
+    pub fn check_as(&self, ip: IpAddr, user: &str, password: &str, role: users::Role) -> Outcome {
         let attempt = self.attempt(ip, user);
         // Counted before the check, so that attempts made in parallel from one address
         // cannot each slip in under the limits.
@@ -195,7 +201,7 @@ impl Auth {
             Ok(counts) => counts,
             Err(lockout) => return Outcome::Locked(lockout),
         };
-        match self.users.verify(user, password) {
+        match self.users.verify_as(user, password, role) {
             Ok(true) => {
                 self.settle(attempt, Settled::Success);
                 Outcome::Authenticated
@@ -211,6 +217,11 @@ impl Auth {
                 Outcome::Unavailable
             }
         }
+    }
+
+    /// The users table.
+    pub fn users(&self) -> &Users {
+        &self.users
     }
 
     /// At most this many checks at once: argon2 takes memory and a core each.
@@ -431,8 +442,12 @@ mod tests {
         config.auth.failure_window = window;
         config.auth.failure_delay = Duration::from_millis(10);
         let auth = Auth::open(&config).unwrap();
-        auth.users.add("victim", "right").unwrap();
-        auth.users.add("mallory", "mine").unwrap();
+        auth.users
+            .add("victim", "right", users::Role::Sender)
+            .unwrap();
+        auth.users
+            .add("mallory", "mine", users::Role::Sender)
+            .unwrap();
         auth
     }
 

@@ -13,9 +13,39 @@ CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     hash TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    changed_at INTEGER NOT NULL
+    changed_at INTEGER NOT NULL,
+    role TEXT NOT NULL DEFAULT 'sender'
 );
 ";
+
+/// What a user may do. One role per user: a postmaster's password is never good for
+/// SMTP AUTH, where guessing is cheapest, and a sending account never opens the portal's
+/// review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Authenticates on the submission listeners to send mail.
+    Sender,
+    /// Signs in to the registration portal to review requests and keep the registry.
+    Postmaster,
+}
+
+impl Role {
+    /// A stored role; anything unknown is the least privileged.
+    fn parse(text: &str) -> Role {
+        if text == "postmaster" {
+            Role::Postmaster
+        } else {
+            Role::Sender
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Sender => "sender",
+            Role::Postmaster => "postmaster",
+        }
+    }
+}
 
 /// Longest password taken: argon2 hashes any length, but a client must not make the relay
 /// hash megabytes.
@@ -24,6 +54,7 @@ pub const MAX_PASSWORD: usize = 1024;
 /// A user as `sluice user list` shows it (never the hash).
 pub struct User {
     pub name: String,
+    pub role: Role,
     /// Unix seconds.
     pub created_at: u64,
     pub changed_at: u64,
@@ -40,6 +71,14 @@ impl Users {
         let conn = crate::store::open(path)?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("{}: creating the users table", path.display()))?;
+        // A store made before users had roles: every user sent mail.
+        let has_role: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'role'")?
+            .exists([])?;
+        if !has_role {
+            conn.execute_batch("ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'sender'")
+                .with_context(|| format!("{}: adding roles to the users", path.display()))?;
+        }
         Ok(Users {
             conn: Mutex::new(conn),
         })
@@ -50,14 +89,14 @@ impl Users {
     }
 
     /// Adds a user; a name already taken is refused.
-    pub fn add(&self, name: &str, password: &str) -> anyhow::Result<()> {
+    pub fn add(&self, name: &str, password: &str, role: Role) -> anyhow::Result<()> {
         check_name(name)?;
         let hash = hash(password)?;
         let now = crate::queue::now() as i64;
         let added = self.conn().execute(
-            "INSERT INTO users (name, hash, created_at, changed_at) VALUES (?1, ?2, ?3, ?3)
+            "INSERT INTO users (name, hash, created_at, changed_at, role) VALUES (?1, ?2, ?3, ?3, ?4)
              ON CONFLICT (name) DO NOTHING",
-            params![name, hash, now],
+            params![name, hash, now, role.as_str()],
         )?;
         if added == 0 {
             bail!("user {name} exists already (sluice user passwd changes a password)");
@@ -87,10 +126,11 @@ impl Users {
     pub fn list(&self) -> anyhow::Result<Vec<User>> {
         let conn = self.conn();
         let mut query =
-            conn.prepare("SELECT name, created_at, changed_at FROM users ORDER BY name")?;
+            conn.prepare("SELECT name, created_at, changed_at, role FROM users ORDER BY name")?;
         let rows = query.query_map([], |row| {
             Ok(User {
                 name: row.get(0)?,
+                role: Role::parse(&row.get::<_, String>(3)?),
                 created_at: row.get::<_, i64>(1)? as u64,
                 changed_at: row.get::<_, i64>(2)? as u64,
             })
@@ -98,14 +138,33 @@ impl Users {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Are these the credentials of a user? Slow on purpose (argon2), and as slow for a
-    /// name that does not exist, so a client cannot tell which names do.
-    pub fn verify(&self, name: &str, password: &str) -> anyhow::Result<bool> {
-        let stored: Option<String> = self
+    /// The role of the user `name`, if there is one.
+    pub fn role_of(&self, name: &str) -> anyhow::Result<Option<Role>> {
+        let role: Option<String> = self
             .conn()
-            .query_row("SELECT hash FROM users WHERE name = ?1", [name], |row| {
+            .query_row("SELECT role FROM users WHERE name = ?1", [name], |row| {
                 row.get(0)
             })
+            .optional()?;
+        Ok(role.as_deref().map(Role::parse))
+    }
+
+    /// Are these the credentials of a user who sends mail? See [`Users::verify_as`].
+    pub fn verify(&self, name: &str, password: &str) -> anyhow::Result<bool> {
+        self.verify_as(name, password, Role::Sender)
+    }
+
+    /// Are these the credentials of a user with `role`? Slow on purpose (argon2), and as
+    /// slow for a name that does not exist or has another role, so a client cannot tell
+    /// which names do.
+    pub fn verify_as(&self, name: &str, password: &str, role: Role) -> anyhow::Result<bool> {
+        let stored: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT hash FROM users WHERE name = ?1 AND role = ?2",
+                [name, role.as_str()],
+                |row| row.get(0),
+            )
             .optional()?;
         let hash = stored.as_deref().unwrap_or_else(|| unknown_user_hash());
         let matches = Argon2::default()
@@ -157,8 +216,23 @@ mod tests {
     fn passwords_are_checked_against_their_hash_only() {
         let dir = tempfile::tempdir().unwrap();
         let users = Users::open(&dir.path().join("sluice.db")).unwrap();
-        users.add("printer", "s3cret pass").unwrap();
-        assert!(users.add("printer", "other").is_err());
+        users.add("printer", "s3cret pass", Role::Sender).unwrap();
+        assert!(users.add("printer", "other", Role::Sender).is_err());
+        users.add("pm", "review pass", Role::Postmaster).unwrap();
+        assert!(
+            !users.verify("pm", "review pass").unwrap(),
+            "not an AUTH account"
+        );
+        assert!(
+            users
+                .verify_as("pm", "review pass", Role::Postmaster)
+                .unwrap()
+        );
+        assert!(
+            !users
+                .verify_as("printer", "s3cret pass", Role::Postmaster)
+                .unwrap()
+        );
         assert!(users.verify("printer", "s3cret pass").unwrap());
         assert!(!users.verify("printer", "s3cret pas").unwrap());
         assert!(!users.verify("nobody", "s3cret pass").unwrap());
@@ -166,10 +240,10 @@ mod tests {
         assert!(!users.verify("printer", "s3cret pass").unwrap());
         assert!(users.verify("printer", "new one").unwrap());
         assert!(!users.set_password("nobody", "x").unwrap());
-        assert_eq!(users.list().unwrap()[0].name, "printer");
+        assert_eq!(users.list().unwrap()[1].name, "printer");
         assert!(users.remove("printer").unwrap());
         assert!(!users.verify("printer", "new one").unwrap());
-        assert!(users.add("two words", "x").is_err());
-        assert!(users.add("ok", "").is_err());
+        assert!(users.add("two words", "x", Role::Sender).is_err());
+        assert!(users.add("ok", "", Role::Sender).is_err());
     }
 }

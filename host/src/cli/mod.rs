@@ -7,6 +7,7 @@
 //! - [`registry`] — `sluice registry add|list|show|remove|block|unblock`: the store is
 //!   written directly, then the running relay is told to read it.
 //! - [`user`] — `sluice user add|remove|list|passwd`, on the store.
+//! - [`token`] — `sluice token add|remove|list`: the portal API's bearer tokens.
 //! - [`policy`] — `sluice policy check` (is this module loadable, what is it) and
 //!   `sluice policy test` (run scenarios through a module, check what it decides).
 //! - [`session`] — `sluice session`: an SMTP session on the terminal, as if from a given
@@ -22,6 +23,7 @@ pub mod queue;
 pub mod registry;
 pub mod session;
 pub mod status;
+pub mod token;
 pub mod user;
 
 use crate::admin::{self, Answer, ClientError, Request};

@@ -2,21 +2,22 @@
 //! and smtps listeners. A password is read from standard input, never from the command
 //! line (where `ps` and shell history would show it); at a terminal, without echo.
 
+pub use crate::auth::users::Role;
 use crate::auth::users::Users;
 use crate::config::Config;
 use crate::registry::notice::date_as;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-/// `sluice user add NAME`.
-pub fn add(config: &Config, name: &str) -> ExitCode {
+/// `sluice user add NAME [--role postmaster]`.
+pub fn add(config: &Config, name: &str, role: Role) -> ExitCode {
     let result = (|| {
         let users = open(config)?;
         crate::auth::users::check_name(name)?;
         let password = read_password(name)?;
-        users.add(name, &password)
+        users.add(name, &password, role)
     })();
-    done(result.map(|()| format!("added {name}")))
+    done(result.map(|()| format!("added {name} ({})", role.as_str())))
 }
 
 /// `sluice user passwd NAME`.
@@ -49,11 +50,15 @@ pub fn list(config: &Config) -> ExitCode {
         Ok(users) => users,
         Err(e) => return done(Err(e)),
     };
-    println!("{:<32} {:<11} password changed", "user", "added");
+    println!(
+        "{:<32} {:<10} {:<11} password changed",
+        "user", "role", "added"
+    );
     for u in &users {
         println!(
-            "{:<32} {:<11} {}",
+            "{:<32} {:<10} {:<11} {}",
             u.name,
+            u.role.as_str(),
             date_as(u.created_at, "%Y-%m-%d"),
             date_as(u.changed_at, "%Y-%m-%d %H:%M UTC")
         );
@@ -73,7 +78,7 @@ fn open_existing(config: &Config) -> anyhow::Result<Users> {
     open(config)
 }
 
-fn done(result: anyhow::Result<String>) -> ExitCode {
+pub(super) fn done(result: anyhow::Result<String>) -> ExitCode {
     match result {
         Ok(said) => {
             println!("{said}");

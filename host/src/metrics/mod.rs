@@ -123,6 +123,14 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
+/// The counts the portal's overview shows.
+pub struct Overview {
+    /// Messages accepted since the relay started.
+    pub accepted: u64,
+    /// Refused commands since the relay started, by stage and class, most first.
+    pub refusals: Vec<(String, u64)>,
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let m = Metrics {
@@ -251,6 +259,25 @@ impl Metrics {
             self.registry_entries.clone(),
         );
         self
+    }
+
+    /// What the portal's overview shows, read from the counters themselves.
+    pub fn overview(&self) -> Overview {
+        let mut refusals = Vec::new();
+        for stage in [
+            "connect", "helo", "mail", "rcpt", "data", "auth", "starttls", "other",
+        ] {
+            for class in ["5xx", "4xx"] {
+                if let Some(count) = self.refusals.get(&RefusalLabels { stage, class }) {
+                    refusals.push((format!("{stage} {class}"), count.get()));
+                }
+            }
+        }
+        refusals.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        Overview {
+            accepted: self.messages_accepted.get(),
+            refusals,
+        }
     }
 
     /// The text Prometheus reads: OpenMetrics when `openmetrics`, else the 0.0.4 format.

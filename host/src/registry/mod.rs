@@ -12,6 +12,7 @@
 //! round catches a change made while it was not listening.
 
 pub mod notice;
+pub mod requests;
 pub mod store;
 pub mod table;
 
@@ -39,7 +40,19 @@ pub struct Registry {
     round: tokio::sync::Mutex<()>,
     /// Outbox rows queued by this process.
     queued: Mutex<HashSet<i64>>,
+    /// Messages accepted today, for the portal's overview.
+    today: Mutex<Tally>,
 }
+
+/// Messages accepted on one day (UTC), by the registration that covered the client
+/// (`None`: none did).
+#[derive(Default)]
+struct Tally {
+    day: u64,
+    by: HashMap<Option<IpNet>, u64>,
+}
+
+const DAY: u64 = 24 * 3600;
 
 /// What the configuration says about the registry's book-keeping.
 #[derive(Debug)]
@@ -77,6 +90,7 @@ impl Registry {
             settings: ArcSwap::from_pointee(Settings::of(config)),
             round: tokio::sync::Mutex::new(()),
             queued: Mutex::default(),
+            today: Mutex::default(),
         })
     }
 
@@ -94,9 +108,48 @@ impl Registry {
     /// is in use (written to the database at the next round of book-keeping).
     pub fn relayed(&self, ip: IpAddr) {
         let table = self.table.load();
-        if let Some(registration) = table.registration(ip) {
-            self.uses().insert(registration.network, queue::now());
+        let now = queue::now();
+        let network = table.registration(ip).map(|r| r.network);
+        if let Some(network) = network {
+            self.uses().insert(network, now);
         }
+        let mut today = self.today();
+        if today.day != now / DAY {
+            *today = Tally {
+                day: now / DAY,
+                by: HashMap::new(),
+            };
+        }
+        *today.by.entry(network).or_default() += 1;
+    }
+
+    fn today(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.today.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Messages accepted today (UTC) by this relay.
+    pub fn accepted_today(&self) -> u64 {
+        let today = self.today();
+        if today.day != queue::now() / DAY {
+            return 0;
+        }
+        today.by.values().sum()
+    }
+
+    /// The registrations that sent the most messages today, most first, at most `n`.
+    pub fn busiest(&self, n: usize) -> Vec<(IpNet, u64)> {
+        let today = self.today();
+        if today.day != queue::now() / DAY {
+            return Vec::new();
+        }
+        let mut busiest: Vec<(IpNet, u64)> = today
+            .by
+            .iter()
+            .filter_map(|(network, count)| network.map(|n| (n, *count)))
+            .collect();
+        busiest.sort_by_key(|(network, count)| (std::cmp::Reverse(*count), *network));
+        busiest.truncate(n);
+        busiest
     }
 
     fn uses(&self) -> std::sync::MutexGuard<'_, HashMap<IpNet, u64>> {

@@ -91,6 +91,54 @@ pub fn expired(r: &Registration, w: &Wording<'_>) -> Notice {
     }
 }
 
+fn request_details(r: &super::requests::Request) -> String {
+    format!(
+        "  Request:     #{}\n  Address:     {}\n  Host name:   {}\n  Department:  {}\n  Purpose:     {}\n",
+        r.id,
+        display(&r.network),
+        one_line(&r.hostname),
+        one_line(&r.department),
+        one_line(&r.purpose),
+    )
+}
+
+/// The postmaster's denial of a request, with the reason.
+pub fn denied(r: &super::requests::Request, reason: &str, w: &Wording<'_>) -> Notice {
+    Notice {
+        recipient: r.contact.clone(),
+        subject: format!("Relay request denied: {}", display(&r.network)),
+        body: format!(
+            "This is the mail relay at {host}.\n\n\
+             The postmaster denied this request to relay:\n\n\
+             {details}\n\
+             The reason given:\n\n{reason}\n\n\
+             {change}\n",
+            host = w.hostname,
+            details = request_details(r),
+            change = w.how_to_change,
+        ),
+    }
+}
+
+/// The postmaster's question about a request, which waits for the requester's answer.
+pub fn question(r: &super::requests::Request, question: &str, w: &Wording<'_>) -> Notice {
+    Notice {
+        recipient: r.contact.clone(),
+        subject: format!("Relay request: a question about {}", display(&r.network)),
+        body: format!(
+            "This is the mail relay at {host}.\n\n\
+             The postmaster has a question about this request to relay:\n\n\
+             {details}\n\
+             {question}\n\n\
+             Answer by changing the request and sending it again; it waits until then.\n\n\
+             {change}\n",
+            host = w.hostname,
+            details = request_details(r),
+            change = w.how_to_change,
+        ),
+    }
+}
+
 /// Unix seconds as a UTC date and time, in `format` (chrono's).
 pub fn date_as(unix: u64, format: &str) -> String {
     chrono::DateTime::from_timestamp(unix as i64, 0)

@@ -77,9 +77,9 @@ pub struct Change {
 
 /// An open registry database.
 pub struct Store {
-    conn: Connection,
+    pub(super) conn: Connection,
     /// Who the changes made through this store are recorded as.
-    actor: Actor,
+    pub(super) actor: Actor,
     /// SQLite's count of changes made by other connections, at the last [`Store::changed`].
     data_version: Option<i64>,
 }
@@ -89,6 +89,7 @@ impl Store {
     pub fn open(path: &Path) -> anyhow::Result<Store> {
         let conn = crate::store::open(path)?;
         conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(super::requests::SCHEMA))
             .with_context(|| format!("{}: creating the registry's tables", path.display()))?;
         Ok(Store {
             conn,
@@ -194,39 +195,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let network = registration.network.to_string();
-        let holder: Option<String> = tx
-            .query_row(
-                "SELECT admin FROM registrations WHERE network = ?1",
-                [&network],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if let Some(admin) = holder {
-            bail!(
-                "{} is already registered (admin {admin}); remove it first to register it again",
-                display(&registration.network)
-            );
-        }
-        tx.execute(
-            "INSERT INTO registrations
-             (network, admin, contact, department, purpose, registered_at, last_relayed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
-            params![
-                network,
-                registration.admin,
-                registration.contact,
-                registration.department,
-                registration.purpose,
-                registration.registered_at as i64,
-            ],
-        )?;
-        queue_notice(&tx, notice)?;
-        let detail = format!(
-            "admin={}, contact={}, department={}, purpose={}",
-            registration.admin, registration.contact, registration.department, registration.purpose
-        );
-        record(&tx, &self.actor, "register", &registration.network, &detail)?;
+        insert_registration(&tx, &self.actor, registration, notice)?;
         tx.commit()?;
         Ok(())
     }
@@ -372,8 +341,51 @@ impl Store {
     }
 }
 
+/// Adds a registration, its notice and its history line in `tx`; an address already
+/// registered is refused.
+pub(super) fn insert_registration(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &Actor,
+    registration: &Registration,
+    notice: &Notice,
+) -> anyhow::Result<()> {
+    let network = registration.network.to_string();
+    let holder: Option<String> = tx
+        .query_row(
+            "SELECT admin FROM registrations WHERE network = ?1",
+            [&network],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(admin) = holder {
+        bail!(
+            "{} is already registered (admin {admin}); remove it first to register it again",
+            display(&registration.network)
+        );
+    }
+    tx.execute(
+        "INSERT INTO registrations
+         (network, admin, contact, department, purpose, registered_at, last_relayed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+        params![
+            network,
+            registration.admin,
+            registration.contact,
+            registration.department,
+            registration.purpose,
+            registration.registered_at as i64,
+        ],
+    )?;
+    queue_notice(tx, notice)?;
+    let detail = format!(
+        "admin={}, contact={}, department={}, purpose={}",
+        registration.admin, registration.contact, registration.department, registration.purpose
+    );
+    record(tx, actor, "register", &registration.network, &detail)
+}
+
 /// Adds a change to the history, in the transaction that makes it.
-fn record(
+pub(super) fn record(
     tx: &rusqlite::Transaction<'_>,
     actor: &Actor,
     action: &str,
@@ -395,7 +407,10 @@ fn record(
     Ok(())
 }
 
-fn queue_notice(tx: &rusqlite::Transaction<'_>, notice: &Notice) -> rusqlite::Result<usize> {
+pub(crate) fn queue_notice(
+    tx: &rusqlite::Transaction<'_>,
+    notice: &Notice,
+) -> rusqlite::Result<usize> {
     tx.execute(
         "INSERT INTO outbox (recipient, subject, body) VALUES (?1, ?2, ?3)",
         params![notice.recipient, notice.subject, notice.body],

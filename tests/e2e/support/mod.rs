@@ -3,6 +3,7 @@
 //! ([`Conn`]) for the protocol details that a mail library would hide.
 
 pub mod conn;
+pub mod http;
 pub mod modules;
 pub mod relay;
 pub mod sink;
