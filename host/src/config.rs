@@ -1001,6 +1001,44 @@ impl Config {
         if self.registry.check_interval < Duration::from_millis(100) {
             return invalid("registry.check_interval", "must be at least 100ms".into());
         }
+        self.web.check(path)
+    }
+}
+
+impl WebConfig {
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &'static str, reason: &str| Err(ConfigError::invalid(path, key, reason));
+        if let Some(url) = &self.url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return invalid(
+                "web.url",
+                "must start with https:// (or http:// behind a proxy)",
+            );
+        }
+        if self
+            .domains
+            .iter()
+            .any(|d| d.is_empty() || d.contains(['@', ' ', '/']))
+        {
+            return invalid("web.domains", "must be domain names (example.edu)");
+        }
+        if self.user_header.is_some() && self.trusted_proxies.is_empty() {
+            return invalid(
+                "web.user_header",
+                "needs trusted_proxies: the header is believed only from them",
+            );
+        }
+        if self.session_lifetime.is_zero() {
+            return invalid("web.session_lifetime", "must be more than 0s");
+        }
+        if self.addr.is_some() && self.terms.is_empty() {
+            return invalid(
+                "web.terms",
+                "a request must be shown terms of use to accept",
+            );
+        }
         Ok(())
     }
 }
@@ -1131,6 +1169,29 @@ dir = "policies.d"
         );
         let e = Config::parse("[limits]\nmax_recipient = 5\n", Path::new("s.toml")).unwrap_err();
         assert!(e.to_string().contains("max_recipient"), "{e}");
+    }
+
+    #[test]
+    fn the_portal_is_off_by_default_and_its_keys_are_checked() {
+        let path = Path::new("s.toml");
+        let config = Config::parse("", path).unwrap();
+        assert!(config.web.addr.is_none());
+        assert!(!config.web.terms.is_empty(), "the seeds' terms by default");
+        let on = "[web]\naddr = \"127.0.0.1:8025\"\ndomains = [\"example.edu\"]\n";
+        assert_eq!(
+            Config::parse(on, path).unwrap().web.session_lifetime,
+            Duration::from_secs(8 * 3600)
+        );
+        for (bad, key) in [
+            ("url = \"relay.example.edu\"", "web.url"),
+            ("user_header = \"X-Remote-User\"", "web.user_header"),
+            ("domains = [\"jdoe@example.edu\"]", "web.domains"),
+            ("terms = []", "web.terms"),
+        ] {
+            let text = format!("[web]\naddr = \"127.0.0.1:8025\"\n{bad}\n");
+            let e = Config::parse(&text, path).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

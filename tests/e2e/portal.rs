@@ -235,6 +235,20 @@ async fn a_request_is_questioned_answered_approved_and_its_registration_deleted(
     );
     assert_eq!(send_from(&p.relay, PRINTER, &[OUTSIDE]).await, [250, 250]);
 
+    // The overview counts it, and the refusal before.
+    let overview = pm.get("/overview").await;
+    assert!(
+        overview.body.contains("id=\"accepted-today\">1<"),
+        "{}",
+        overview.body
+    );
+    assert!(overview.body.contains("rcpt 5xx"), "{}", overview.body);
+    assert!(
+        overview.body.contains("127.0.3.7: 1"),
+        "the busiest senders: {}",
+        overview.body
+    );
+
     // "List Relays" shows it with its expiry; the admin of record deletes it.
     let relays = dept.get("/relays").await;
     assert!(
@@ -696,7 +710,65 @@ async fn signing_in_reveals_nothing_is_limited_and_sessions_expire() {
         )
         .await;
     assert_eq!(wrong.status, 401);
-    assert!(guesser.cookies.get("sluice_session").is_none());
+    assert!(!guesser.cookies.contains_key("sluice_session"));
+}
+
+#[tokio::test]
+async fn single_sign_on_is_believed_only_from_a_trusted_proxy() {
+    let p = portal("trusted_proxies = [\"127.0.8.8/32\"]\nuser_header = \"X-Remote-User\"").await;
+    let mut proxy = Browser::new(p.web);
+    proxy.from = Some("127.0.8.8".parse().unwrap());
+    let as_user = |user: &'static str| [("X-Remote-User", user), ("X-Forwarded-For", "192.0.2.55")];
+    let page = proxy
+        .request("GET", "/relays", &as_user("jdoe@example.edu"), None)
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("jdoe@example.edu"), "{}", page.body);
+    let review = proxy
+        .request("GET", "/review", &as_user(POSTMASTER), None)
+        .await;
+    assert_eq!(review.status, 200, "a postmaster user named by the proxy");
+    assert_eq!(
+        proxy
+            .request("GET", "/review", &as_user("jdoe@example.edu"), None)
+            .await
+            .status,
+        403
+    );
+
+    // The same header from anyone else is ignored.
+    let mut direct = Browser::new(p.web);
+    let forged = direct
+        .request("GET", "/relays", &as_user("jdoe@example.edu"), None)
+        .await;
+    assert_eq!(forged.location(), Some("/signin"));
+
+    // The client the proxy forwards for is who the history records.
+    let body: Vec<String> = request_fields(PRINTER, &[])
+        .iter()
+        .chain([("csrf", proxy.csrf().as_str())].iter())
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                crate::support::http::encode(k),
+                crate::support::http::encode(v)
+            )
+        })
+        .collect();
+    let mut headers = as_user("jdoe@example.edu").to_vec();
+    headers.push(("Content-Type", "application/x-www-form-urlencoded"));
+    let sent = proxy
+        .request(
+            "POST",
+            "/requests",
+            &headers,
+            Some(body.join("&").as_bytes()),
+        )
+        .await;
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    let history = p.relay.command(&["registry", "history", PRINTER]);
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(history.contains("portal 192.0.2.55"), "{history}");
 }
 
 #[tokio::test]
