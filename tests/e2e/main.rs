@@ -16,6 +16,7 @@ mod hostile_clients;
 mod logs;
 mod metrics;
 mod portal;
+mod portal_browser;
 mod protocol;
 mod queue;
 mod registry;

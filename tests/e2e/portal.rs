@@ -53,6 +53,26 @@ impl Portal {
         self.mail_saying(to, seen, "").await
     }
 
+    /// The `n`th message (from 0) the sink received for `to`, once it has arrived.
+    pub async fn nth_mail_to(&self, to: &str, n: usize) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let messages = self.sink.messages();
+            if let Some(m) = messages
+                .iter()
+                .filter(|m| m.recipients.iter().any(|r| r == to))
+                .nth(n)
+            {
+                return String::from_utf8_lossy(&m.data).into_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no message {n} to {to} arrived"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The next message for `to` after `seen` messages whose text contains `needle`.
     pub async fn mail_saying(&self, to: &str, seen: usize, needle: &str) -> String {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -900,7 +920,7 @@ async fn the_api_does_what_the_pages_do_for_bearer_tokens() {
     assert_eq!(
         api(
             "DELETE",
-            "/api/blocks/127.0.3.0%2F24".into(),
+            "/api/blocks/127.0.3.0%2F24?reason=cleaned+up".into(),
             admin.clone(),
             None
         )
@@ -908,6 +928,8 @@ async fn the_api_does_what_the_pages_do_for_bearer_tokens() {
         .status,
         204
     );
+    let lifted = p.relay.command(&["registry", "history", "127.0.3.0/24"]);
+    assert!(String::from_utf8_lossy(&lifted.stdout).contains("reason=cleaned up"));
     assert_eq!(api("DELETE", path, ipam, None).await.status, 204);
     let listed = p.relay.command(&["token", "list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("physics-ipam"));

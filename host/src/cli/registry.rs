@@ -212,7 +212,7 @@ pub fn block(config: &Config, what: &str, reason: &str) -> ExitCode {
 pub fn unblock(config: &Config, what: &str) -> ExitCode {
     let result = (|| {
         let network = parse_network(what).map_err(anyhow::Error::msg)?;
-        Ok::<_, anyhow::Error>((network, open(config)?.unblock(&network)?))
+        Ok::<_, anyhow::Error>((network, open(config)?.unblock(&network, "")?))
     })();
     match result {
         Ok((network, true)) => {

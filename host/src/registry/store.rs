@@ -237,15 +237,21 @@ impl Store {
         Ok(())
     }
 
-    /// Lifts the block of exactly `network`; false when there was none.
-    pub fn unblock(&mut self, network: &IpNet) -> anyhow::Result<bool> {
+    /// Lifts the block of exactly `network`, with the postmaster's `reason` for the history
+    /// (may be empty); false when there was none.
+    pub fn unblock(&mut self, network: &IpNet, reason: &str) -> anyhow::Result<bool> {
         let tx = self.conn.transaction()?;
         let lifted = tx.execute(
             "DELETE FROM blocks WHERE network = ?1",
             [network.to_string()],
         )? > 0;
         if lifted {
-            record(&tx, &self.actor, "unblock", network, "")?;
+            let detail = if reason.is_empty() {
+                String::new()
+            } else {
+                format!("reason={reason}")
+            };
+            record(&tx, &self.actor, "unblock", network, &detail)?;
         }
         tx.commit()?;
         Ok(lifted)
@@ -500,9 +506,9 @@ mod tests {
             .register(&registration("10.1.2.3", 100), &notice("jdoe@example.edu"))
             .unwrap();
         store.block(&printer, "spam", 5).unwrap();
-        assert!(store.unblock(&printer).unwrap());
+        assert!(store.unblock(&printer, "cleaned up").unwrap());
         // What changed nothing is not a change.
-        assert!(!store.unblock(&printer).unwrap());
+        assert!(!store.unblock(&printer, "").unwrap());
         assert!(
             store
                 .register(&registration("10.1.2.3", 1), &notice("x@y"))
@@ -528,6 +534,7 @@ mod tests {
             ]
         );
         assert!(history[1].detail.contains("reason=spam"));
+        assert_eq!(history[2].detail, "reason=cleaned up");
         assert!(
             relay
                 .history(Some(&parse_network("10.9.9.9").unwrap()))

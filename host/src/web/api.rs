@@ -368,13 +368,21 @@ async fn block(
     }
 }
 
+#[derive(serde::Deserialize)]
+struct Lifted {
+    #[serde(default)]
+    reason: String,
+}
+
+/// `DELETE /api/blocks/NET?reason=...`.
 async fn unblock(
     State(portal): State<Arc<Portal>>,
     caller: Caller,
     Path(network): Path<String>,
+    Query(lifted): Query<Lifted>,
 ) -> Response {
     let done = match ops::network(&network) {
-        Ok(network) => ops::unblock(&portal, &caller.origin(), network).await,
+        Ok(network) => ops::unblock(&portal, &caller.origin(), network, lifted.reason).await,
         Err(e) => Err(e),
     };
     match done {

@@ -2,9 +2,9 @@
 //! keeps their registrations (change, hand over, delete) and follows their requests.
 
 use super::Portal;
-use super::ops::{self, Origin, Refused};
-use super::pages::{csrf_field, day, field, flash, layout, moment, refused};
-use super::visitor::{Page, Posted, SignedIn, Visitor};
+use super::ops::{self, Refused};
+use super::pages::{csrf_field, day, field, flash, layout, moment, refused, then};
+use super::visitor::{Page, Posted, SignedIn};
 use crate::registry::requests::{Form, Problems, Request, State as RequestState, VOLUMES};
 use crate::registry::table::display;
 use axum::extract::{Path, Query, State};
@@ -13,30 +13,17 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use std::sync::Arc;
 
-fn origin<'a>(page: &Page, visitor: &'a Visitor) -> Origin<'a> {
-    Origin {
-        visitor,
-        via: "portal",
-        client: page.client,
-    }
-}
-
-#[derive(serde::Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
 /// `GET /relays`: "List Relays".
 pub async fn relays(
     State(portal): State<Arc<Portal>>,
     SignedIn(page, visitor): SignedIn,
-    Query(done): Query<Done>,
+    Query(done): Query<super::pages::Done>,
 ) -> Response {
     let mine: Vec<_> = ops::registrations(&portal, &visitor, "")
         .into_iter()
         .filter(|r| visitor.is(&r.admin))
         .collect();
-    let requests = match ops::requests(&portal, &origin(&page, &visitor), false).await {
+    let requests = match ops::requests(&portal, &page.origin(&visitor), false).await {
         Ok(all) => all
             .into_iter()
             .filter(|r| r.requester == visitor.identity)
@@ -231,7 +218,7 @@ pub async fn submit(
         )
             .into_response();
     }
-    match ops::submit(&portal, &origin(&page, &visitor), &posting.form).await {
+    match ops::submit(&portal, &page.origin(&visitor), &posting.form).await {
         Ok(_) => Redirect::to("/relays?done=requested").into_response(),
         Err(Refused::Invalid(problems)) => {
             let body = request_form(&portal, &page, "/requests", &posting.form, &problems);
@@ -297,7 +284,7 @@ pub async fn request(
     SignedIn(page, visitor): SignedIn,
     Path(id): Path<i64>,
 ) -> Response {
-    let r = match ops::request(&portal, &origin(&page, &visitor), id).await {
+    let r = match ops::request(&portal, &page.origin(&visitor), id).await {
         Ok(r) => r,
         Err(e) => return refused(&page, e),
     };
@@ -330,10 +317,11 @@ pub async fn resubmit(
         )
             .into_response();
     }
-    match ops::resubmit(&portal, &origin(&page, &visitor), id, &posting.form).await {
-        Ok(()) => Redirect::to("/relays?done=answered").into_response(),
-        Err(e) => refused(&page, e),
-    }
+    then(
+        &page,
+        ops::resubmit(&portal, &page.origin(&visitor), id, &posting.form).await,
+        "/relays?done=answered",
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -405,7 +393,7 @@ pub async fn edit(
         Ok(network) => {
             ops::update(
                 &portal,
-                &origin(&page, &visitor),
+                &page.origin(&visitor),
                 network,
                 edit.contact,
                 edit.department,
@@ -415,10 +403,7 @@ pub async fn edit(
         }
         Err(e) => Err(e),
     };
-    match done {
-        Ok(()) => Redirect::to("/relays?done=changed").into_response(),
-        Err(e) => refused(&page, e),
-    }
+    then(&page, done, "/relays?done=changed")
 }
 
 #[derive(serde::Deserialize)]
@@ -436,13 +421,10 @@ pub async fn transfer(
     Posted(t): Posted<Transfer>,
 ) -> Response {
     let done = match ops::network(&t.network) {
-        Ok(network) => ops::transfer(&portal, &origin(&page, &visitor), network, t.admin).await,
+        Ok(network) => ops::transfer(&portal, &page.origin(&visitor), network, t.admin).await,
         Err(e) => Err(e),
     };
-    match done {
-        Ok(()) => Redirect::to("/relays?done=transferred").into_response(),
-        Err(e) => refused(&page, e),
-    }
+    then(&page, done, "/relays?done=transferred")
 }
 
 /// `GET /relays/delete?network=…`: are you sure?
@@ -483,11 +465,8 @@ pub async fn delete(
     Posted(which): Posted<Which>,
 ) -> Response {
     let done = match ops::network(&which.network) {
-        Ok(network) => ops::delete(&portal, &origin(&page, &visitor), network).await,
+        Ok(network) => ops::delete(&portal, &page.origin(&visitor), network).await,
         Err(e) => Err(e),
     };
-    match done {
-        Ok(()) => Redirect::to("/relays?done=deleted").into_response(),
-        Err(e) => refused(&page, e),
-    }
+    then(&page, done, "/relays?done=deleted")
 }

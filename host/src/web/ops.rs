@@ -297,16 +297,19 @@ pub async fn block(
     Ok(())
 }
 
-/// Lifts a block (postmasters only); false when there was none.
+/// Lifts a block (postmasters only), with the reason for the history; false when there
+/// was none.
 pub async fn unblock(
     portal: &Arc<Portal>,
     origin: &Origin<'_>,
     network: IpNet,
+    reason: String,
 ) -> Result<bool, Refused> {
     if !origin.visitor.is_postmaster() {
         return Err(Refused::Forbidden);
     }
-    let lifted = with_store(portal, origin, move |s| s.unblock(&network)).await?;
+    let reason = reason.trim().to_string();
+    let lifted = with_store(portal, origin, move |s| s.unblock(&network, &reason)).await?;
     changed(portal).await;
     Ok(lifted)
 }

@@ -168,6 +168,20 @@ pub fn refused(page: &Page, refused: Refused) -> Response {
     }
 }
 
+/// After a change: on to `next` when it was made, or the page saying why not.
+pub fn then<T>(page: &Page, done: Result<T, Refused>, next: &str) -> Response {
+    match done {
+        Ok(_) => axum::response::Redirect::to(next).into_response(),
+        Err(e) => refused(page, e),
+    }
+}
+
+/// The flash code a redirect carries (`?done=...`).
+#[derive(serde::Deserialize)]
+pub struct Done {
+    pub done: Option<String>,
+}
+
 /// The words of a flash code a redirect carries (`?done=...`): fixed texts, so a link
 /// cannot make the portal say something of its choosing.
 pub fn flash(code: Option<&str>) -> Option<&'static str> {

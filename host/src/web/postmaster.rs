@@ -4,40 +4,27 @@
 
 use super::Portal;
 use super::department::request_details;
-use super::ops::{self, Origin};
-use super::pages::{csrf_field, day, flash, layout, moment, refused};
-use super::visitor::{Page, Posted, PostmasterOnly, Visitor};
+use super::ops;
+use super::pages::{csrf_field, day, flash, layout, moment, refused, then};
+use super::visitor::{Posted, PostmasterOnly};
 use crate::registry::requests::Decision;
 use crate::registry::table::display;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use std::sync::Arc;
 
 /// Registrations expiring within this are listed as expiring soon.
 const SOON: u64 = 30 * 24 * 3600;
 
-fn origin<'a>(page: &Page, visitor: &'a Visitor) -> Origin<'a> {
-    Origin {
-        visitor,
-        via: "portal",
-        client: page.client,
-    }
-}
-
-#[derive(serde::Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
 /// `GET /review`: the requests waiting for the postmaster.
 pub async fn review_queue(
     State(portal): State<Arc<Portal>>,
     PostmasterOnly(page, visitor): PostmasterOnly,
-    Query(done): Query<Done>,
+    Query(done): Query<super::pages::Done>,
 ) -> Response {
-    let open = match ops::requests(&portal, &origin(&page, &visitor), true).await {
+    let open = match ops::requests(&portal, &page.origin(&visitor), true).await {
         Ok(open) => open,
         Err(e) => return refused(&page, e),
     };
@@ -74,7 +61,7 @@ pub async fn review_page(
     PostmasterOnly(page, visitor): PostmasterOnly,
     Path(id): Path<i64>,
 ) -> Response {
-    let r = match ops::request(&portal, &origin(&page, &visitor), id).await {
+    let r = match ops::request(&portal, &page.origin(&visitor), id).await {
         Ok(r) => r,
         Err(e) => return refused(&page, e),
     };
@@ -147,10 +134,11 @@ pub async fn decide(
             );
         }
     };
-    match ops::decide(&portal, &origin(&page, &visitor), id, decision).await {
-        Ok(_) => Redirect::to(&format!("/review?done={done}")).into_response(),
-        Err(e) => refused(&page, e),
-    }
+    then(
+        &page,
+        ops::decide(&portal, &page.origin(&visitor), id, decision).await,
+        &format!("/review?done={done}"),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -214,6 +202,8 @@ pub async fn registry(
                                 form method="post" action="/registry/unblock" {
                                     (csrf_field(&page.csrf))
                                     input type="hidden" name="network" value=(b.network.to_string());
+                                    label.visually-hidden for={ "unblock-" (b.network.to_string()) } { "Why the block is lifted" }
+                                    input id={ "unblock-" (b.network.to_string()) } type="text" name="reason" placeholder="Why it is lifted";
                                     button.secondary type="submit" { "Unblock" }
                                 }
                             }
@@ -317,10 +307,11 @@ pub async fn block(
         Ok(network) => network,
         Err(e) => return refused(&page, ops::Refused::Rule(e)),
     };
-    match ops::block(&portal, &origin(&page, &visitor), network, form.reason).await {
-        Ok(()) => Redirect::to("/registry?done=blocked").into_response(),
-        Err(e) => refused(&page, e),
-    }
+    then(
+        &page,
+        ops::block(&portal, &page.origin(&visitor), network, form.reason).await,
+        "/registry?done=blocked",
+    )
 }
 
 /// `POST /registry/unblock`.
@@ -330,13 +321,10 @@ pub async fn unblock(
     Posted(form): Posted<BlockForm>,
 ) -> Response {
     let done = match ops::network(&form.network) {
-        Ok(network) => ops::unblock(&portal, &origin(&page, &visitor), network).await,
+        Ok(network) => ops::unblock(&portal, &page.origin(&visitor), network, form.reason).await,
         Err(e) => Err(e),
     };
-    match done {
-        Ok(_) => Redirect::to("/registry?done=unblocked").into_response(),
-        Err(e) => refused(&page, e),
-    }
+    then(&page, done, "/registry?done=unblocked")
 }
 
 #[derive(serde::Deserialize)]
@@ -360,7 +348,7 @@ pub async fn history(
         Ok(network) => network,
         Err(e) => return refused(&page, e),
     };
-    let changes = match ops::history(&portal, &origin(&page, &visitor), network).await {
+    let changes = match ops::history(&portal, &page.origin(&visitor), network).await {
         Ok(changes) => changes,
         Err(e) => return refused(&page, e),
     };

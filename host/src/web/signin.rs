@@ -21,11 +21,6 @@ use maud::html;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(serde::Deserialize)]
-pub struct Done {
-    done: Option<String>,
-}
-
 /// `/`: where a visitor starts.
 pub async fn home(page: Page) -> Redirect {
     match &page.visitor {
@@ -36,7 +31,7 @@ pub async fn home(page: Page) -> Redirect {
 }
 
 /// `GET /signin`.
-pub async fn page(page: Page, Query(done): Query<Done>) -> Response {
+pub async fn page(page: Page, Query(done): Query<super::pages::Done>) -> Response {
     signin_page(&page, flash(done.done.as_deref()), None).into_response()
 }
 

@@ -56,6 +56,17 @@ pub struct Page {
     pub client: IpAddr,
 }
 
+impl Page {
+    /// Where a change `visitor` makes through this page comes from, for the history.
+    pub fn origin<'a>(&self, visitor: &'a Visitor) -> super::ops::Origin<'a> {
+        super::ops::Origin {
+            visitor,
+            via: "portal",
+            client: self.client,
+        }
+    }
+}
+
 /// A page only for the signed-in; others are sent to sign in.
 pub struct SignedIn(pub Page, pub Visitor);
 
