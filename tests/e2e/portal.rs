@@ -289,7 +289,7 @@ async fn a_request_is_questioned_answered_approved_and_its_registration_deleted(
     let history = pm.get("/history?network=127.0.3.7").await;
     for action in ["request", "ask", "answer", "register", "approve", "remove"] {
         assert!(
-            history.body.contains(&format!("<td>{action}</td>")),
+            history.body.contains(&format!(">{action}</td>")),
             "{action}: {}",
             history.body
         );

@@ -37,18 +37,18 @@ pub async fn relays(
             p { "You are the admin of record of no registration." }
         } @else {
             div.table-wrap {
-                table #registrations {
+                table.stack #registrations {
                     thead { tr { th { "Address" } th { "Department" } th { "Contact" } th { "Purpose" } th { "Last used" } th { "Expires if unused" } th { span.visually-hidden { "Actions" } } } }
                     tbody {
                         @for r in &mine {
                             @let network = r.network.to_string();
                             tr data-network=(network) {
-                                td { (display(&r.network)) }
-                                td { (r.department) }
-                                td { (r.contact) }
-                                td { (r.purpose) }
-                                td { (r.last_relayed_at.map_or("never".to_string(), day)) }
-                                td { (ops::expires_at(&portal, r).map_or("never".to_string(), day)) }
+                                td data-label="Address" { (display(&r.network)) }
+                                td data-label="Department" { (r.department) }
+                                td data-label="Contact" { (r.contact) }
+                                td data-label="Purpose" { (r.purpose) }
+                                td data-label="Last used" { (r.last_relayed_at.map_or("never".to_string(), day)) }
+                                td data-label="Expires if unused" { (ops::expires_at(&portal, r).map_or("never".to_string(), day)) }
                                 td {
                                     a.edit href={ "/relays/edit?network=" (network) } { "Change" } " · "
                                     a.delete href={ "/relays/delete?network=" (network) } { "Delete" }
@@ -72,17 +72,17 @@ pub async fn relays(
 fn request_table(requests: &[Request]) -> Markup {
     html! {
         div.table-wrap {
-            table #requests {
+            table.stack #requests {
                 thead { tr { th { "#" } th { "Address" } th { "Host name" } th { "Asked" } th { "State" } th { "Postmaster's note" } } }
                 tbody {
                     @for r in requests {
                         tr data-request-id=(r.id) {
-                            td { a href={ "/requests/" (r.id) } { "#" (r.id) } }
-                            td { (display(&r.network)) }
-                            td { (r.hostname) }
-                            td { (day(r.created_at)) }
-                            td.state { (r.state.as_str()) }
-                            td { (r.note) }
+                            td data-label="Request" { a href={ "/requests/" (r.id) } { "#" (r.id) } }
+                            td data-label="Address" { (display(&r.network)) }
+                            td data-label="Host name" { (r.hostname) }
+                            td data-label="Asked" { (day(r.created_at)) }
+                            td.state data-label="State" { (r.state.as_str()) }
+                            td data-label="Postmaster's note" { (r.note) }
                         }
                     }
                 }

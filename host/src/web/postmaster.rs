@@ -33,18 +33,18 @@ pub async fn review_queue(
             p { "Nothing waits for review." }
         } @else {
             div.table-wrap {
-                table #review {
+                table.stack #review {
                     thead { tr { th { "#" } th { "Address" } th { "Host name" } th { "Department" } th { "Requested by" } th { "Asked" } th { "State" } } }
                     tbody {
                         @for r in &open {
                             tr data-request-id=(r.id) {
-                                td { a.open href={ "/review/" (r.id) } { "#" (r.id) } }
-                                td { (display(&r.network)) }
-                                td { (r.hostname) }
-                                td { (r.department) }
-                                td { (r.requester) }
-                                td { (day(r.created_at)) }
-                                td.state { (r.state.as_str()) }
+                                td data-label="Request" { a.open href={ "/review/" (r.id) } { "#" (r.id) } }
+                                td data-label="Address" { (display(&r.network)) }
+                                td data-label="Host name" { (r.hostname) }
+                                td data-label="Department" { (r.department) }
+                                td data-label="Requested by" { (r.requester) }
+                                td data-label="Asked" { (day(r.created_at)) }
+                                td.state data-label="State" { (r.state.as_str()) }
                             }
                         }
                     }
@@ -190,14 +190,14 @@ pub async fn registry(
             button.danger #block type="submit" { "Block" }
         }
         div.table-wrap {
-            table #blocks {
+            table.stack #blocks {
                 thead { tr { th { "Address" } th { "Since" } th { "Reason" } th { span.visually-hidden { "Actions" } } } }
                 tbody {
                     @for b in &blocks {
                         tr data-network=(b.network.to_string()) {
-                            td { (display(&b.network)) }
-                            td { (day(b.blocked_at)) }
-                            td { (b.reason) }
+                            td data-label="Address" { (display(&b.network)) }
+                            td data-label="Since" { (day(b.blocked_at)) }
+                            td data-label="Reason" { (b.reason) }
                             td {
                                 form method="post" action="/registry/unblock" {
                                     (csrf_field(&page.csrf))
@@ -222,19 +222,19 @@ fn registration_table(
 ) -> Markup {
     html! {
         div.table-wrap {
-            table.registry {
+            table.registry.stack {
                 thead { tr { th { "Address" } th { "Admin of record" } th { "Department" } th { "Contact" } th { "Purpose" } th { "Registered" } th { "Last used" } th { "Expires" } } }
                 tbody {
                     @for r in registrations {
                         tr data-network=(r.network.to_string()) {
-                            td { a href={ "/history?network=" (r.network.to_string()) } { (display(&r.network)) } }
-                            td { (r.admin) }
-                            td { (r.department) }
-                            td { (r.contact) }
-                            td { (r.purpose) }
-                            td { (day(r.registered_at)) }
-                            td { (r.last_relayed_at.map_or("never".to_string(), day)) }
-                            td { (ops::expires_at(portal, r).map_or("never".to_string(), day)) }
+                            td data-label="Address" { a href={ "/history?network=" (r.network.to_string()) } { (display(&r.network)) } }
+                            td data-label="Admin of record" { (r.admin) }
+                            td data-label="Department" { (r.department) }
+                            td data-label="Contact" { (r.contact) }
+                            td data-label="Purpose" { (r.purpose) }
+                            td data-label="Registered" { (day(r.registered_at)) }
+                            td data-label="Last used" { (r.last_relayed_at.map_or("never".to_string(), day)) }
+                            td data-label="Expires" { (ops::expires_at(portal, r).map_or("never".to_string(), day)) }
                         }
                     }
                 }
@@ -358,17 +358,17 @@ pub async fn history(
     };
     let body = html! {
         div.table-wrap {
-            table #history {
+            table.stack #history {
                 thead { tr { th { "When" } th { "Who" } th { "From where" } th { "What" } th { "Address" } th { "Details" } } }
                 tbody {
                     @for c in &changes {
                         tr {
-                            td { (moment(c.at)) }
-                            td { (c.who) }
-                            td { (c.origin) }
-                            td { (c.action) }
-                            td { a href={ "/history?network=" (c.network) } { (c.network) } }
-                            td { (c.detail) }
+                            td data-label="When" { (moment(c.at)) }
+                            td data-label="Who" { (c.who) }
+                            td data-label="From where" { (c.origin) }
+                            td data-label="What" { (c.action) }
+                            td data-label="Address" { a href={ "/history?network=" (c.network) } { (c.network) } }
+                            td data-label="Details" { (c.detail) }
                         }
                     }
                 }
