@@ -118,6 +118,7 @@ pub struct Config {
     pub dkim: Option<DkimConfig>,
     pub metrics: MetricsConfig,
     pub web: WebConfig,
+    pub counters: CountersConfig,
     pub log: LogConfig,
     /// Where mail to `<postmaster>` (no domain, RFC 5321 4.5.1) goes (default:
     /// `postmaster@HOSTNAME`).
@@ -724,6 +725,41 @@ pub struct MetricsConfig {
     pub addr: Option<SocketAddr>,
 }
 
+/// Where the policies' counters (`counters.incr`) are kept: in memory, or in Redis (or a
+/// server speaking its protocol) shared by every node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CountersConfig {
+    /// `redis://HOST:PORT[/DB]` (absent: in this node's memory).
+    pub url: Option<String>,
+    /// What a count does while Redis cannot be reached.
+    pub on_unavailable: OnUnavailable,
+    /// The longest one round trip to Redis may take before it counts as unavailable; keep
+    /// it well under the counting modules' `timeout` (50 ms by default), which covers it.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for CountersConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            on_unavailable: OnUnavailable::Local,
+            timeout: Duration::from_millis(25),
+        }
+    }
+}
+
+/// What a count does while the shared counters cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Count in this node's memory (with a warning and a metric): limits hold per node.
+    Local,
+    /// Refuse with 451 (421 at connect): nothing is relayed uncounted.
+    Tempfail,
+}
+
 /// The registration portal (see `web`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -829,6 +865,7 @@ impl Default for Config {
             dkim: None,
             metrics: MetricsConfig::default(),
             web: WebConfig::default(),
+            counters: CountersConfig::default(),
             log: LogConfig::default(),
             postmaster: None,
         }
@@ -845,7 +882,7 @@ impl Config {
     /// The keys that differ between the running configuration and `new` and take effect
     /// only at a restart: what is bound, opened or sized when the relay starts.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
-        let keys: [(&'static str, bool); 12] = [
+        let keys: [(&'static str, bool); 13] = [
             ("listener", differ(&self.listeners, &new.listeners)),
             ("spool", differ(&self.spool, &new.spool)),
             ("store", differ(&self.store, &new.store)),
@@ -853,6 +890,7 @@ impl Config {
             ("policies", differ(&self.policies, &new.policies)),
             ("metrics", differ(&self.metrics, &new.metrics)),
             ("web", differ(&self.web, &new.web)),
+            ("counters", differ(&self.counters, &new.counters)),
             ("log.format", self.log.format != new.log.format),
             ("log.file", self.log.file != new.log.file),
             // The files: their contents are reloaded, where they are is not.
@@ -1000,6 +1038,14 @@ impl Config {
         }
         if self.registry.check_interval < Duration::from_millis(100) {
             return invalid("registry.check_interval", "must be at least 100ms".into());
+        }
+        if let Some(url) = &self.counters.url
+            && !url.starts_with("redis://")
+        {
+            return invalid("counters.url", "must be redis://HOST:PORT".into());
+        }
+        if self.counters.timeout.is_zero() {
+            return invalid("counters.timeout", "must be more than 0s".into());
         }
         self.web.check(path)
     }

@@ -206,6 +206,9 @@ async fn start_policies(
         .context("starting the policy engine")?
         .with_cache_dir(&cache_dir)
         .with_context(|| format!("policies.cache_dir {}", cache_dir.display()))?
+        .with_counters(crate::policy::counters::Counters::configured(
+            &config.counters,
+        )?)
         .with_registry(registry.table());
     let chain = {
         let engine = engine.clone();

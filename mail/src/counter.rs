@@ -21,6 +21,26 @@ pub fn key(key: &str) -> &str {
     cut_text(key, MAX_KEY_LEN)
 }
 
+/// A window's length in milliseconds (0 seconds counts as 1).
+pub fn window_ms(window_secs: u32) -> u64 {
+    u64::from(window_secs.max(1)) * 1000
+}
+
+/// When the fixed window holding `now_ms` began.
+pub fn window_start(window_secs: u32, now_ms: u64) -> u64 {
+    now_ms - now_ms % window_ms(window_secs)
+}
+
+/// The count over the last window as of `now_ms`: the current fixed window's count, and
+/// the previous window's weighted by how much of it still lies inside the last window.
+/// (The relay's shared counters keep the two counts elsewhere and estimate here alike.)
+pub fn estimate(current: u64, previous: u64, window_secs: u32, now_ms: u64) -> u64 {
+    let length_ms = window_ms(window_secs);
+    let elapsed = now_ms % length_ms;
+    let previous_weight = (length_ms - elapsed) as f64 / length_ms as f64;
+    current.saturating_add((previous as f64 * previous_weight).round() as u64)
+}
+
 /// One counter: the start and count of its current fixed window, and the count of the
 /// window before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +56,9 @@ impl Counter {
     /// A counter over windows of `window_secs` (0 counts as 1) with nothing counted yet,
     /// as of `now_ms` (milliseconds since the Unix epoch).
     pub fn new(window_secs: u32, now_ms: u64) -> Self {
-        let length_ms = u64::from(window_secs.max(1)) * 1000;
         Counter {
-            length_ms,
-            start_ms: now_ms - now_ms % length_ms,
+            length_ms: window_ms(window_secs),
+            start_ms: window_start(window_secs, now_ms),
             current: 0,
             previous: 0,
         }
@@ -58,10 +77,8 @@ impl Counter {
             self.start_ms = start;
         }
         self.current = self.current.saturating_add(add);
-        let elapsed = now_ms - start;
-        let previous_weight = (self.length_ms - elapsed) as f64 / self.length_ms as f64;
-        self.current
-            .saturating_add((self.previous as f64 * previous_weight).round() as u64)
+        let window_secs = (self.length_ms / 1000) as u32;
+        estimate(self.current, self.previous, window_secs, now_ms)
     }
 
     /// Has the counter nothing left to count as of `now_ms`? Two windows after the start of

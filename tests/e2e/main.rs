@@ -15,6 +15,7 @@ mod files;
 mod hostile_clients;
 mod logs;
 mod metrics;
+mod pair;
 mod portal;
 mod portal_browser;
 mod protocol;

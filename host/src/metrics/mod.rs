@@ -64,6 +64,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// What a count did while the shared counters were unavailable.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// `local` (counted in this node's memory) or `tempfail` (refused).
+    pub then: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// `policies` (the chain), or `configuration` (`sluice.toml`, keys, certificate).
@@ -103,6 +110,7 @@ pub struct Metrics {
     pub delivery_attempt_seconds: Histogram,
     pub delivery_delay_seconds: Histogram,
     pub auth: Family<ResultLabels, Counter>,
+    pub counters_unavailable: Family<FallbackLabels, Counter>,
     pub spool_sync_seconds: Histogram,
     pub spool_sync_batch: Histogram,
     /// Set when scraped (see [`http`]).
@@ -149,6 +157,7 @@ impl Metrics {
             // From acceptance to the next hop's 250: a second, or days in the queue.
             delivery_delay_seconds: Histogram::new(exponential_buckets(0.01, 5.0, 12)),
             auth: Family::default(),
+            counters_unavailable: Family::default(),
             spool_sync_seconds: Histogram::new(exponential_buckets(0.000_05, 3.0, 10)),
             spool_sync_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             queue_messages: Family::default(),
@@ -230,6 +239,11 @@ impl Metrics {
             "auth",
             "SMTP AUTH attempts, by result (lockout: refused while locked out)",
             self.auth.clone(),
+        );
+        r.register(
+            "counters_unavailable",
+            "Policy counts made while Redis ([counters] url) was unavailable, by what was done instead",
+            self.counters_unavailable.clone(),
         );
         r.register_with_unit(
             "spool_sync_duration",
@@ -356,6 +370,13 @@ impl Metrics {
         let result = if ok { "ok" } else { "failed" };
         self.reloads
             .get_or_create(&ReloadLabels { what, result })
+            .inc();
+    }
+
+    /// Counts a policy count made while the shared counters were unavailable.
+    pub fn counters_unavailable(&self, then: &'static str) {
+        self.counters_unavailable
+            .get_or_create(&FallbackLabels { then })
             .inc();
     }
 

@@ -238,6 +238,7 @@ impl Failure {
             Failure::OutOfMemory(_) => "memory",
             Failure::FailedEarlier => "failed_earlier",
             Failure::Capacity(_) => "capacity",
+            Failure::Counters(_) => "counters",
         }
     }
 }
@@ -300,6 +301,10 @@ enum Failure {
     /// the module's, so the chain fails closed whatever the module's `on_error` says.
     #[error("no capacity left to run it: {0}")]
     Capacity(String),
+    /// A count it asked for could not be made (`[counters] on_unavailable = "tempfail"`):
+    /// the relay's failure too, so the chain fails closed whatever `on_error` says.
+    #[error("{0}")]
+    Counters(String),
 }
 
 /// One module, compiled and pre-linked, ready to instantiate per session.
@@ -1064,14 +1069,15 @@ impl LoadedModule {
         };
         let (verdict, reply, rewrites) = match outcome {
             Ok(decision) => decision,
-            Err(failure @ Failure::Capacity(_)) => {
-                // Running out is the relay's failure: the client is told to come back,
-                // whatever `on_error` and the mode say, so a fail-open limit still limits.
+            Err(failure @ (Failure::Capacity(_) | Failure::Counters(_))) => {
+                // Running out, or counters that cannot count, are the relay's failure: the
+                // client is told to come back, whatever `on_error` and the mode say, so a
+                // fail-open limit still limits.
                 tracing::error!(
                     module = name,
                     hook = hook.as_str(),
                     queue_id,
-                    "policy module not run, the relay is out of capacity: {failure}"
+                    "policy module not decided, the relay could not run it (out of capacity, or counters unavailable): {failure}"
                 );
                 decided.outcome = Err(failure.to_string());
                 decided.reply = Some(match hook {
@@ -1176,6 +1182,9 @@ fn note(trace: &mut Vec<Decided>, decided: Decided) {
 fn failure(error: &wasmtime::Error, out_of_memory: bool) -> Failure {
     if out_of_capacity(error) {
         return Failure::Capacity(error.to_string());
+    }
+    if let Some(unavailable) = error.downcast_ref::<super::counters::Unavailable>() {
+        return Failure::Counters(unavailable.to_string());
     }
     if out_of_memory {
         return Failure::OutOfMemory(format!("out of memory: {}", error.root_cause()));

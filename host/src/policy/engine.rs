@@ -35,9 +35,10 @@ wasmtime::component::bindgen!({
     with: {
         "sluice:policy/message.body": super::message::MessageBody,
     },
-    // Every hook is awaited; counters are the import that may wait (later: on a shared
-    // store over the network), so they are async on the host. The rest answer from memory.
-    imports: { "sluice:policy/counters": async },
+    // Every hook is awaited; counters are the import that may wait (on Redis, shared by
+    // the nodes), so they are async on the host, and may fail the call when they cannot
+    // count. The rest answer from memory.
+    imports: { "sluice:policy/counters": async | trappable },
     exports: { default: async },
 });
 
@@ -94,6 +95,12 @@ impl PolicyEngine {
             compiled: Arc::default(),
             cache: None,
         })
+    }
+
+    /// Counts in `counters` (`[counters]`: memory, or Redis shared by the nodes).
+    pub fn with_counters(mut self, counters: Counters) -> Self {
+        self.counters = Arc::new(counters);
+        self
     }
 
     /// Lets modules look addresses up in `table` (the running relay's registry).

@@ -316,17 +316,22 @@ impl clock::Host for HostState {
     }
 }
 
-// Async on the host (see the engine's bindings): counted in memory today, the seam where a
-// counter shared by several nodes becomes a network round trip that blocks no worker.
+// Async on the host (see the engine's bindings): a counter in Redis is a round trip that
+// blocks no worker. When it cannot be counted (Redis down, `on_unavailable = "tempfail"`)
+// the call fails, and the chain answers 451 whatever the module's `on_error`.
 impl super::engine::sluice::policy::counters::Host for HostState {
-    async fn incr(&mut self, key: String, window_seconds: u32) -> u64 {
+    async fn incr(&mut self, key: String, window_seconds: u32) -> wasmtime::Result<u64> {
         self.counters
             .count(&self.module, &key, window_seconds, 1, counters::now_ms())
+            .await
+            .map_err(wasmtime::Error::new)
     }
 
-    async fn peek(&mut self, key: String, window_seconds: u32) -> u64 {
+    async fn peek(&mut self, key: String, window_seconds: u32) -> wasmtime::Result<u64> {
         self.counters
             .count(&self.module, &key, window_seconds, 0, counters::now_ms())
+            .await
+            .map_err(wasmtime::Error::new)
     }
 }
 

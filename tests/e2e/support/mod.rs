@@ -5,6 +5,7 @@
 pub mod conn;
 pub mod http;
 pub mod modules;
+pub mod redis;
 pub mod relay;
 pub mod sink;
 
