@@ -406,7 +406,7 @@ async fn everything_shown_is_escaped_and_every_form_needs_its_csrf_token() {
         assert_eq!(r.status, 403, "{}", r.body);
     }
     let token = dept.csrf();
-    forged.cookies.remove("sluice_csrf");
+    forged.cookies.remove("__Host-sluice_csrf");
     let r = forged
         .post_raw(
             "/relays/delete",
@@ -414,6 +414,28 @@ async fn everything_shown_is_escaped_and_every_form_needs_its_csrf_token() {
         )
         .await;
     assert_eq!(r.status, 403, "a token without its cookie");
+    assert_eq!(
+        send_from(&p.relay, PRINTER, &[OUTSIDE]).await,
+        [250, 250],
+        "still registered"
+    );
+
+    // A form the browser says comes from another site, even a neighbour in the same
+    // organisation, and even with the right token: refused.
+    let body = format!("csrf={}&network=127.0.3.7%2F32", dept.csrf());
+    for header in [
+        ("Sec-Fetch-Site", "same-site"),
+        ("Origin", "https://people.example.edu"),
+    ] {
+        let headers = [
+            header,
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        let r = dept
+            .request("POST", "/relays/delete", &headers, Some(body.as_bytes()))
+            .await;
+        assert_eq!(r.status, 403, "{header:?}: {}", r.body);
+    }
     assert_eq!(
         send_from(&p.relay, PRINTER, &[OUTSIDE]).await,
         [250, 250],
@@ -619,7 +641,7 @@ async fn signing_in_reveals_nothing_is_limited_and_sessions_expire() {
     let csrf = first
         .set_cookies()
         .into_iter()
-        .find(|c| c.starts_with("sluice_csrf="))
+        .find(|c| c.starts_with("__Host-sluice_csrf="))
         .unwrap()
         .to_string();
     for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
@@ -664,7 +686,7 @@ async fn signing_in_reveals_nothing_is_limited_and_sessions_expire() {
     let session = signed
         .set_cookies()
         .into_iter()
-        .find(|c| c.starts_with("sluice_session="))
+        .find(|c| c.starts_with("__Host-sluice_session="))
         .unwrap()
         .to_string();
     for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Max-Age=2"] {
@@ -720,6 +742,18 @@ async fn signing_in_reveals_nothing_is_limited_and_sessions_expire() {
         .count();
     assert_eq!(to_target, 3, "three links an address in a quarter hour");
 
+    // Nothing that is not an address is counted or remembered; a huge form is refused.
+    let long = format!("{}@example.edu", "a".repeat(300));
+    assert_eq!(
+        visitor.post("/signin", &[("email", &long)]).await.status,
+        200
+    );
+    let huge = "a".repeat(100 * 1024);
+    assert_eq!(
+        visitor.post("/signin", &[("email", &huge)]).await.status,
+        413
+    );
+
     // A postmaster's wrong password: refused, and counted like SMTP AUTH's failures.
     let mut guesser = Browser::new(p.web);
     guesser.get("/signin").await;
@@ -730,7 +764,18 @@ async fn signing_in_reveals_nothing_is_limited_and_sessions_expire() {
         )
         .await;
     assert_eq!(wrong.status, 401);
-    assert!(!guesser.cookies.contains_key("sluice_session"));
+    assert!(!guesser.cookies.contains_key("__Host-sluice_session"));
+
+    // A postmaster removed is one no longer, whatever their session says.
+    let mut pm = p.postmaster().await;
+    assert_eq!(pm.get("/review").await.status, 200);
+    assert!(
+        p.relay
+            .command(&["user", "remove", POSTMASTER])
+            .status
+            .success()
+    );
+    assert_eq!(pm.get("/review").await.location(), Some("/signin"));
 }
 
 #[tokio::test]
@@ -738,7 +783,14 @@ async fn single_sign_on_is_believed_only_from_a_trusted_proxy() {
     let p = portal("trusted_proxies = [\"127.0.8.8/32\"]\nuser_header = \"X-Remote-User\"").await;
     let mut proxy = Browser::new(p.web);
     proxy.from = Some("127.0.8.8".parse().unwrap());
-    let as_user = |user: &'static str| [("X-Remote-User", user), ("X-Forwarded-For", "192.0.2.55")];
+    // What the client wrote in its own X-Forwarded-For comes first; the proxy's last.
+    let as_user = |user: &'static str| {
+        [
+            ("X-Remote-User", user),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-For", "192.0.2.55"),
+        ]
+    };
     let page = proxy
         .request("GET", "/relays", &as_user("jdoe@example.edu"), None)
         .await;
@@ -762,6 +814,15 @@ async fn single_sign_on_is_believed_only_from_a_trusted_proxy() {
         .request("GET", "/relays", &as_user("jdoe@example.edu"), None)
         .await;
     assert_eq!(forged.location(), Some("/signin"));
+    // Nor a second user header beside the proxy's.
+    let two = [
+        ("X-Remote-User", "jdoe@example.edu"),
+        ("X-Remote-User", POSTMASTER),
+    ];
+    assert_eq!(
+        proxy.request("GET", "/review", &two, None).await.location(),
+        Some("/signin")
+    );
 
     // The client the proxy forwards for is who the history records.
     let body: Vec<String> = request_fields(PRINTER, &[])
@@ -879,6 +940,19 @@ async fn the_api_does_what_the_pages_do_for_bearer_tokens() {
             .await
             .status,
         404
+    );
+    let block = r#"{"network": "127.0.3.0/24", "reason": "x"}"#.to_string();
+    assert_eq!(
+        api("POST", "/api/blocks".into(), other.clone(), Some(block))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        api("GET", "/api/history".into(), other.clone(), None)
+            .await
+            .status,
+        403
     );
     assert_eq!(
         api("GET", "/api/blocks".into(), other, None).await.status,

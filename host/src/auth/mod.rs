@@ -335,7 +335,7 @@ impl Failures {
 }
 
 /// IPv6 clients are counted by /64, as one host usually has the whole of it.
-fn key(ip: IpAddr) -> IpAddr {
+pub fn key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

@@ -175,7 +175,7 @@ pub fn show(config: &Config, what: &str) -> ExitCode {
 pub fn remove(config: &Config, what: &str) -> ExitCode {
     let result = (|| {
         let network = parse_network(what).map_err(anyhow::Error::msg)?;
-        open(config)?.unregister(&network)
+        open(config)?.unregister(&network, None)
     })();
     match result {
         Ok(Some((department, admin))) => {

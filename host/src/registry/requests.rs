@@ -12,10 +12,10 @@
 //! registration in that same transaction, through the rules `sluice registry add` follows.
 
 use super::notice::{self, Wording};
-use super::store::{Store, insert_registration, queue_notice, record};
+use super::store::refuse;
+use super::store::{Store, insert_registration, queue_notice, read_table, record};
 use super::table::{Registration, Table, display, parse_network};
 use crate::smtp::valid_address;
-use anyhow::bail;
 use ipnet::IpNet;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sluice_mail::Address;
@@ -167,6 +167,25 @@ impl std::fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
+/// A text field as typed: trimmed, not empty, at most `max` characters, no control
+/// characters but line ends (what is shown in a terminal by `sluice registry` must not
+/// carry escapes).
+pub fn check_text(value: &str, max: usize) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else if value.chars().count() > max {
+        Err(format!("is longer than {max} characters"))
+    } else if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r')
+    {
+        Err("contains control characters".into())
+    } else {
+        Ok(value.to_string())
+    }
+}
+
 /// A contact address: one mailbox, as a notice is sent to it.
 pub fn check_contact(contact: &str) -> Result<(), String> {
     if valid_address(contact) && Address::parse(contact).is_some() {
@@ -313,7 +332,7 @@ impl Store {
         let now = crate::queue::now() as i64;
         let open = open_request_for(&tx, &form.network, None)?;
         if let Some(id) = open {
-            bail!(
+            refuse!(
                 "{} has a request under review already (#{id})",
                 display(&form.network)
             );
@@ -348,7 +367,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(other) = open_request_for(&tx, &form.network, Some(id))? {
-            bail!(
+            refuse!(
                 "{} has a request under review already (#{other})",
                 display(&form.network)
             );
@@ -372,7 +391,7 @@ impl Store {
             ],
         )?;
         if changed == 0 {
-            bail!("request #{id} is not waiting for an answer");
+            refuse!("request #{id} is not waiting for an answer");
         }
         record(
             &tx,
@@ -418,10 +437,11 @@ impl Store {
         space: &Space,
         wording: &Wording<'_>,
     ) -> anyhow::Result<Request> {
-        let table = self.table()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read under the write lock: nothing overlapping can be registered in between.
+        let table = read_table(&tx)?;
         let request = tx
             .query_row(&format!("{SELECT} WHERE id = ?1"), [id], |row| {
                 Ok(request_of(row))
@@ -429,16 +449,18 @@ impl Store {
             .optional()?
             .flatten();
         let Some(mut request) = request else {
-            bail!("no request #{id}");
+            refuse!("no request #{id}");
         };
         if request.state != State::Pending {
-            bail!("request #{id} is {}, not pending", request.state.as_str());
+            refuse!("request #{id} is {}, not pending", request.state.as_str());
         }
         let now = crate::queue::now();
         let (state, note, action) = match decision {
             Decision::Approve => {
                 // The rules as they stand now, not as they stood when it was asked.
-                check_network(&request.network, &table, space).map_err(anyhow::Error::msg)?;
+                if let Err(rule) = check_network(&request.network, &table, space) {
+                    refuse!("{rule}");
+                }
                 let registration = Registration {
                     network: request.network,
                     admin: request.admin.clone(),
@@ -453,12 +475,12 @@ impl Store {
                 (State::Approved, String::new(), "approve")
             }
             Decision::Deny { reason } => {
-                let reason = required(reason, "a reason")?;
+                let reason = required(reason, "the reason", MAX_PURPOSE)?;
                 queue_notice(&tx, &notice::denied(&request, &reason, wording))?;
                 (State::Denied, reason, "deny")
             }
             Decision::Ask { question } => {
-                let question = required(question, "a question")?;
+                let question = required(question, "the question", MAX_PURPOSE)?;
                 queue_notice(&tx, &notice::question(&request, &question, wording))?;
                 (State::NeedsInformation, question, "ask")
             }
@@ -480,22 +502,27 @@ impl Store {
         Ok(request)
     }
 
-    /// Changes what a registration says about itself (not its address or admin).
+    /// Changes what a registration says about itself (not its address or admin), if it
+    /// is `owner`'s when one is given; false when there is no such registration.
     pub fn update_registration(
         &mut self,
         network: &IpNet,
+        owner: Option<&str>,
         contact: &str,
         department: &str,
         purpose: &str,
     ) -> anyhow::Result<bool> {
-        check_contact(contact).map_err(anyhow::Error::msg)?;
-        let department = required(department, "a department")?;
-        let purpose = required(purpose, "a purpose")?;
+        let contact = required(contact, "the contact", MAX_FIELD)?;
+        if let Err(e) = check_contact(&contact) {
+            refuse!("contact: {e}");
+        }
+        let department = required(department, "the department", MAX_FIELD)?;
+        let purpose = required(purpose, "the purpose", MAX_PURPOSE)?;
         let tx = self.conn.transaction()?;
         let changed = tx.execute(
-            "UPDATE registrations SET contact = ?2, department = ?3, purpose = ?4
-             WHERE network = ?1",
-            params![network.to_string(), contact, department, purpose],
+            "UPDATE registrations SET contact = ?3, department = ?4, purpose = ?5
+             WHERE network = ?1 AND (?2 IS NULL OR admin = ?2 COLLATE NOCASE)",
+            params![network.to_string(), owner, contact, department, purpose],
         )? > 0;
         if changed {
             let detail = format!("contact={contact}, department={department}, purpose={purpose}");
@@ -505,17 +532,21 @@ impl Store {
         Ok(changed)
     }
 
-    /// Hands a registration to another admin of record.
-    pub fn transfer(&mut self, network: &IpNet, admin: &str) -> anyhow::Result<bool> {
-        let admin = required(admin, "the new admin of record")?;
-        if admin.chars().count() > MAX_FIELD {
-            bail!("the admin of record is longer than {MAX_FIELD} characters");
-        }
+    /// Hands a registration (`owner`'s, when one is given) to another admin of record;
+    /// false when there is no such registration.
+    pub fn transfer(
+        &mut self,
+        network: &IpNet,
+        owner: Option<&str>,
+        admin: &str,
+    ) -> anyhow::Result<bool> {
+        let admin = required(admin, "the new admin of record", MAX_FIELD)?;
         let tx = self.conn.transaction()?;
         let previous: Option<String> = tx
             .query_row(
-                "SELECT admin FROM registrations WHERE network = ?1",
-                [network.to_string()],
+                "SELECT admin FROM registrations
+                 WHERE network = ?1 AND (?2 IS NULL OR admin = ?2 COLLATE NOCASE)",
+                params![network.to_string(), owner],
                 |row| row.get(0),
             )
             .optional()?;
@@ -533,15 +564,12 @@ impl Store {
     }
 }
 
-fn required(text: &str, what: &str) -> anyhow::Result<String> {
-    let text = text.trim();
-    if text.is_empty() {
-        bail!("{what} is needed");
+/// `text` by [`check_text`]'s rules, or a refusal naming `what`.
+fn required(text: &str, what: &str, max: usize) -> anyhow::Result<String> {
+    match check_text(text, max) {
+        Ok(text) => Ok(text),
+        Err(problem) => refuse!("{what} {problem}"),
     }
-    if text.chars().count() > MAX_PURPOSE {
-        bail!("{what} is longer than {MAX_PURPOSE} characters");
-    }
-    Ok(text.to_string())
 }
 
 /// An open request for `network` other than `except`.
@@ -693,6 +721,29 @@ mod tests {
                 .registration("10.3.0.1".parse().unwrap())
                 .is_some()
         );
+        // Changed only by its admin of record (or a postmaster, who names no owner).
+        let network = "10.3.0.1/32".parse().unwrap();
+        let mallory = Some("mallory@example.edu");
+        assert!(
+            !store
+                .transfer(&network, mallory, "mallory@example.edu")
+                .unwrap()
+        );
+        assert!(store.unregister(&network, mallory).unwrap().is_none());
+        let owner = Some("JDOE@example.edu");
+        assert!(
+            store
+                .update_registration(&network, owner, "it@example.edu", "Physics", "copier")
+                .unwrap()
+        );
+        let escape =
+            store.update_registration(&network, None, "it@example.edu", "Physics\x1b[2J", "copier");
+        assert!(
+            escape
+                .unwrap_err()
+                .to_string()
+                .contains("control characters")
+        );
         let mail: Vec<String> = store
             .outbox()
             .unwrap()
@@ -743,7 +794,7 @@ mod tests {
         assert_eq!(
             actions,
             [
-                "request", "ask", "answer", "register", "approve", "request", "deny"
+                "request", "ask", "answer", "register", "approve", "change", "request", "deny"
             ]
         );
     }

@@ -16,7 +16,7 @@
 
 use super::notice::Notice;
 use super::table::{Block, Registration, Table, display, parse_network};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::HashSet;
@@ -53,6 +53,21 @@ CREATE TABLE IF NOT EXISTS outbox (
     body TEXT NOT NULL
 );
 ";
+
+/// A change the registry's rules refuse, with the reason to show whoever asked for it (at
+/// the command line, in the portal); any other error is the store's own, and not theirs
+/// to see.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// Returns a [`Refusal`], as `anyhow::bail!` returns an error.
+macro_rules! refuse {
+    ($($reason:tt)*) => {
+        return Err(anyhow::Error::new($crate::registry::store::Refusal(format!($($reason)*))))
+    };
+}
+pub(crate) use refuse;
 
 /// Who changes the registry, and from where, as the history records it.
 #[derive(Debug, Clone)]
@@ -145,44 +160,7 @@ impl Store {
 
     /// Every registration and block.
     pub fn table(&self) -> anyhow::Result<Table> {
-        let mut registrations = Vec::new();
-        let mut query = self.conn.prepare(
-            "SELECT network, admin, contact, department, purpose, registered_at, last_relayed_at
-             FROM registrations",
-        )?;
-        let mut rows = query.query([])?;
-        while let Some(row) = rows.next()? {
-            let network: String = row.get(0)?;
-            let Some(network) = network_of(&network) else {
-                continue;
-            };
-            registrations.push(Registration {
-                network,
-                admin: row.get(1)?,
-                contact: row.get(2)?,
-                department: row.get(3)?,
-                purpose: row.get(4)?,
-                registered_at: row.get::<_, i64>(5)? as u64,
-                last_relayed_at: row.get::<_, Option<i64>>(6)?.map(|t| t as u64),
-            });
-        }
-        let mut blocks = Vec::new();
-        let mut query = self
-            .conn
-            .prepare("SELECT network, reason, blocked_at FROM blocks")?;
-        let mut rows = query.query([])?;
-        while let Some(row) = rows.next()? {
-            let network: String = row.get(0)?;
-            let Some(network) = network_of(&network) else {
-                continue;
-            };
-            blocks.push(Block {
-                network,
-                reason: row.get(1)?,
-                blocked_at: row.get::<_, i64>(2)? as u64,
-            });
-        }
-        Ok(Table::new(registrations, blocks))
+        read_table(&self.conn)
     }
 
     /// Registers `registration.network` and queues `notice`, together; an address already
@@ -200,13 +178,20 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the registration of exactly `network`, returning its department and admin.
-    pub fn unregister(&mut self, network: &IpNet) -> anyhow::Result<Option<(String, String)>> {
+    /// Removes the registration of exactly `network` (held by `owner`, when given: the
+    /// admin of record, in any case), returning its department and admin.
+    pub fn unregister(
+        &mut self,
+        network: &IpNet,
+        owner: Option<&str>,
+    ) -> anyhow::Result<Option<(String, String)>> {
         let tx = self.conn.transaction()?;
         let removed: Option<(String, String)> = tx
             .query_row(
-                "DELETE FROM registrations WHERE network = ?1 RETURNING department, admin",
-                [network.to_string()],
+                "DELETE FROM registrations
+                 WHERE network = ?1 AND (?2 IS NULL OR admin = ?2 COLLATE NOCASE)
+                 RETURNING department, admin",
+                params![network.to_string(), owner],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
@@ -347,6 +332,46 @@ impl Store {
     }
 }
 
+/// Every registration and block, as `conn` (a connection, or a transaction) sees them.
+pub(super) fn read_table(conn: &Connection) -> anyhow::Result<Table> {
+    let mut registrations = Vec::new();
+    let mut query = conn.prepare(
+        "SELECT network, admin, contact, department, purpose, registered_at, last_relayed_at
+         FROM registrations",
+    )?;
+    let mut rows = query.query([])?;
+    while let Some(row) = rows.next()? {
+        let network: String = row.get(0)?;
+        let Some(network) = network_of(&network) else {
+            continue;
+        };
+        registrations.push(Registration {
+            network,
+            admin: row.get(1)?,
+            contact: row.get(2)?,
+            department: row.get(3)?,
+            purpose: row.get(4)?,
+            registered_at: row.get::<_, i64>(5)? as u64,
+            last_relayed_at: row.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+        });
+    }
+    let mut blocks = Vec::new();
+    let mut query = conn.prepare("SELECT network, reason, blocked_at FROM blocks")?;
+    let mut rows = query.query([])?;
+    while let Some(row) = rows.next()? {
+        let network: String = row.get(0)?;
+        let Some(network) = network_of(&network) else {
+            continue;
+        };
+        blocks.push(Block {
+            network,
+            reason: row.get(1)?,
+            blocked_at: row.get::<_, i64>(2)? as u64,
+        });
+    }
+    Ok(Table::new(registrations, blocks))
+}
+
 /// Adds a registration, its notice and its history line in `tx`; an address already
 /// registered is refused.
 pub(super) fn insert_registration(
@@ -364,7 +389,7 @@ pub(super) fn insert_registration(
         )
         .optional()?;
     if let Some(admin) = holder {
-        bail!(
+        refuse!(
             "{} is already registered (admin {admin}); remove it first to register it again",
             display(&registration.network)
         );

@@ -2,23 +2,36 @@
 //! loopback or a trusted proxy (one that terminates TLS in front of the portal).
 //!
 //! Both arrive on the one port: a TLS client's first byte is a handshake record (0x16),
-//! which no HTTP request begins with. Handshakes run in tasks of their own, under a time
-//! limit, so one slow client never holds up the others' accepts.
+//! which no HTTP request begins with. Each connection runs in a task of its own, so one
+//! slow client never holds up the others' accepts, under limits on everything a client
+//! controls: connections open at once (past it, a new one is closed at once), the time to
+//! the first byte and the handshake, the time to send a request's header, and a
+//! connection's whole life.
 
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 /// A handshake (or the first byte of a plain request) must arrive within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections being handshaken at once: a flood of half-open ones waits here rather
-/// than in memory without bound.
-const MAX_HANDSHAKES: usize = 256;
+/// A request's header must arrive within this (hyper's header read timeout, which also
+/// ends a kept-alive connection that sends nothing more).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a connection stays open, however busy: a browser opens another.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Connections open at once: a portal for people needs a few dozen; a flood beyond this
+/// is closed on arrival rather than held in memory, and the relay's file descriptors
+/// stay with its SMTP listeners.
+const MAX_CONNECTIONS: usize = 512;
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -34,40 +47,17 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// What accepts connections for axum: see the module's documentation.
-pub struct Listener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(Connection, Peer)>,
-}
-
-impl Listener {
-    /// Starts accepting on `socket`; `trusted` are the addresses allowed plain HTTP
-    /// besides loopback.
-    pub fn start(
-        socket: TcpListener,
-        tls: TlsAcceptor,
-        trusted: Vec<IpNet>,
-    ) -> io::Result<Listener> {
-        let local = socket.local_addr()?;
-        let (send, ready) = mpsc::channel(64);
-        tokio::spawn(accept(socket, tls, Arc::new(trusted), send));
-        Ok(Listener { local, ready })
-    }
-}
-
 /// Whether `addr` may speak plain HTTP to the portal.
 pub fn plain_allowed(addr: &SocketAddr, trusted: &[IpNet]) -> bool {
     let ip = addr.ip().to_canonical();
     ip.is_loopback() || trusted.iter().any(|n| n.contains(&ip))
 }
 
-async fn accept(
-    socket: TcpListener,
-    tls: TlsAcceptor,
-    trusted: Arc<Vec<IpNet>>,
-    ready: mpsc::Sender<(Connection, Peer)>,
-) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+/// Serves `app` on `socket` until the process ends; `trusted` are the addresses allowed
+/// plain HTTP besides loopback.
+pub async fn serve(socket: TcpListener, tls: TlsAcceptor, trusted: Vec<IpNet>, app: Router) {
+    let trusted = Arc::new(trusted);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, addr) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -78,24 +68,35 @@ async fn accept(
                 continue;
             }
         };
-        let Ok(permit) = handshakes.clone().acquire_owned().await else {
-            return;
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(target: "sluice::web", peer = %addr, "portal: connection closed: {MAX_CONNECTIONS} open already");
+            continue;
         };
-        let (tls, trusted, ready) = (tls.clone(), trusted.clone(), ready.clone());
+        let (tls, trusted, app) = (tls.clone(), trusted.clone(), app.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let opened =
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, open(stream, addr, &tls, &trusted));
-            match opened.await {
-                Ok(Ok(connection)) => {
-                    let _ = ready.send(connection).await;
-                }
+            let (connection, peer) = match opened.await {
+                Ok(Ok(opened)) => opened,
                 Ok(Err(e)) => {
-                    tracing::info!(target: "sluice::web", peer = %addr, "portal: connection refused: {e}")
+                    return tracing::info!(target: "sluice::web", peer = %addr, "portal: connection refused: {e}");
                 }
                 Err(_) => {
-                    tracing::info!(target: "sluice::web", peer = %addr, "portal: no request within {HANDSHAKE_TIMEOUT:?}")
+                    return tracing::info!(target: "sluice::web", peer = %addr, "portal: no request within {HANDSHAKE_TIMEOUT:?}");
                 }
+            };
+            // Every request on the connection knows its peer (`ConnectInfo<Peer>`).
+            let app = app.layer(axum::Extension(ConnectInfo(peer)));
+            let serving = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(connection), TowerToHyperService::new(app));
+            if tokio::time::timeout(CONNECTION_LIFETIME, serving)
+                .await
+                .is_err()
+            {
+                tracing::debug!(target: "sluice::web", peer = %addr, "portal: connection closed after {CONNECTION_LIFETIME:?}");
             }
         });
     }
@@ -125,30 +126,4 @@ async fn open(
         ));
     }
     Ok((Connection::Plain(stream), Peer { addr, tls: false }))
-}
-
-impl axum::serve::Listener for Listener {
-    type Io = Connection;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Connection, Peer) {
-        match self.ready.recv().await {
-            Some(ready) => ready,
-            // The accept task only ends with the process.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Peer> {
-        Ok(Peer {
-            addr: self.local,
-            tls: true,
-        })
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Listener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, Listener>) -> Peer {
-        *stream.remote_addr()
-    }
 }

@@ -47,7 +47,9 @@ const LINKS_PER_ADDRESS: u32 = 3;
 const LINKS_PER_CLIENT: u32 = 10;
 /// The window of the two limits above: a link's lifetime.
 const LINK_WINDOW: Duration = accounts::LINK_LIFETIME;
-/// Addresses and clients whose sign-in requests are remembered, at most.
+/// The largest request body taken (axum's default is 2 MB).
+const MAX_BODY: usize = 64 * 1024;
+/// Addresses, and clients, whose sign-in requests are remembered, at most (each).
 const MAX_LIMITED: usize = 10_000;
 
 /// What the portal's handlers share.
@@ -78,6 +80,9 @@ enum LinkLimit {
 }
 
 impl LinkLimits {
+    /// Counts a link asked for `address` (already checked to be one: at most 254 bytes) by
+    /// `client` (an IPv6 /64 counts as one). When the maps are full of live entries, a new
+    /// client or address is over its limit: memory stays bounded under a flood.
     fn count(&mut self, address: &str, client: IpAddr, now: Instant) -> Result<(), LinkLimit> {
         fn over<K: std::hash::Hash + Eq>(
             map: &mut HashMap<K, (Instant, u32)>,
@@ -85,8 +90,11 @@ impl LinkLimits {
             max: u32,
             now: Instant,
         ) -> bool {
-            if map.len() >= MAX_LIMITED {
+            if map.len() >= MAX_LIMITED && !map.contains_key(&key) {
                 map.retain(|_, (since, _)| now.duration_since(*since) < LINK_WINDOW);
+                if map.len() >= MAX_LIMITED {
+                    return true;
+                }
             }
             let entry = map.entry(key).or_insert((now, 0));
             if now.duration_since(entry.0) >= LINK_WINDOW {
@@ -95,7 +103,12 @@ impl LinkLimits {
             entry.1 += 1;
             entry.1 > max
         }
-        if over(&mut self.by_client, client, LINKS_PER_CLIENT, now) {
+        if over(
+            &mut self.by_client,
+            crate::auth::key(client),
+            LINKS_PER_CLIENT,
+            now,
+        ) {
             return Err(LinkLimit::Client);
         }
         if over(
@@ -153,8 +166,6 @@ pub async fn serve(socket: TcpListener, parts: Parts) -> anyhow::Result<()> {
     let store = config.store_db();
     let accounts =
         Accounts::open(&store).with_context(|| format!("store.db {}", store.display()))?;
-    let listener =
-        listener::Listener::start(socket, parts.tls, config.web.trusted_proxies.clone())?;
     let portal = Arc::new(Portal {
         config: parts.config,
         registry: parts.registry,
@@ -164,12 +175,8 @@ pub async fn serve(socket: TcpListener, parts: Parts) -> anyhow::Result<()> {
         store,
         links: Mutex::default(),
     });
-    let app = router(portal).into_make_service_with_connect_info::<listener::Peer>();
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(target: "sluice::web", error = %e, "the portal stopped");
-        }
-    });
+    let trusted = config.web.trusted_proxies.clone();
+    tokio::spawn(listener::serve(socket, parts.tls, trusted, router(portal)));
     Ok(())
 }
 
@@ -213,21 +220,24 @@ fn router(portal: Arc<Portal>) -> Router {
         .route("/overview", get(postmaster::overview))
         .nest("/api", api::router())
         .fallback(pages::not_found)
+        // A form or an API call is a few kilobytes; nothing needs more.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(visitor::protect))
         .with_state(portal)
 }
 
 /// The networks requests may name: the `campus` less the `workstations` of the chain's
-/// `campus-access` module (empty when the chain has none).
-fn space(config: &Config) -> crate::registry::requests::Space {
+/// `campus-access` module (any, when the chain has none). A chain that cannot be read
+/// answers nothing: no request is checked, or approved, against an unknown campus.
+fn space(config: &Config) -> Result<crate::registry::requests::Space, ops::Refused> {
     use crate::policy::host::ConfigValue;
     use crate::policy::manifest::{self, ModuleSource};
     let chain = match manifest::load(&config.policies.dir) {
         Ok(Some(chain)) => chain,
         Ok(None) => manifest::default_chain(),
         Err(e) => {
-            tracing::warn!(target: "sluice::web", "portal: cannot read the chain for the campus networks: {e}");
-            return Default::default();
+            tracing::error!(target: "sluice::web", "portal: cannot read the chain for the campus networks: {e}");
+            return Err(ops::Refused::Unavailable);
         }
     };
     let mut space = crate::registry::requests::Space::default();
@@ -245,7 +255,7 @@ fn space(config: &Config) -> crate::registry::requests::Space {
         space.campus.extend(networks("campus"));
         space.workstations.extend(networks("workstations"));
     }
-    space
+    Ok(space)
 }
 
 #[cfg(test)]

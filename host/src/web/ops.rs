@@ -11,7 +11,7 @@ use super::Portal;
 use super::visitor::Visitor;
 use crate::registry::notice::Wording;
 use crate::registry::requests::{Checked, Decision, Form, Problems, Request, State};
-use crate::registry::store::{Actor, Change, Store};
+use crate::registry::store::{Actor, Change, Refusal, Store};
 use crate::registry::table::{Registration, display, parse_network};
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -42,6 +42,13 @@ pub struct Origin<'a> {
 }
 
 impl Origin<'_> {
+    /// The admin of record a change must be made as: the visitor, unless a postmaster.
+    /// Checked again in the store's own statement, so a table a moment old in memory
+    /// cannot let a change through to a registration that has changed hands.
+    fn owner(&self) -> Option<String> {
+        (!self.visitor.is_postmaster()).then(|| self.visitor.identity.clone())
+    }
+
     fn actor(&self) -> Actor {
         Actor {
             who: self.visitor.identity.clone(),
@@ -67,13 +74,13 @@ async fn with_store<T: Send + 'static>(
         Ok(Ok(value)) => Ok(value),
         // The store's rules explain themselves (already registered, not pending, …);
         // anything else is logged and hidden.
-        Ok(Err(e)) if e.downcast_ref::<rusqlite::Error>().is_none() => {
-            Err(Refused::Rule(format!("{e:#}")))
-        }
-        Ok(Err(e)) => {
-            tracing::error!(target: "sluice::web", "portal: store: {e:#}");
-            Err(Refused::Unavailable)
-        }
+        Ok(Err(e)) => match e.downcast_ref::<Refusal>() {
+            Some(refusal) => Err(Refused::Rule(refusal.0.clone())),
+            None => {
+                tracing::error!(target: "sluice::web", "portal: store: {e:#}");
+                Err(Refused::Unavailable)
+            }
+        },
         Err(e) => {
             tracing::error!(target: "sluice::web", "portal: {e}");
             Err(Refused::Unavailable)
@@ -149,11 +156,13 @@ pub async fn update(
     purpose: String,
 ) -> Result<(), Refused> {
     registration(portal, origin.visitor, &network)?;
-    let contact = contact.trim().to_string();
+    let owner = origin.owner();
     with_store(portal, origin, move |s| {
-        s.update_registration(&network, &contact, &department, &purpose)
+        s.update_registration(&network, owner.as_deref(), &contact, &department, &purpose)
     })
-    .await?;
+    .await?
+    .then_some(())
+    .ok_or(Refused::NotFound)?;
     changed(portal).await;
     Ok(())
 }
@@ -166,7 +175,13 @@ pub async fn transfer(
     admin: String,
 ) -> Result<(), Refused> {
     registration(portal, origin.visitor, &network)?;
-    with_store(portal, origin, move |s| s.transfer(&network, &admin)).await?;
+    let owner = origin.owner();
+    with_store(portal, origin, move |s| {
+        s.transfer(&network, owner.as_deref(), &admin)
+    })
+    .await?
+    .then_some(())
+    .ok_or(Refused::NotFound)?;
     changed(portal).await;
     Ok(())
 }
@@ -178,7 +193,12 @@ pub async fn delete(
     network: IpNet,
 ) -> Result<(), Refused> {
     registration(portal, origin.visitor, &network)?;
-    with_store(portal, origin, move |s| s.unregister(&network)).await?;
+    let owner = origin.owner();
+    with_store(portal, origin, move |s| {
+        s.unregister(&network, owner.as_deref())
+    })
+    .await?
+    .ok_or(Refused::NotFound)?;
     changed(portal).await;
     Ok(())
 }
@@ -186,7 +206,7 @@ pub async fn delete(
 /// Checks a request against the campus and the registry as they stand.
 pub fn check(portal: &Portal, form: &Form) -> Result<Checked, Refused> {
     let table = portal.registry.table().load_full();
-    form.check(&table, &super::space(&portal.config()))
+    form.check(&table, &super::space(&portal.config())?)
         .map_err(Refused::Invalid)
 }
 
@@ -263,7 +283,7 @@ pub async fn decide(
         return Err(Refused::Forbidden);
     }
     let config = portal.config();
-    let space = super::space(&config);
+    let space = super::space(&config)?;
     let decided = with_store(portal, origin, move |s| {
         s.decide(id, &decision, &space, &Wording::of(&config))
     })

@@ -21,6 +21,9 @@ use maud::html;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The longest address a link is sent to (RFC 5321's path, less its brackets).
+const MAX_ADDRESS: usize = 254;
+
 /// `/`: where a visitor starts.
 pub async fn home(page: Page) -> Redirect {
     match &page.visitor {
@@ -101,9 +104,15 @@ pub async fn send_link(
 ) -> Response {
     let address = form.email.trim().to_string();
     let config = portal.config();
-    let limited = {
+    // Only an address is counted (and remembered): anything else gets the same page and
+    // nothing more.
+    let is_address =
+        address.len() <= MAX_ADDRESS && crate::registry::requests::check_contact(&address).is_ok();
+    let limited = if is_address {
         let mut links = portal.links.lock().unwrap_or_else(|e| e.into_inner());
         links.count(&address, page.client, Instant::now())
+    } else {
+        Err(LinkLimit::Address)
     };
     match limited {
         Err(LinkLimit::Client) => {

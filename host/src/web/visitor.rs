@@ -6,9 +6,11 @@
 //!   in `[web] user_header`; that header is believed only from `[web] trusted_proxies`.
 //! - The API's callers send `Authorization: Bearer TOKEN` instead (see `super::api`).
 //!
-//! Every form carries a CSRF token equal to the visitor's `sluice_csrf` cookie (set on
-//! the first page); a form posted from another site cannot know it, and a `SameSite=Strict`
-//! cookie is not sent with it anyway. Both checks are made.
+//! Every form carries a CSRF token equal to the visitor's CSRF cookie (set on the first
+//! page); a form posted from elsewhere cannot know it. The cookies are `__Host-` cookies,
+//! which a neighbouring site of the same organisation (`people.example.edu`) cannot set
+//! for the portal's host; and a form whose browser says it comes from another origin
+//! (`Sec-Fetch-Site`, `Origin`) is refused before its token is even looked at.
 
 use super::Portal;
 use super::accounts::Role;
@@ -22,8 +24,8 @@ use serde::de::DeserializeOwned;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub const SESSION_COOKIE: &str = "sluice_session";
-pub const CSRF_COOKIE: &str = "sluice_csrf";
+pub const SESSION_COOKIE: &str = "__Host-sluice_session";
+pub const CSRF_COOKIE: &str = "__Host-sluice_csrf";
 
 /// A signed-in person or tool.
 #[derive(Debug, Clone)]
@@ -118,25 +120,39 @@ fn trusted_proxy(portal: &Portal, peer: &Peer) -> bool {
         .any(|n| n.contains(&ip))
 }
 
-/// The client's address: a trusted proxy's word (the last `X-Forwarded-For` hop, the one
-/// it added), or the peer.
+/// The client's address: from a trusted proxy, the nearest `X-Forwarded-For` hop that is
+/// not itself a trusted proxy (every `X-Forwarded-For` field read, right to left: what a
+/// client wrote itself is on the left, and never reached); else the peer.
 fn client(portal: &Portal, peer: &Peer, headers: &HeaderMap) -> IpAddr {
-    if trusted_proxy(portal, peer)
-        && let Some(forwarded) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return forwarded;
+    let peer_ip = peer.addr.ip().to_canonical();
+    if !trusted_proxy(portal, peer) {
+        return peer_ip;
     }
-    peer.addr.ip().to_canonical()
+    let config = portal.config();
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            return peer_ip;
+        };
+        let ip = ip.to_canonical();
+        if !config.web.trusted_proxies.iter().any(|n| n.contains(&ip)) {
+            return ip;
+        }
+    }
+    peer_ip
 }
 
 /// Who the request's credentials say it is, if anyone.
 async fn visitor(portal: &Arc<Portal>, peer: &Peer, headers: &HeaderMap) -> Option<Visitor> {
     if let Some(name) = portal.config().web.user_header.as_deref()
         && trusted_proxy(portal, peer)
+        // One value, or none believed: two are a client's own added to the proxy's.
+        && headers.get_all(name).iter().count() == 1
         && let Some(user) = headers.get(name).and_then(|v| v.to_str().ok())
         && !user.trim().is_empty()
     {
@@ -154,7 +170,20 @@ async fn visitor(portal: &Arc<Portal>, peer: &Peer, headers: &HeaderMap) -> Opti
     }
     let token = cookie(headers, SESSION_COOKIE)?.to_string();
     let lookup = (portal.clone(), token.clone());
-    let (identity, role) = blocking(move || lookup.0.accounts.session(&lookup.1)).await?;
+    let (identity, role) = blocking(move || {
+        let Some((identity, role)) = lookup.0.accounts.session(&lookup.1)? else {
+            return Ok(None);
+        };
+        // A postmaster removed or demoted since signing in is one no longer.
+        if role == Role::Postmaster
+            && lookup.0.auth.users().role_of(&identity)?
+                != Some(crate::auth::users::Role::Postmaster)
+        {
+            return Ok(None);
+        }
+        Ok(Some((identity, role)))
+    })
+    .await?;
     Some(Visitor {
         identity,
         role,
@@ -247,11 +276,17 @@ impl<T: DeserializeOwned + Send> FromRequest<Arc<Portal>> for Posted<T> {
             .map(|t| t.0.clone())
             .unwrap_or_default();
         let had_cookie = cookie(request.headers(), CSRF_COOKIE).is_some();
+        if let Some(elsewhere) = cross_origin(request.headers()) {
+            tracing::warn!(target: "sluice::web", "portal: form refused: posted from {elsewhere}");
+            return Err((
+                StatusCode::FORBIDDEN,
+                "This form was sent from another site. Use the portal's own page.\n",
+            )
+                .into_response());
+        }
         let axum::Form(posted) = axum::Form::<WithCsrf<T>>::from_request(request, portal)
             .await
-            .map_err(|e| {
-                (StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())).into_response()
-            })?;
+            .map_err(|e| (e.status(), format!("{}\n", e.body_text())).into_response())?;
         if !had_cookie || expected.is_empty() || !same(&posted.csrf, &expected) {
             tracing::warn!(target: "sluice::web", "portal: form refused: missing or wrong CSRF token");
             return Err((
@@ -264,9 +299,22 @@ impl<T: DeserializeOwned + Send> FromRequest<Arc<Portal>> for Posted<T> {
     }
 }
 
-/// Around every request: the CSRF cookie (made if missing), refusing plain HTTP the
-/// listener should not have let through, and the headers that keep pages from being
-/// framed, sniffed, cached or leaking a sign-in link in a Referer.
+/// Where a request says it comes from, when that is not the portal's own origin: the
+/// browser's `Sec-Fetch-Site` (anything but `same-origin`, or `none` for what a person
+/// typed), else an `Origin` whose host is not the request's `Host`.
+fn cross_origin(headers: &HeaderMap) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return (site != "same-origin" && site != "none").then(|| format!("a {site} page"));
+    }
+    let origin = header("origin")?;
+    let host = header("host").unwrap_or_default();
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    (!origin_host.eq_ignore_ascii_case(host)).then(|| origin.to_string())
+}
+
+/// Around every request: the CSRF cookie (made if missing), and the headers that keep
+/// pages from being framed, sniffed, cached or leaking a sign-in link in a Referer.
 pub async fn protect(mut request: Request, next: Next) -> Response {
     let existing = cookie(request.headers(), CSRF_COOKIE)
         .filter(|v| {

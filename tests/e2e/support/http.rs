@@ -73,7 +73,10 @@ impl Browser {
 
     /// The CSRF token the portal gave this browser (after a first GET).
     pub fn csrf(&self) -> String {
-        self.cookies.get("sluice_csrf").cloned().unwrap_or_default()
+        self.cookies
+            .get("__Host-sluice_csrf")
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub async fn get(&mut self, path: &str) -> Response {
