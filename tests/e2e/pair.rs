@@ -1,11 +1,13 @@
 //! A relay pair: two nodes sharing their policy counters in a real Redis (`[counters]
-//! url`), so a rate limit holds across both; and what each `on_unavailable` does while
-//! Redis is down, and after it is back.
+//! url`), so a rate limit holds across both; what each `on_unavailable` does while Redis
+//! is down, and after it is back; and both nodes behind a real HAProxy speaking PROXY v2
+//! (`dist/haproxy/haproxy.cfg`), seeing each client's own address.
 
 use crate::support::redis::Redis;
 use crate::support::relay::RelayOptions;
-use crate::support::{Conn, Relay, Sink};
-use std::net::SocketAddr;
+use crate::support::{Conn, PATIENCE, Relay, Sink, free_port};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
 
 /// rate-limit (three messages a client an hour), then networks.
 const LIMITED: &str = r#"
@@ -36,17 +38,28 @@ async fn node(sink: &Sink, redis: &Redis, on_unavailable: &str) -> Relay {
 
 /// One message through `node`: the reply to MAIL, then (if accepted) to the end of DATA.
 async fn send(node: SocketAddr) -> Vec<u16> {
-    let mut conn = Conn::greeted(node).await;
+    send_from("127.0.0.1".parse().unwrap(), node, "someone@example.org").await
+}
+
+/// One message from `source` through `to` for `rcpt`: the replies to MAIL, RCPT and the
+/// end of DATA, as far as it got.
+async fn send_from(source: IpAddr, to: SocketAddr, rcpt: &str) -> Vec<u16> {
+    let mut conn = Conn::connect_from(source, to).await;
+    conn.expect(220).await;
     conn.cmd("EHLO app.example.edu", 250).await;
     conn.send("MAIL FROM:<app@example.edu>\r\n").await;
     let mail = conn.reply().await.code;
     if mail != 250 {
         return vec![mail];
     }
-    conn.cmd("RCPT TO:<someone@example.org>", 250).await;
+    conn.send(format!("RCPT TO:<{rcpt}>\r\n")).await;
+    let accepted = conn.reply().await.code;
+    if accepted != 250 {
+        return vec![mail, accepted];
+    }
     conn.cmd("DATA", 354).await;
     conn.send("Subject: x\r\n\r\ny\r\n.\r\n").await;
-    vec![mail, conn.reply().await.code]
+    vec![mail, accepted, conn.reply().await.code]
 }
 
 #[tokio::test]
@@ -55,9 +68,9 @@ async fn the_rate_limit_holds_across_both_nodes() {
     let redis = Redis::start().await;
     let a = node(&sink, &redis, "local").await;
     let b = node(&sink, &redis, "local").await;
-    assert_eq!(send(a.addr).await, [250, 250]);
-    assert_eq!(send(b.addr).await, [250, 250]);
-    assert_eq!(send(a.addr).await, [250, 250]);
+    assert_eq!(send(a.addr).await, [250, 250, 250]);
+    assert_eq!(send(b.addr).await, [250, 250, 250]);
+    assert_eq!(send(a.addr).await, [250, 250, 250]);
     // The fourth, whichever node it reaches.
     assert_eq!(send(b.addr).await, [451]);
     assert_eq!(send(a.addr).await, [451]);
@@ -70,11 +83,11 @@ async fn without_redis_local_counts_per_node_and_shares_again_when_it_is_back() 
     let sink = Sink::start().await;
     let mut redis = Redis::start().await;
     let a = node(&sink, &redis, "local").await;
-    assert_eq!(send(a.addr).await, [250, 250]);
+    assert_eq!(send(a.addr).await, [250, 250, 250]);
     redis.stop();
     // Counted in the node's memory, which starts empty: three more go through.
     for _ in 0..3 {
-        assert_eq!(send(a.addr).await, [250, 250]);
+        assert_eq!(send(a.addr).await, [250, 250, 250]);
     }
     assert_eq!(send(a.addr).await, [451]);
     a.wait_for_log("counters: Redis is unavailable").await;
@@ -98,7 +111,7 @@ async fn without_redis_tempfail_refuses_what_would_be_counted_until_it_is_back()
     let sink = Sink::start().await;
     let mut redis = Redis::start().await;
     let a = node(&sink, &redis, "tempfail").await;
-    assert_eq!(send(a.addr).await, [250, 250]);
+    assert_eq!(send(a.addr).await, [250, 250, 250]);
     redis.stop();
     let mut conn = Conn::greeted(a.addr).await;
     conn.cmd("EHLO app.example.edu", 250).await;
@@ -110,7 +123,7 @@ async fn without_redis_tempfail_refuses_what_would_be_counted_until_it_is_back()
     redis.restart().await;
     let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
     loop {
-        if send(a.addr).await == [250, 250] {
+        if send(a.addr).await == [250, 250, 250] {
             break;
         }
         assert!(
@@ -120,4 +133,162 @@ async fn without_redis_tempfail_refuses_what_would_be_counted_until_it_is_back()
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(sink.wait_for(2).await.len(), 2);
+}
+
+/// HAProxy running `dist/haproxy/haproxy.cfg`, its addresses replaced by the test's.
+struct Haproxy {
+    front: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    async fn start(a: SocketAddr, b: SocketAddr) -> Haproxy {
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/haproxy/haproxy.cfg");
+        let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = std::fs::read_to_string(shipped)
+            .unwrap()
+            .replace("10.0.0.10:25", &front.to_string())
+            .replace("10.0.0.11:25", &a.to_string())
+            .replace("10.0.0.12:25", &b.to_string());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let check = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&path)
+            .output();
+        let check = check.expect("haproxy (apt-get install haproxy)");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(front).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "haproxy did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Haproxy {
+            front,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// rate-limit (three messages a client an hour), then campus-access (the campus is
+/// 127.0.0.0/16; registered machines relay anywhere, others only inside).
+const CAMPUS_LIMITED: &str = r#"
+[[policy]]
+name = "rate-limit"
+module = "builtin:rate-limit"
+[policy.config]
+max_messages = 3
+max_recipients = 100
+"#;
+
+/// A node with a listener behind the balancer (PROXY v2 from 127.0.0.1 only), counting in
+/// `redis`, with 127.0.3.7 registered.
+async fn campus_node(sink: &Sink, redis: &Redis) -> (Relay, SocketAddr) {
+    let relay = Relay::start_with(RelayOptions {
+        smarthost: Some(sink.addr),
+        policies: Some(format!(
+            "{CAMPUS_LIMITED}\n{}",
+            crate::registry::CAMPUS_CHAIN
+        )),
+        extra: format!(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\nname = \"behind-balancer\"\n\
+             proxy_protocol = true\nproxy_from = [\"127.0.0.1/32\"]\n\
+             [counters]\nurl = \"{}\"\ntimeout = \"20ms\"\n",
+            redis.url()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let registered = relay.command(&[
+        "registry",
+        "add",
+        "127.0.3.7",
+        "--admin",
+        "jdoe",
+        "--contact",
+        "jdoe@example.edu",
+        "--dept",
+        "Physics",
+        "--purpose",
+        "copier",
+    ]);
+    assert!(registered.status.success(), "{registered:?}");
+    let behind = relay.listening("behind-balancer");
+    (relay, behind)
+}
+
+#[tokio::test]
+async fn behind_haproxy_both_nodes_see_the_client_and_share_its_limit() {
+    let sink = Sink::start().await;
+    let redis = Redis::start().await;
+    let (a, a_behind) = campus_node(&sink, &redis).await;
+    let (b, b_behind) = campus_node(&sink, &redis).await;
+    let haproxy = Haproxy::start(a_behind, b_behind).await;
+    let printer: IpAddr = "127.0.3.7".parse().unwrap();
+    let stranger: IpAddr = "127.0.3.8".parse().unwrap();
+
+    // The registry decides by the client's address, which only the PROXY header carries
+    // (every connection reaches the nodes from 127.0.0.1, on campus but unregistered).
+    let outside = "someone@gmail.com";
+    assert_eq!(
+        send_from(stranger, haproxy.front, outside).await,
+        [250, 550]
+    );
+    assert_eq!(
+        send_from(printer, haproxy.front, outside).await,
+        [250, 250, 250]
+    );
+    assert_eq!(
+        send_from(printer, haproxy.front, outside).await,
+        [250, 250, 250]
+    );
+    // The limit holds across the nodes: the printer's fourth message, whichever node.
+    assert_eq!(
+        send_from(printer, haproxy.front, outside).await,
+        [250, 250, 250]
+    );
+    assert_eq!(send_from(printer, haproxy.front, outside).await, [451]);
+    assert_eq!(send_from(printer, haproxy.front, outside).await, [451]);
+    // Round robin: each node had some of them, and each saw the client itself.
+    for node in [&a, &b] {
+        node.wait_for_log("peer=127.0.3.7:").await;
+    }
+    // Three for outside, and each node's confirmation of its registration.
+    let arrived = sink.wait_for(5).await;
+    let relayed: Vec<_> = arrived
+        .iter()
+        .filter(|m| m.recipients == [outside])
+        .collect();
+    assert_eq!(relayed.len(), 3);
+    for message in relayed {
+        let text = String::from_utf8_lossy(&message.data);
+        let received = text.lines().find(|l| l.starts_with("Received:")).unwrap();
+        assert!(received.contains("[127.0.3.7]"), "{received}");
+    }
 }
