@@ -292,3 +292,69 @@ async fn behind_haproxy_both_nodes_see_the_client_and_share_its_limit() {
         assert!(received.contains("[127.0.3.7]"), "{received}");
     }
 }
+
+/// A node with a submission listener, AUTH failures counted in `redis`, and the user jdoe.
+async fn submission_node(sink: &Sink, redis: &Redis) -> (Relay, SocketAddr) {
+    let relay = Relay::start_with(RelayOptions {
+        smarthost: Some(sink.addr),
+        extra: format!(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\nkind = \"submission\"\n\
+             [auth]\nmax_failures = 3\nfailure_delay = \"10ms\"\n\
+             [counters]\nurl = \"{}\"\ntimeout = \"20ms\"\n",
+            redis.url()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let added = relay.command_with_input(&["user", "add", "jdoe"], "correct horse\n");
+    assert!(added.status.success(), "{added:?}");
+    let submission = relay.listening("submission");
+    (relay, submission)
+}
+
+/// One AUTH PLAIN attempt from 127.0.7.7 at each `(node, password)`: what each got.
+async fn logins(attempts: &[(SocketAddr, &str)]) -> Vec<String> {
+    let attempts: Vec<String> = attempts
+        .iter()
+        .map(|(node, password)| {
+            format!(
+                "(({:?}, {}), {password:?})",
+                node.ip().to_string(),
+                node.port()
+            )
+        })
+        .collect();
+    let said = crate::support::python(&format!(
+        "for addr, password in [{}]:\n\
+         \x20   s = smtplib.SMTP(*addr, source_address=('127.0.7.7', 0))\n\
+         \x20   s.starttls(context=ctx)\n\
+         \x20   s.ehlo()\n\
+         \x20   s.esmtp_features['auth'] = 'PLAIN'\n\
+         \x20   try:\n\
+         \x20       print(s.login('jdoe', password)[0])\n\
+         \x20   except smtplib.SMTPAuthenticationError as e:\n\
+         \x20       print(e.smtp_code)\n",
+        attempts.join(", ")
+    ))
+    .await;
+    said.lines().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn an_auth_lockout_holds_across_both_nodes() {
+    let sink = Sink::start().await;
+    let redis = Redis::start().await;
+    let (_a, a) = submission_node(&sink, &redis).await;
+    let (_b, b) = submission_node(&sink, &redis).await;
+    // Three guesses, spread over the nodes; then even the right password is refused at
+    // either node, from that address.
+    let said = logins(&[
+        (a, "guess 1"),
+        (b, "guess 2"),
+        (a, "guess 3"),
+        (b, "correct horse"),
+        (a, "correct horse"),
+    ])
+    .await;
+    assert_eq!(said, ["535", "535", "535", "454", "454"]);
+}

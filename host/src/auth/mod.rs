@@ -19,9 +19,10 @@
 //! so far (at most [`MAX_DELAY_STEPS`] times). At most one check per core runs at once.
 //! Passwords are never logged, nor the names tried (people type passwords into them).
 
+mod shared;
 pub mod users;
 
-use crate::config::{AuthConfig, Config};
+use crate::config::{AuthConfig, Config, OnUnavailable};
 use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -56,6 +57,14 @@ pub struct Auth {
     /// client cannot choose a name whose count is another user's.
     names: RandomState,
     checking: Arc<tokio::sync::Semaphore>,
+    /// The failures in Redis, shared by the nodes (`[counters] url`); else in `failures`.
+    shared: Option<shared::SharedFailures>,
+}
+
+/// Where an attempt was counted, to settle it there.
+enum Place {
+    Memory(Attempt),
+    Shared,
 }
 
 /// Failed attempts by client address, and by user name tried at each address.
@@ -182,6 +191,7 @@ impl Auth {
             checking: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            shared: shared::SharedFailures::open(&config.counters)?,
         })
     }
 
@@ -194,16 +204,15 @@ impl Auth {
     /// [`Auth::check`] for a user with `role` (the portal's postmasters), counted in the
     /// same failures: a guesser gains nothing by moving from SMTP to the portal.
     pub fn check_as(&self, ip: IpAddr, user: &str, password: &str, role: users::Role) -> Outcome {
-        let attempt = self.attempt(ip, user);
         // Counted before the check, so that attempts made in parallel from one address
         // cannot each slip in under the limits.
-        let counts = match self.count_attempt(attempt, Instant::now()) {
-            Ok(counts) => counts,
-            Err(lockout) => return Outcome::Locked(lockout),
+        let (place, counts) = match self.count_anywhere(ip, user) {
+            Ok(counted) => counted,
+            Err(outcome) => return outcome,
         };
         match self.users.verify_as(user, password, role) {
             Ok(true) => {
-                self.settle(attempt, Settled::Success);
+                self.settle_at(place, ip, user, Settled::Success);
                 Outcome::Authenticated
             }
             Ok(false) => Outcome::Failed {
@@ -213,9 +222,45 @@ impl Auth {
             },
             Err(e) => {
                 tracing::error!(target: "sluice::auth", "users: {e:#}");
-                self.settle(attempt, Settled::Unchecked);
+                self.settle_at(place, ip, user, Settled::Unchecked);
                 Outcome::Unavailable
             }
+        }
+    }
+
+    /// Counts an attempt where the failures are kept: in Redis when configured and
+    /// reachable; else, as `on_unavailable` says, in memory or not at all (454).
+    fn count_anywhere(&self, ip: IpAddr, user: &str) -> Result<(Place, Counts), Outcome> {
+        let config = self.config.load();
+        if let Some(shared) = &self.shared {
+            let limits = shared::Limits {
+                max: config.max_failures,
+                address_max: config.max_failures.saturating_mul(USERS_PER_ADDRESS),
+                window: config.failure_window,
+            };
+            match shared.count(key(ip), user, &limits) {
+                Ok(counted) => {
+                    return counted
+                        .map(|counts| (Place::Shared, counts))
+                        .map_err(Outcome::Locked);
+                }
+                Err(()) if shared.on_unavailable == OnUnavailable::Tempfail => {
+                    return Err(Outcome::Unavailable);
+                }
+                Err(()) => {}
+            }
+        }
+        let attempt = self.attempt(ip, user);
+        self.count_attempt(attempt, Instant::now())
+            .map(|counts| (Place::Memory(attempt), counts))
+            .map_err(Outcome::Locked)
+    }
+
+    fn settle_at(&self, place: Place, ip: IpAddr, user: &str, settled: Settled) {
+        match (place, &self.shared) {
+            (Place::Memory(attempt), _) => self.settle(attempt, settled),
+            (Place::Shared, Some(shared)) => shared.settle(key(ip), user, settled),
+            (Place::Shared, None) => {}
         }
     }
 
