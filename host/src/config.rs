@@ -760,6 +760,16 @@ pub enum OnUnavailable {
     Tempfail,
 }
 
+impl OnUnavailable {
+    /// As written in the configuration (and the metrics' `then` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnavailable::Local => "local",
+            OnUnavailable::Tempfail => "tempfail",
+        }
+    }
+}
+
 /// The registration portal (see `web`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -9,24 +9,25 @@ use crate::support::{Conn, PATIENCE, Relay, Sink, free_port};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 
-/// rate-limit (three messages a client an hour), then networks.
-const LIMITED: &str = r#"
+/// rate-limit: three messages a client an hour.
+const RATE_LIMIT: &str = r#"
 [[policy]]
 name = "rate-limit"
 module = "builtin:rate-limit"
 [policy.config]
 max_messages = 3
 max_recipients = 100
-
-[[policy]]
-name = "networks"
-module = "builtin:networks"
 "#;
+
+/// rate-limit, then networks.
+fn limited() -> String {
+    format!("{RATE_LIMIT}\n[[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n")
+}
 
 async fn node(sink: &Sink, redis: &Redis, on_unavailable: &str) -> Relay {
     Relay::start_with(RelayOptions {
         smarthost: Some(sink.addr),
-        policies: Some(LIMITED.into()),
+        policies: Some(limited()),
         extra: format!(
             "[counters]\nurl = \"{}\"\non_unavailable = \"{on_unavailable}\"\ntimeout = \"20ms\"\n",
             redis.url()
@@ -196,26 +197,14 @@ impl Drop for Haproxy {
     }
 }
 
-/// rate-limit (three messages a client an hour), then campus-access (the campus is
-/// 127.0.0.0/16; registered machines relay anywhere, others only inside).
-const CAMPUS_LIMITED: &str = r#"
-[[policy]]
-name = "rate-limit"
-module = "builtin:rate-limit"
-[policy.config]
-max_messages = 3
-max_recipients = 100
-"#;
-
 /// A node with a listener behind the balancer (PROXY v2 from 127.0.0.1 only), counting in
 /// `redis`, with 127.0.3.7 registered.
 async fn campus_node(sink: &Sink, redis: &Redis) -> (Relay, SocketAddr) {
     let relay = Relay::start_with(RelayOptions {
         smarthost: Some(sink.addr),
-        policies: Some(format!(
-            "{CAMPUS_LIMITED}\n{}",
-            crate::registry::CAMPUS_CHAIN
-        )),
+        // rate-limit, then campus-access (the campus is 127.0.0.0/16; registered machines
+        // relay anywhere, others only inside).
+        policies: Some(format!("{RATE_LIMIT}\n{}", crate::registry::CAMPUS_CHAIN)),
         extra: format!(
             "[[listener]]\naddr = \"127.0.0.1:0\"\nname = \"behind-balancer\"\n\
              proxy_protocol = true\nproxy_from = [\"127.0.0.1/32\"]\n\

@@ -167,10 +167,7 @@ impl SharedFailures {
             }
             Err(e) => {
                 *connection = None;
-                let then = match self.on_unavailable {
-                    OnUnavailable::Local => "local",
-                    OnUnavailable::Tempfail => "tempfail",
-                };
+                let then = self.on_unavailable.as_str();
                 crate::metrics::metrics().counters_unavailable(then);
                 if !self.down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(target: "sluice::auth", on_unavailable = then, "auth: Redis is unavailable ({e}); failures are {}", match self.on_unavailable {

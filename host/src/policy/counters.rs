@@ -104,10 +104,7 @@ impl Counters {
                 Ok(count)
             }
             Err(e) => {
-                let then = match shared.on_unavailable {
-                    OnUnavailable::Local => "local",
-                    OnUnavailable::Tempfail => "tempfail",
-                };
+                let then = shared.on_unavailable.as_str();
                 crate::metrics::metrics().counters_unavailable(then);
                 if !shared.down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(target: "sluice::counters", on_unavailable = then, "counters: Redis is unavailable ({e}); until it is back, {}", match shared.on_unavailable {
