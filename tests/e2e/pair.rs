@@ -92,6 +92,12 @@ async fn without_redis_local_counts_per_node_and_shares_again_when_it_is_back() 
     }
     assert_eq!(send(a.addr).await, [451]);
     a.wait_for_log("counters: Redis is unavailable").await;
+    let status = a.command(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("UNAVAILABLE since") && status.contains("counting in this node's memory"),
+        "{status}"
+    );
 
     // Back (and empty): counted there again.
     redis.restart().await;
@@ -105,6 +111,12 @@ async fn without_redis_local_counts_per_node_and_shares_again_when_it_is_back() 
         send(a.addr).await;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    let status = a.command(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!("counters: {} (up)", redis.url())),
+        "{status}"
+    );
 }
 
 #[tokio::test]

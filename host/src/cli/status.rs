@@ -78,6 +78,9 @@ pub fn status(config: &Config) -> ExitCode {
             error.message
         );
     }
+    if let Some(counters) = &status.counters {
+        println!("counters: {counters}");
+    }
     if let Some(error) = &status.configuration_error {
         println!(
             "CONFIGURATION NOT RELOADED: {error} (the relay runs on the configuration it had)"

@@ -16,7 +16,7 @@ use crate::config::{CountersConfig, OnUnavailable};
 use sluice_mail::counter::{self, Counter};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Adds to the current window's key (when asked to) and reads both windows' counts.
@@ -43,12 +43,15 @@ pub struct Counters {
 
 /// The counters in Redis.
 struct Shared {
+    /// As configured, for `sluice status`.
+    url: String,
     redis: redis::aio::ConnectionManager,
     script: redis::Script,
     on_unavailable: OnUnavailable,
     timeout: Duration,
-    /// Whether the last round trip failed: the change is logged, not every call.
-    down: AtomicBool,
+    /// Since when (Unix seconds) round trips have failed; 0 while they succeed. The
+    /// change is logged, not every call.
+    down_since: AtomicU64,
 }
 
 /// The shared counters could not be reached, and `on_unavailable = "tempfail"`.
@@ -74,13 +77,33 @@ impl Counters {
         Ok(Counters {
             local: LocalCounters::default(),
             shared: Some(Shared {
+                url: url.clone(),
                 redis,
                 script: redis::Script::new(COUNT_SCRIPT),
                 on_unavailable: config.on_unavailable,
                 timeout: config.timeout,
-                down: AtomicBool::new(false),
+                down_since: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Where the counters are, and whether they can be reached now (`sluice status`).
+    pub fn describe(&self) -> String {
+        let Some(shared) = &self.shared else {
+            return "in this node's memory".into();
+        };
+        match shared.down_since.load(Ordering::Relaxed) {
+            0 => format!("{} (up)", shared.url),
+            since => format!(
+                "{} UNAVAILABLE since {}: {}",
+                shared.url,
+                crate::registry::notice::date_as(since, "%Y-%m-%d %H:%M:%S UTC"),
+                match shared.on_unavailable {
+                    OnUnavailable::Local => "counting in this node's memory",
+                    OnUnavailable::Tempfail => "refusing what a module would count (451)",
+                }
+            ),
+        }
     }
 
     /// Adds `add` (0 or 1) to the counter `key` of `module` and returns the count over the
@@ -98,7 +121,7 @@ impl Counters {
         };
         match shared.count(module, key, window_secs, add, now_ms).await {
             Ok(count) => {
-                if shared.down.swap(false, Ordering::Relaxed) {
+                if shared.down_since.swap(0, Ordering::Relaxed) != 0 {
                     tracing::warn!(target: "sluice::counters", "counters: Redis is back; counting there again");
                 }
                 Ok(count)
@@ -106,7 +129,16 @@ impl Counters {
             Err(e) => {
                 let then = shared.on_unavailable.as_str();
                 crate::metrics::metrics().counters_unavailable(then);
-                if !shared.down.swap(true, Ordering::Relaxed) {
+                if shared
+                    .down_since
+                    .compare_exchange(
+                        0,
+                        crate::queue::now().max(1),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
                     tracing::warn!(target: "sluice::counters", on_unavailable = then, "counters: Redis is unavailable ({e}); until it is back, {}", match shared.on_unavailable {
                         OnUnavailable::Local => "counting in this node's memory",
                         OnUnavailable::Tempfail => "mail that a module counts is refused with 451",

@@ -66,6 +66,9 @@ pub struct Status {
     /// older than the file), until one is taken up. Set by the control socket.
     #[serde(default)]
     pub configuration_error: Option<String>,
+    /// Where the policies' counters are kept, and whether that is reachable now.
+    #[serde(default)]
+    pub counters: Option<String>,
 }
 
 impl Reloader {
@@ -143,6 +146,7 @@ impl Reloader {
             last_reload: history.last_reload,
             last_error: history.last_error,
             configuration_error: None,
+            counters: Some(self.engine.counters().describe()),
         }
     }
 }
