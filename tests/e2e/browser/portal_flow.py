@@ -67,11 +67,10 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"
@@ -272,8 +271,20 @@ class Flow:
         """Clicks a link or submit button and waits for the next page to be there."""
         page = self.driver.find_element(By.TAG_NAME, "html")
         element.click()
+
+        def replaced(_):
+            # The old page's root is gone once the new page is there. Chromium sometimes
+            # says so with a bare "Node ... does not belong to the document" error rather
+            # than a stale-element one (StaleElementReferenceException is a
+            # WebDriverException too).
+            try:
+                page.is_enabled()
+                return False
+            except WebDriverException:
+                return True
+
         try:
-            WebDriverWait(self.driver, self.wait_seconds).until(EC.staleness_of(page))
+            WebDriverWait(self.driver, self.wait_seconds).until(replaced)
         except TimeoutException:
             raise FlowError(
                 f"clicking {element.tag_name}#{element.get_attribute('id')} on "
