@@ -34,3 +34,26 @@ wait_port() {
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done
   echo "nothing listens on 127.0.0.1:$1" >&2; return 1
 }
+
+# How many messages the sink behind $1 (its output file) has received. `smtp-sink -c`
+# rewrites a "sess=N quit=N mesg=N" counter line ending in \r after every message.
+sink_count() {
+  local n
+  n=$(tail -c 200 "$1" | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -n 1 | cut -d= -f2) || true
+  echo "${n:-0}"
+}
+
+# Writes the campus chain (examples/campus/policies.toml) into the policies directory $1,
+# with the sender and internal domains set to the benchmark's and the rate limits above
+# the load.
+campus_chain() {
+  mkdir -p "$1"
+  sed -e 's/^domains = \["example.edu"\]/domains = ["bench.test"]/' \
+      -e 's/^internal_domains = \["example.edu"\]/internal_domains = ["example.org"]/' \
+      -e 's/^max_messages = .*/max_messages = 100000000/' \
+      -e 's/^max_recipients = .*/max_recipients = 100000000/' \
+      examples/campus/policies.toml > "$1/policies.toml"
+  grep -q 'domains = \["bench.test"\]' "$1/policies.toml" &&
+    grep -q 'internal_domains = \["example.org"\]' "$1/policies.toml" || {
+    echo "examples/campus/policies.toml changed: adapt the campus chain's sed lines" >&2; exit 1; }
+}

@@ -39,22 +39,6 @@ trap cleanup EXIT
 base=$((20000 + RANDOM % 10000))
 sink_port=$base redis_port=$((base + 1)) front_port=$((base + 2))
 
-sink_count() {
-  local n
-  n=$(tail -c 200 "$1" | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -n 1 | cut -d= -f2) || true
-  echo "${n:-0}"
-}
-
-# The campus chain, adapted to the benchmark's addresses as bench/throughput.sh does.
-campus_chain() {
-  mkdir -p "$1"
-  sed -e 's/^domains = \["example.edu"\]/domains = ["bench.test"]/' \
-      -e 's/^internal_domains = \["example.edu"\]/internal_domains = ["example.org"]/' \
-      -e 's/^max_messages = .*/max_messages = 100000000/' \
-      -e 's/^max_recipients = .*/max_recipients = 100000000/' \
-      examples/campus/policies.toml > "$1/policies.toml"
-}
-
 # Starts a node named $1 listening on $2 (plain) and $3 (PROXY v2 from loopback), with
 # $4 more TOML; its log is $work/$1.log.
 start_node() {

@@ -60,14 +60,6 @@ trap cleanup EXIT
 relay_port=$((20000 + RANDOM % 10000))
 sink_port=$((relay_port + 1)) pf_port=$((relay_port + 2)) pf_sink_port=$((relay_port + 3))
 
-# How many messages the sink behind $1 (its output file) has received. `smtp-sink -c`
-# rewrites a "sess=N quit=N mesg=N" counter line ending in \r after every message.
-sink_count() {
-  local n
-  n=$(tail -c 200 "$1" | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -n 1 | cut -d= -f2) || true
-  echo "${n:-0}"
-}
-
 # Sends the load to 127.0.0.1:$1 and waits until the sink whose output is $2 has all of
 # it; sets t_start, t_sent, t_done. $3 is the relay's log, shown if mail goes missing.
 # End-to-end is judged by the sink's count for both relays, not by their queues being
@@ -107,17 +99,7 @@ wait "$ceiling_pid" 2>/dev/null || true
 
 # --- Sluice -------------------------------------------------------------------------
 relay_config "$work/sluice.toml" "$relay_port" "$sink_port" "$work" 'retry_intervals = ["1s"]'
-if [ "$CHAIN" = campus ]; then
-  mkdir -p "$work/policies.d"
-  sed -e 's/^domains = \["example.edu"\]/domains = ["bench.test"]/' \
-      -e 's/^internal_domains = \["example.edu"\]/internal_domains = ["example.org"]/' \
-      -e 's/^max_messages = .*/max_messages = 100000000/' \
-      -e 's/^max_recipients = .*/max_recipients = 100000000/' \
-      examples/campus/policies.toml > "$work/policies.d/policies.toml"
-  grep -q 'domains = \["bench.test"\]' "$work/policies.d/policies.toml" &&
-    grep -q 'internal_domains = \["example.org"\]' "$work/policies.d/policies.toml" || {
-    echo "examples/campus/policies.toml changed: adapt the campus chain's sed lines" >&2; exit 1; }
-fi
+if [ "$CHAIN" = campus ]; then campus_chain "$work/policies.d"; fi
 
 smtp-sink -c -u root "127.0.0.1:$sink_port" 1000 > "$work/sink.out" 2>&1 &
 sink_pid=$!
