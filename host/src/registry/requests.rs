@@ -330,13 +330,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = crate::queue::now() as i64;
-        let open = open_request_for(&tx, &form.network, None)?;
-        if let Some(id) = open {
-            refuse!(
-                "{} has a request under review already (#{id})",
-                display(&form.network)
-            );
-        }
+        no_open_request_for(&tx, &form.network, None)?;
         tx.execute(
             "INSERT INTO requests (network, hostname, department, admin, contact, purpose, volume,
                  senders, requester, state, note, created_at, updated_at)
@@ -366,12 +360,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(other) = open_request_for(&tx, &form.network, Some(id))? {
-            refuse!(
-                "{} has a request under review already (#{other})",
-                display(&form.network)
-            );
-        }
+        no_open_request_for(&tx, &form.network, Some(id))?;
         let changed = tx.execute(
             "UPDATE requests SET network = ?2, hostname = ?3, department = ?4, admin = ?5,
                  contact = ?6, purpose = ?7, volume = ?8, senders = ?9, state = 'pending',
@@ -572,19 +561,28 @@ fn required(text: &str, what: &str, max: usize) -> anyhow::Result<String> {
     }
 }
 
-/// An open request for `network` other than `except`.
-fn open_request_for(
+/// Refuses when a request for `network` other than `except` is under review: one open
+/// request an address.
+fn no_open_request_for(
     tx: &rusqlite::Transaction<'_>,
     network: &IpNet,
     except: Option<i64>,
-) -> rusqlite::Result<Option<i64>> {
-    tx.query_row(
-        "SELECT id FROM requests WHERE network = ?1 AND id IS NOT ?2
-             AND state IN ('pending', 'needs information')",
-        params![network.to_string(), except],
-        |row| row.get(0),
-    )
-    .optional()
+) -> anyhow::Result<()> {
+    let open: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM requests WHERE network = ?1 AND id IS NOT ?2
+                 AND state IN ('pending', 'needs information')",
+            params![network.to_string(), except],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(id) = open {
+        refuse!(
+            "{} has a request under review already (#{id})",
+            display(network)
+        );
+    }
+    Ok(())
 }
 
 const SELECT: &str = "SELECT id, network, hostname, department, admin, contact, purpose, volume,
