@@ -670,12 +670,16 @@ impl Default for PoliciesConfig {
     }
 }
 
-/// The embedded store: the relay registry and the users of the submission listeners.
+/// The store: the relay registry and its requests, the users, the portal's sign-ins and
+/// tokens (see `store`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// An SQLite database (default: `sluice.db` in the spool directory).
     pub db: Option<PathBuf>,
+    /// A PostgreSQL database the nodes of a relay share (`postgres://USER@HOST/DB`),
+    /// instead of `db`.
+    pub url: Option<String>,
 }
 
 /// The relay registry: the client addresses registered to relay (see `registry`).
@@ -1048,6 +1052,14 @@ impl Config {
         }
         if self.registry.check_interval < Duration::from_millis(100) {
             return invalid("registry.check_interval", "must be at least 100ms".into());
+        }
+        if let Some(url) = &self.store.url {
+            if self.store.db.is_some() {
+                return invalid("store.url", "one store: db or url, not both".into());
+            }
+            if let Err(e) = url.parse::<postgres::Config>() {
+                return invalid("store.url", format!("not a PostgreSQL URL: {e}"));
+            }
         }
         if let Some(url) = &self.counters.url
             && !url.starts_with("redis://")

@@ -61,3 +61,7 @@ mod store;
 mod systemd;
 mod tls;
 mod web;
+
+/// A private PostgreSQL server for the end-to-end tests (see `store::postgres::testing`).
+#[doc(hidden)]
+pub use store::postgres::testing as postgres_testing;

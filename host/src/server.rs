@@ -13,6 +13,7 @@ use crate::queue::{Queue, Schedule, Spool, runner};
 use crate::registry::Registry;
 use crate::reloadable::Reloadable;
 use crate::smtp::{ServerContext, listener};
+use crate::store::Location;
 use crate::systemd;
 use crate::tls::Certificates;
 use crate::web;
@@ -40,12 +41,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     // (bounces, registry notices).
     let dkim = Arc::new(Dkim::new(config.dkim.as_ref())?);
     let registry = Arc::new(
-        Registry::open(&config)
-            .with_context(|| format!("store.db {}", config.store_db().display()))?,
+        Registry::open(&config).with_context(|| format!("store {}", Location::of(&config)))?,
     );
-    let auth = Arc::new(
-        Auth::open(&config).with_context(|| format!("store.db {}", config.store_db().display()))?,
-    );
+    let auth =
+        Arc::new(Auth::open(&config).with_context(|| format!("store {}", Location::of(&config)))?);
     let (chain, reloader) = start_policies(&config, &registry).await?;
     let admin = admin::bind(&config.admin_socket())?;
     // Watching starts before the relay listens, so no change made after that is missed.

@@ -107,6 +107,7 @@ impl Controls {
             Request::Status => {
                 let mut status = self.reloader.status();
                 status.configuration_error = self.reloadable.failed();
+                status.store = Some(self.registry.describe_store());
                 Answer::Status(status)
             }
             Request::Reload => self.reload().await,

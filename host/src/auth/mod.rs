@@ -184,7 +184,7 @@ impl Auth {
     /// Opens the users table of the configured store.
     pub fn open(config: &Config) -> anyhow::Result<Auth> {
         Ok(Auth {
-            users: Users::open(&config.store_db())?,
+            users: Users::open(&crate::store::Location::of(config))?,
             config: ArcSwap::from_pointee(config.auth.clone()),
             failures: Mutex::default(),
             names: RandomState::new(),

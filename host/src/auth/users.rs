@@ -1,11 +1,10 @@
 //! The users of the submission listeners: names and argon2 password hashes, in the
 //! embedded store (see [`crate::store`]), managed with `sluice user add|remove|list|passwd`.
 
+use crate::store::{Db, Location, Sql, params};
 use anyhow::{Context, bail};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use rusqlite::{Connection, OptionalExtension, params};
-use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 const SCHEMA: &str = "
@@ -62,30 +61,25 @@ pub struct User {
 
 /// The users table.
 pub struct Users {
-    conn: Mutex<Connection>,
+    db: Mutex<Db>,
 }
 
 impl Users {
-    /// Opens the users in the store at `path`, creating the table if needed.
-    pub fn open(path: &Path) -> anyhow::Result<Users> {
-        let conn = crate::store::open(path)?;
-        conn.execute_batch(SCHEMA)
-            .with_context(|| format!("{}: creating the users table", path.display()))?;
+    /// Opens the users in the store at `location`, creating the table if needed.
+    pub fn open(location: &Location) -> anyhow::Result<Users> {
+        let mut db = Db::open(location)?;
+        db.create(SCHEMA)
+            .with_context(|| format!("{location}: creating the users table"))?;
         // A store made before users had roles: every user sent mail.
-        let has_role: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'role'")?
-            .exists([])?;
-        if !has_role {
-            conn.execute_batch("ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'sender'")
-                .with_context(|| format!("{}: adding roles to the users", path.display()))?;
+        if !db.has_column("users", "role")? {
+            db.create("ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'sender'")
+                .with_context(|| format!("{location}: adding roles to the users"))?;
         }
-        Ok(Users {
-            conn: Mutex::new(conn),
-        })
+        Ok(Users { db: Mutex::new(db) })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds a user; a name already taken is refused.
@@ -93,7 +87,7 @@ impl Users {
         check_name(name)?;
         let hash = hash(password)?;
         let now = crate::queue::now() as i64;
-        let added = self.conn().execute(
+        let added = self.db().execute(
             "INSERT INTO users (name, hash, created_at, changed_at, role) VALUES (?1, ?2, ?3, ?3, ?4)
              ON CONFLICT (name) DO NOTHING",
             params![name, hash, now, role.as_str()],
@@ -108,7 +102,7 @@ impl Users {
     pub fn set_password(&self, name: &str, password: &str) -> anyhow::Result<bool> {
         let hash = hash(password)?;
         let now = crate::queue::now() as i64;
-        Ok(self.conn().execute(
+        Ok(self.db().execute(
             "UPDATE users SET hash = ?2, changed_at = ?3 WHERE name = ?1",
             params![name, hash, now],
         )? > 0)
@@ -117,36 +111,39 @@ impl Users {
     /// Removes a user; false when there is no such user.
     pub fn remove(&self, name: &str) -> anyhow::Result<bool> {
         Ok(self
-            .conn()
-            .execute("DELETE FROM users WHERE name = ?1", [name])?
+            .db()
+            .execute("DELETE FROM users WHERE name = ?1", params![name])?
             > 0)
     }
 
     /// Every user, by name.
     pub fn list(&self) -> anyhow::Result<Vec<User>> {
-        let conn = self.conn();
-        let mut query =
-            conn.prepare("SELECT name, created_at, changed_at, role FROM users ORDER BY name")?;
-        let rows = query.query_map([], |row| {
-            Ok(User {
-                name: row.get(0)?,
-                role: Role::parse(&row.get::<_, String>(3)?),
-                created_at: row.get::<_, i64>(1)? as u64,
-                changed_at: row.get::<_, i64>(2)? as u64,
+        let rows = self.db().query(
+            "SELECT name, created_at, changed_at, role FROM users ORDER BY name",
+            &[],
+        )?;
+        rows.iter()
+            .map(|row| {
+                Ok(User {
+                    name: row.text(0)?,
+                    role: Role::parse(&row.text(3)?),
+                    created_at: row.time(1)?,
+                    changed_at: row.time(2)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
 
     /// The role of the user `name`, if there is one.
     pub fn role_of(&self, name: &str) -> anyhow::Result<Option<Role>> {
-        let role: Option<String> = self
-            .conn()
-            .query_row("SELECT role FROM users WHERE name = ?1", [name], |row| {
-                row.get(0)
-            })
-            .optional()?;
-        Ok(role.as_deref().map(Role::parse))
+        let row = self
+            .db()
+            .query_one("SELECT role FROM users WHERE name = ?1", params![name])?;
+        Ok(row
+            .map(|r| r.text(0))
+            .transpose()?
+            .as_deref()
+            .map(Role::parse))
     }
 
     /// Are these the credentials of a user who sends mail? See [`Users::verify_as`].
@@ -159,13 +156,13 @@ impl Users {
     /// which names do.
     pub fn verify_as(&self, name: &str, password: &str, role: Role) -> anyhow::Result<bool> {
         let stored: Option<String> = self
-            .conn()
-            .query_row(
+            .db()
+            .query_one(
                 "SELECT hash FROM users WHERE name = ?1 AND role = ?2",
-                [name, role.as_str()],
-                |row| row.get(0),
-            )
-            .optional()?;
+                params![name, role.as_str()],
+            )?
+            .map(|row| row.text(0))
+            .transpose()?;
         let hash = stored.as_deref().unwrap_or_else(|| unknown_user_hash());
         let matches = Argon2::default()
             .verify_password(password.as_bytes(), hash)
@@ -211,11 +208,12 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::on_each_engine;
 
-    #[test]
-    fn passwords_are_checked_against_their_hash_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let users = Users::open(&dir.path().join("sluice.db")).unwrap();
+    on_each_engine!(passwords_are_checked_against_their_hash_only);
+
+    fn passwords_are_checked_against_their_hash_only(location: &Location) {
+        let users = Users::open(location).unwrap();
         users.add("printer", "s3cret pass", Role::Sender).unwrap();
         assert!(users.add("printer", "other", Role::Sender).is_err());
         users.add("pm", "review pass", Role::Postmaster).unwrap();

@@ -45,12 +45,12 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
         "tls",
         Certificates::load(&config.tls, &config.hostname).and_then(|c| c.reload()),
     );
-    let db = config.store_db();
+    let location = crate::store::Location::of(&config);
     report(
         "store",
-        Store::open_existing(&db).map(|store| match store {
-            Some(_) => format!("{} opened", db.display()),
-            None => format!("{} is made at the first start", db.display()),
+        Store::open_existing(&location).map(|store| match store {
+            Some(_) => format!("{location} opened"),
+            None => format!("{location} is made at the first start"),
         }),
     );
     report(

@@ -77,7 +77,7 @@ pub fn add(config: &Config, new: NewRegistration) -> ExitCode {
 
 /// `sluice registry list`.
 pub fn list(config: &Config) -> ExitCode {
-    let table = match open_existing(config).and_then(|s| s.table()) {
+    let table = match open_existing(config).and_then(|mut s| s.table()) {
         Ok(table) => table,
         Err(e) => return fail(e),
     };
@@ -227,8 +227,8 @@ pub fn unblock(config: &Config, what: &str) -> ExitCode {
 /// The store, to change: each change is recorded in the history as this user's, from the
 /// command line.
 fn open(config: &Config) -> anyhow::Result<Store> {
-    let db = config.store_db();
-    let store = Store::open(&db).map_err(|e| e.context(format!("store {}", db.display())))?;
+    let location = crate::store::Location::of(config);
+    let store = Store::open(&location).map_err(|e| e.context(format!("store {location}")))?;
     Ok(store.acting_as(Actor {
         who: user_name(),
         origin: "command line".into(),

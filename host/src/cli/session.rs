@@ -38,9 +38,11 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut engine = PolicyEngine::new(1)?;
     // The registry as it stands, so a registered or blocked client is seen as such.
-    let db = config.store_db();
+    let location = crate::store::Location::of(&config);
     let store = tokio::task::spawn_blocking(move || {
-        Store::open_existing(&db)?.map(|s| s.table()).transpose()
+        Store::open_existing(&location)?
+            .map(|mut s| s.table())
+            .transpose()
     });
     if let Some(table) = store.await?? {
         engine = engine.with_registry(Arc::new(ArcSwap::from_pointee(table)));

@@ -78,6 +78,9 @@ pub fn status(config: &Config) -> ExitCode {
             error.message
         );
     }
+    if let Some(store) = &status.store {
+        println!("store: {store}");
+    }
     if let Some(counters) = &status.counters {
         println!("counters: {counters}");
     }

@@ -6,15 +6,16 @@ use super::user::done;
 use crate::config::Config;
 use crate::registry::notice::date_as;
 use crate::registry::store::Store;
+use crate::store::Location;
 use crate::web::accounts::Accounts;
 pub use crate::web::accounts::Role;
 use std::process::ExitCode;
 
 fn open(config: &Config) -> anyhow::Result<Accounts> {
-    let db = config.store_db();
+    let store = Location::of(config);
     // The registry's tables first: the portal's share the store with them.
-    Store::open(&db).map_err(|e| e.context(format!("store {}", db.display())))?;
-    Accounts::open(&db).map_err(|e| e.context(format!("store {}", db.display())))
+    Store::open(&store).map_err(|e| e.context(format!("store {store}")))?;
+    Accounts::open(&store).map_err(|e| e.context(format!("store {store}")))
 }
 
 /// `sluice token add NAME --role postmaster|department`: prints the secret.

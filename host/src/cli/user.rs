@@ -68,8 +68,8 @@ pub fn list(config: &Config) -> ExitCode {
 }
 
 fn open(config: &Config) -> anyhow::Result<Users> {
-    let db = config.store_db();
-    Users::open(&db).map_err(|e| e.context(format!("store {}", db.display())))
+    let store = crate::store::Location::of(config);
+    Users::open(&store).map_err(|e| e.context(format!("store {store}")))
 }
 
 /// The users of an existing store (see [`crate::store::existing`]).

@@ -111,6 +111,9 @@ pub struct Metrics {
     pub delivery_delay_seconds: Histogram,
     pub auth: Family<ResultLabels, Counter>,
     pub counters_unavailable: Family<FallbackLabels, Counter>,
+    /// PostgreSQL ([store] url): 1 while the node's listener is connected.
+    pub store_up: Gauge,
+    pub store_connections_lost: Counter,
     pub spool_sync_seconds: Histogram,
     pub spool_sync_batch: Histogram,
     /// Set when scraped (see [`http`]).
@@ -158,6 +161,8 @@ impl Metrics {
             delivery_delay_seconds: Histogram::new(exponential_buckets(0.01, 5.0, 12)),
             auth: Family::default(),
             counters_unavailable: Family::default(),
+            store_up: Gauge::default(),
+            store_connections_lost: Counter::default(),
             spool_sync_seconds: Histogram::new(exponential_buckets(0.000_05, 3.0, 10)),
             spool_sync_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             queue_messages: Family::default(),
@@ -244,6 +249,16 @@ impl Metrics {
             "counters_unavailable",
             "Policy counts made while Redis ([counters] url) was unavailable, by what was done instead",
             self.counters_unavailable.clone(),
+        );
+        r.register(
+            "store_up",
+            "1 while the shared store (PostgreSQL, [store] url) can be reached, 0 while the relay decides by its last copy of the registry",
+            self.store_up.clone(),
+        );
+        r.register(
+            "store_connections_lost",
+            "Times the shared store (PostgreSQL, [store] url) could no longer be reached",
+            self.store_connections_lost.clone(),
         );
         r.register_with_unit(
             "spool_sync_duration",

@@ -69,6 +69,10 @@ pub struct Status {
     /// Where the policies' counters are kept, and whether that is reachable now.
     #[serde(default)]
     pub counters: Option<String>,
+    /// Where the store is, and whether a shared one is reachable now. Set by the control
+    /// socket.
+    #[serde(default)]
+    pub store: Option<String>,
 }
 
 impl Reloader {
@@ -147,6 +151,7 @@ impl Reloader {
             last_error: history.last_error,
             configuration_error: None,
             counters: Some(self.engine.counters().describe()),
+            store: None,
         }
     }
 }

@@ -18,11 +18,14 @@ pub mod table;
 
 use crate::config::Config;
 use crate::queue::{self, Queue};
+use crate::store::Location;
+use crate::store::postgres::{Health, Listener};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use notice::{Notice, Wording};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::Store;
@@ -42,6 +45,14 @@ pub struct Registry {
     queued: Mutex<HashSet<i64>>,
     /// Messages accepted today, for the portal's overview.
     today: Mutex<Tally>,
+    /// Where the store is, for `sluice status`.
+    location: Location,
+    /// A shared store's announcements of changes made by any node (PostgreSQL).
+    listener: Option<Listener>,
+    /// Set by the listener: catch up now rather than at the next round.
+    announced: Arc<tokio::sync::Notify>,
+    /// When the table in use was read (Unix seconds).
+    read_at: AtomicU64,
 }
 
 /// Messages accepted on one day (UTC), by the registration that covered the client
@@ -77,13 +88,30 @@ impl Settings {
 }
 
 impl Registry {
-    /// Opens the registry database named by the configuration and loads the table.
+    /// Opens the registry database named by the configuration and loads the table; with a
+    /// shared store, starts listening for the changes other nodes make.
     pub fn open(config: &Config) -> anyhow::Result<Registry> {
-        let path = config.store_db();
-        let mut store = Store::open(&path)?;
+        let location = Location::of(config);
+        let mut store = Store::open(&location)?;
         store.changed()?;
         let table = store.table()?;
+        let announced = Arc::new(tokio::sync::Notify::new());
+        let listener = match &location {
+            Location::Postgres(url) => {
+                let announced = announced.clone();
+                Some(Listener::start(url, move || announced.notify_one())?)
+            }
+            Location::Sqlite(_) => {
+                // One node's own file: there whenever the relay is.
+                crate::metrics::metrics().store_up.set(1);
+                None
+            }
+        };
         Ok(Registry {
+            location,
+            listener,
+            announced,
+            read_at: AtomicU64::new(queue::now()),
             table: Arc::new(ArcSwap::from_pointee(table)),
             store: Mutex::new(store),
             uses: Mutex::default(),
@@ -165,7 +193,28 @@ impl Registry {
     pub async fn run(self: Arc<Self>, queue: Queue) {
         loop {
             let _ = self.catch_up(&queue).await;
-            tokio::time::sleep(self.settings.load().check_interval).await;
+            // Another node's change, announced by the shared store, is caught up at once.
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.load().check_interval) => {}
+                () = self.announced.notified() => {}
+            }
+        }
+    }
+
+    /// Where the store is and, for a shared one, whether it can be reached now (for
+    /// `sluice status`).
+    pub fn describe_store(&self) -> String {
+        match self.listener.as_ref().map(Listener::health) {
+            None | Some(Health::Up) => format!("{} (up)", self.location),
+            Some(Health::Unavailable { since, error }) => format!(
+                "{} UNAVAILABLE since {} ({error}): deciding by the registry as read at {}",
+                self.location,
+                humantime::format_rfc3339_seconds(since),
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH
+                        + Duration::from_secs(self.read_at.load(Ordering::Relaxed))
+                ),
+            ),
         }
     }
 
@@ -237,6 +286,7 @@ impl Registry {
                 "registry: table loaded"
             );
             self.table.store(Arc::new(table));
+            self.read_at.store(queue::now(), Ordering::Relaxed);
         }
         store.outbox()
     }
@@ -249,6 +299,28 @@ impl Registry {
         for (row, notice) in outbox {
             if self.queued().contains(&row) {
                 continue;
+            }
+            // Taken by this node, or left to the node that took it.
+            let registry = self.clone();
+            let claimed = tokio::task::spawn_blocking(move || {
+                registry
+                    .store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .claim(row, queue::now())
+            })
+            .await;
+            match claimed {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => continue,
+                Ok(Err(e)) => {
+                    tracing::error!(target: "sluice::registry", error = %format!("{e:#}"), "registry: cannot claim a notice to <{}>; trying again later", notice.recipient);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(target: "sluice::registry", "registry task failed: {e}");
+                    continue;
+                }
             }
             let settings = self.settings.load();
             let (envelope, message) =

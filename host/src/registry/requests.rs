@@ -16,8 +16,8 @@ use super::store::refuse;
 use super::store::{Store, insert_registration, queue_notice, read_table, record};
 use super::table::{Registration, Table, display, parse_network};
 use crate::smtp::valid_address;
+use crate::store::{Row, Sql, params};
 use ipnet::IpNet;
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sluice_mail::Address;
 
 pub(super) const SCHEMA: &str = "
@@ -326,95 +326,93 @@ pub enum Decision {
 impl Store {
     /// Records a new pending request from `requester`; its id.
     pub fn submit_request(&mut self, form: &Checked, requester: &str) -> anyhow::Result<i64> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = crate::queue::now() as i64;
-        no_open_request_for(&tx, &form.network, None)?;
-        tx.execute(
-            "INSERT INTO requests (network, hostname, department, admin, contact, purpose, volume,
-                 senders, requester, state, note, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', '', ?10, ?10)",
-            params![
-                form.network.to_string(),
-                form.hostname,
-                form.department,
-                form.admin,
-                form.contact,
-                form.purpose,
-                form.volume,
-                form.senders.join("\n"),
-                requester,
-                now
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
-        let detail = format!("request #{id}: {}, {}", form.hostname, form.department);
-        record(&tx, &self.actor, "request", &form.network, &detail)?;
-        tx.commit()?;
-        Ok(id)
+        let actor = &self.actor;
+        self.db.write(|tx| {
+            let now = crate::queue::now() as i64;
+            no_open_request_for(tx, &form.network, None)?;
+            let inserted = tx.query_one(
+                "INSERT INTO requests (network, hostname, department, admin, contact, purpose,
+                     volume, senders, requester, state, note, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', '', ?10, ?10)
+                 RETURNING id",
+                params![
+                    form.network.to_string(),
+                    &form.hostname,
+                    &form.department,
+                    &form.admin,
+                    &form.contact,
+                    &form.purpose,
+                    &form.volume,
+                    form.senders.join("\n"),
+                    requester,
+                    now
+                ],
+            )?;
+            let id = inserted
+                .ok_or_else(|| anyhow::anyhow!("the new request has no id"))?
+                .int(0)?;
+            let detail = format!("request #{id}: {}, {}", form.hostname, form.department);
+            record(tx, actor, "request", &form.network, &detail)?;
+            Ok(id)
+        })
     }
 
     /// The requester's answer to a question: the request as changed, pending again.
     pub fn resubmit_request(&mut self, id: i64, form: &Checked) -> anyhow::Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        no_open_request_for(&tx, &form.network, Some(id))?;
-        let changed = tx.execute(
-            "UPDATE requests SET network = ?2, hostname = ?3, department = ?4, admin = ?5,
-                 contact = ?6, purpose = ?7, volume = ?8, senders = ?9, state = 'pending',
-                 updated_at = ?10
-             WHERE id = ?1 AND state = 'needs information'",
-            params![
-                id,
-                form.network.to_string(),
-                form.hostname,
-                form.department,
-                form.admin,
-                form.contact,
-                form.purpose,
-                form.volume,
-                form.senders.join("\n"),
-                crate::queue::now() as i64
-            ],
-        )?;
-        if changed == 0 {
-            refuse!("request #{id} is not waiting for an answer");
-        }
-        record(
-            &tx,
-            &self.actor,
-            "answer",
-            &form.network,
-            &format!("request #{id}"),
-        )?;
-        tx.commit()?;
-        Ok(())
+        let actor = &self.actor;
+        self.db.write(|tx| {
+            no_open_request_for(tx, &form.network, Some(id))?;
+            let changed = tx.execute(
+                "UPDATE requests SET network = ?2, hostname = ?3, department = ?4, admin = ?5,
+                     contact = ?6, purpose = ?7, volume = ?8, senders = ?9, state = 'pending',
+                     updated_at = ?10
+                 WHERE id = ?1 AND state = 'needs information'",
+                params![
+                    id,
+                    form.network.to_string(),
+                    &form.hostname,
+                    &form.department,
+                    &form.admin,
+                    &form.contact,
+                    &form.purpose,
+                    &form.volume,
+                    form.senders.join("\n"),
+                    crate::queue::now() as i64
+                ],
+            )?;
+            if changed == 0 {
+                refuse!("request #{id} is not waiting for an answer");
+            }
+            record(
+                tx,
+                actor,
+                "answer",
+                &form.network,
+                &format!("request #{id}"),
+            )
+        })
     }
 
     /// One request.
-    pub fn request(&self, id: i64) -> anyhow::Result<Option<Request>> {
-        Ok(self
-            .conn
-            .query_row(&format!("{SELECT} WHERE id = ?1"), [id], |row| {
-                Ok(request_of(row))
-            })
-            .optional()?
-            .flatten())
+    pub fn request(&mut self, id: i64) -> anyhow::Result<Option<Request>> {
+        request_by_id(&mut self.db, id)
     }
 
     /// Requests, newest first: `requester`'s, or everyone's; only open ones if `open`.
-    pub fn requests(&self, requester: Option<&str>, open: bool) -> anyhow::Result<Vec<Request>> {
-        let mut query = self.conn.prepare(&format!(
-            "{SELECT} WHERE (?1 IS NULL OR requester = ?1)
-                 AND (?2 = 0 OR state IN ('pending', 'needs information'))
-             ORDER BY id DESC"
-        ))?;
-        let rows = query.query_map(params![requester, open], |row| Ok(request_of(row)))?;
-        Ok(rows
-            .filter_map(Result::transpose)
-            .collect::<Result<_, _>>()?)
+    pub fn requests(
+        &mut self,
+        requester: Option<&str>,
+        open: bool,
+    ) -> anyhow::Result<Vec<Request>> {
+        let rows = self.db.query(
+            &format!(
+                "{SELECT} WHERE (CAST(?1 AS TEXT) IS NULL OR requester = ?1)
+                     AND (?2 = 0 OR state IN ('pending', 'needs information'))
+                 ORDER BY id DESC"
+            ),
+            params![requester, i64::from(open)],
+        )?;
+        Ok(rows.iter().filter_map(request_of).collect())
     }
 
     /// Carries out the postmaster's decision on an open request, with its mail: the
@@ -426,69 +424,62 @@ impl Store {
         space: &Space,
         wording: &Wording<'_>,
     ) -> anyhow::Result<Request> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Read under the write lock: nothing overlapping can be registered in between.
-        let table = read_table(&tx)?;
-        let request = tx
-            .query_row(&format!("{SELECT} WHERE id = ?1"), [id], |row| {
-                Ok(request_of(row))
-            })
-            .optional()?
-            .flatten();
-        let Some(mut request) = request else {
-            refuse!("no request #{id}");
-        };
-        if request.state != State::Pending {
-            refuse!("request #{id} is {}, not pending", request.state.as_str());
-        }
-        let now = crate::queue::now();
-        let (state, note, action) = match decision {
-            Decision::Approve => {
-                // The rules as they stand now, not as they stood when it was asked.
-                if let Err(rule) = check_network(&request.network, &table, space) {
-                    refuse!("{rule}");
+        let actor = &self.actor;
+        self.db.write(|tx| {
+            // Read under the write lock: nothing overlapping can be registered in between.
+            let table = read_table(tx)?;
+            let Some(mut request) = request_by_id(tx, id)? else {
+                refuse!("no request #{id}");
+            };
+            if request.state != State::Pending {
+                refuse!("request #{id} is {}, not pending", request.state.as_str());
+            }
+            let now = crate::queue::now();
+            let (state, note, action) = match decision {
+                Decision::Approve => {
+                    // The rules as they stand now, not as they stood when it was asked.
+                    if let Err(rule) = check_network(&request.network, &table, space) {
+                        refuse!("{rule}");
+                    }
+                    let registration = Registration {
+                        network: request.network,
+                        admin: request.admin.clone(),
+                        contact: request.contact.clone(),
+                        department: request.department.clone(),
+                        purpose: format!("{} ({})", request.purpose, request.hostname),
+                        registered_at: now,
+                        last_relayed_at: None,
+                    };
+                    let confirmation = notice::confirmation(&registration, wording);
+                    insert_registration(tx, actor, &registration, &confirmation)?;
+                    (State::Approved, String::new(), "approve")
                 }
-                let registration = Registration {
-                    network: request.network,
-                    admin: request.admin.clone(),
-                    contact: request.contact.clone(),
-                    department: request.department.clone(),
-                    purpose: format!("{} ({})", request.purpose, request.hostname),
-                    registered_at: now,
-                    last_relayed_at: None,
-                };
-                let confirmation = notice::confirmation(&registration, wording);
-                insert_registration(&tx, &self.actor, &registration, &confirmation)?;
-                (State::Approved, String::new(), "approve")
-            }
-            Decision::Deny { reason } => {
-                let reason = required(reason, "the reason", MAX_PURPOSE)?;
-                queue_notice(&tx, &notice::denied(&request, &reason, wording))?;
-                (State::Denied, reason, "deny")
-            }
-            Decision::Ask { question } => {
-                let question = required(question, "the question", MAX_PURPOSE)?;
-                queue_notice(&tx, &notice::question(&request, &question, wording))?;
-                (State::NeedsInformation, question, "ask")
-            }
-        };
-        tx.execute(
-            "UPDATE requests SET state = ?2, note = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, state.as_str(), note, now as i64],
-        )?;
-        let detail = if note.is_empty() {
-            format!("request #{id}")
-        } else {
-            format!("request #{id}: {note}")
-        };
-        record(&tx, &self.actor, action, &request.network, &detail)?;
-        tx.commit()?;
-        request.state = state;
-        request.note = note;
-        request.updated_at = now;
-        Ok(request)
+                Decision::Deny { reason } => {
+                    let reason = required(reason, "the reason", MAX_PURPOSE)?;
+                    queue_notice(tx, &notice::denied(&request, &reason, wording))?;
+                    (State::Denied, reason, "deny")
+                }
+                Decision::Ask { question } => {
+                    let question = required(question, "the question", MAX_PURPOSE)?;
+                    queue_notice(tx, &notice::question(&request, &question, wording))?;
+                    (State::NeedsInformation, question, "ask")
+                }
+            };
+            tx.execute(
+                "UPDATE requests SET state = ?2, note = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, state.as_str(), &note, now as i64],
+            )?;
+            let detail = if note.is_empty() {
+                format!("request #{id}")
+            } else {
+                format!("request #{id}: {note}")
+            };
+            record(tx, actor, action, &request.network, &detail)?;
+            request.state = state;
+            request.note = note;
+            request.updated_at = now;
+            Ok(request)
+        })
     }
 
     /// Changes what a registration says about itself (not its address or admin), if it
@@ -507,18 +498,20 @@ impl Store {
         }
         let department = required(department, "the department", MAX_FIELD)?;
         let purpose = required(purpose, "the purpose", MAX_PURPOSE)?;
-        let tx = self.conn.transaction()?;
-        let changed = tx.execute(
-            "UPDATE registrations SET contact = ?3, department = ?4, purpose = ?5
-             WHERE network = ?1 AND (?2 IS NULL OR admin = ?2 COLLATE NOCASE)",
-            params![network.to_string(), owner, contact, department, purpose],
-        )? > 0;
-        if changed {
-            let detail = format!("contact={contact}, department={department}, purpose={purpose}");
-            record(&tx, &self.actor, "change", network, &detail)?;
-        }
-        tx.commit()?;
-        Ok(changed)
+        let actor = &self.actor;
+        self.db.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE registrations SET contact = ?3, department = ?4, purpose = ?5
+                 WHERE network = ?1 AND (CAST(?2 AS TEXT) IS NULL OR lower(admin) = lower(?2))",
+                params![network.to_string(), owner, &contact, &department, &purpose],
+            )? > 0;
+            if changed {
+                let detail =
+                    format!("contact={contact}, department={department}, purpose={purpose}");
+                record(tx, actor, "change", network, &detail)?;
+            }
+            Ok(changed)
+        })
     }
 
     /// Hands a registration (`owner`'s, when one is given) to another admin of record;
@@ -530,26 +523,24 @@ impl Store {
         admin: &str,
     ) -> anyhow::Result<bool> {
         let admin = required(admin, "the new admin of record", MAX_FIELD)?;
-        let tx = self.conn.transaction()?;
-        let previous: Option<String> = tx
-            .query_row(
+        let actor = &self.actor;
+        self.db.write(|tx| {
+            let Some(previous) = tx.query_one(
                 "SELECT admin FROM registrations
-                 WHERE network = ?1 AND (?2 IS NULL OR admin = ?2 COLLATE NOCASE)",
+                 WHERE network = ?1 AND (CAST(?2 AS TEXT) IS NULL OR lower(admin) = lower(?2))",
                 params![network.to_string(), owner],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let Some(previous) = previous else {
-            return Ok(false);
-        };
-        tx.execute(
-            "UPDATE registrations SET admin = ?2 WHERE network = ?1",
-            params![network.to_string(), admin],
-        )?;
-        let detail = format!("admin {previous} → {admin}");
-        record(&tx, &self.actor, "transfer", network, &detail)?;
-        tx.commit()?;
-        Ok(true)
+            )?
+            else {
+                return Ok(false);
+            };
+            tx.execute(
+                "UPDATE registrations SET admin = ?2 WHERE network = ?1",
+                params![network.to_string(), &admin],
+            )?;
+            let detail = format!("admin {} → {admin}", previous.text(0)?);
+            record(tx, actor, "transfer", network, &detail)?;
+            Ok(true)
+        })
     }
 }
 
@@ -564,22 +555,19 @@ fn required(text: &str, what: &str, max: usize) -> anyhow::Result<String> {
 /// Refuses when a request for `network` other than `except` is under review: one open
 /// request an address.
 fn no_open_request_for(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Sql,
     network: &IpNet,
     except: Option<i64>,
 ) -> anyhow::Result<()> {
-    let open: Option<i64> = tx
-        .query_row(
-            "SELECT id FROM requests WHERE network = ?1 AND id IS NOT ?2
-                 AND state IN ('pending', 'needs information')",
-            params![network.to_string(), except],
-            |row| row.get(0),
-        )
-        .optional()?;
-    if let Some(id) = open {
+    if let Some(open) = tx.query_one(
+        "SELECT id FROM requests WHERE network = ?1 AND id IS DISTINCT FROM ?2
+             AND state IN ('pending', 'needs information')",
+        params![network.to_string(), except],
+    )? {
         refuse!(
-            "{} has a request under review already (#{id})",
-            display(network)
+            "{} has a request under review already (#{})",
+            display(network),
+            open.int(0)?
         );
     }
     Ok(())
@@ -588,31 +576,41 @@ fn no_open_request_for(
 const SELECT: &str = "SELECT id, network, hostname, department, admin, contact, purpose, volume,
     senders, requester, state, note, created_at, updated_at FROM requests";
 
+fn request_by_id(sql: &mut dyn Sql, id: i64) -> anyhow::Result<Option<Request>> {
+    let row = sql.query_one(&format!("{SELECT} WHERE id = ?1"), params![id])?;
+    Ok(row.as_ref().and_then(request_of))
+}
+
 /// A row of [`SELECT`]; a row whose network was edited into nonsense is skipped.
-fn request_of(row: &rusqlite::Row<'_>) -> Option<Request> {
-    let network: String = row.get(1).ok()?;
-    let senders: String = row.get(8).ok()?;
+fn request_of(row: &Row) -> Option<Request> {
     Some(Request {
-        id: row.get(0).ok()?,
-        network: parse_network(&network).ok()?,
-        hostname: row.get(2).ok()?,
-        department: row.get(3).ok()?,
-        admin: row.get(4).ok()?,
-        contact: row.get(5).ok()?,
-        purpose: row.get(6).ok()?,
-        volume: row.get(7).ok()?,
-        senders: senders.lines().map(str::to_string).collect(),
-        requester: row.get(9).ok()?,
-        state: State::parse(&row.get::<_, String>(10).ok()?),
-        note: row.get(11).ok()?,
-        created_at: row.get::<_, i64>(12).ok()? as u64,
-        updated_at: row.get::<_, i64>(13).ok()? as u64,
+        id: row.int(0).ok()?,
+        network: parse_network(&row.text(1).ok()?).ok()?,
+        hostname: row.text(2).ok()?,
+        department: row.text(3).ok()?,
+        admin: row.text(4).ok()?,
+        contact: row.text(5).ok()?,
+        purpose: row.text(6).ok()?,
+        volume: row.text(7).ok()?,
+        senders: row.text(8).ok()?.lines().map(str::to_string).collect(),
+        requester: row.text(9).ok()?,
+        state: State::parse(&row.text(10).ok()?),
+        note: row.text(11).ok()?,
+        created_at: row.time(12).ok()?,
+        updated_at: row.time(13).ok()?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Location;
+    use crate::store::testing::on_each_engine;
+
+    on_each_engine!(
+        a_request_is_approved_denied_or_questioned_with_its_mail,
+        an_approval_follows_the_rules_as_they_stand
+    );
     use crate::registry::table::Block;
 
     fn form(network: &str) -> Form {
@@ -686,10 +684,8 @@ mod tests {
         assert_eq!(fields, ["purpose", "contact", "volume", "senders"]);
     }
 
-    #[test]
-    fn a_request_is_approved_denied_or_questioned_with_its_mail() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("registry.db")).unwrap();
+    fn a_request_is_approved_denied_or_questioned_with_its_mail(location: &Location) {
+        let mut store = Store::open(location).unwrap();
         let table = Table::default();
         let checked = form("10.3.0.1").check(&table, &space()).unwrap();
         let id = store.submit_request(&checked, "jdoe@example.edu").unwrap();
@@ -797,10 +793,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_approval_follows_the_rules_as_they_stand() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("registry.db")).unwrap();
+    fn an_approval_follows_the_rules_as_they_stand(location: &Location) {
+        let mut store = Store::open(location).unwrap();
         let checked = form("10.3.0.1").check(&Table::default(), &space()).unwrap();
         let id = store.submit_request(&checked, "jdoe@example.edu").unwrap();
         store

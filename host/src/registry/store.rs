@@ -7,20 +7,22 @@
 //!                registered_at, last_relayed_at
 //! blocks         network → reason, blocked_at
 //! outbox         notices to send: a row is written in the same transaction as the change
-//!                it tells of, and removed by the relay once the message is in its spool
+//!                it tells of, claimed by one node, and removed once the message is in
+//!                that node's spool
 //! history        every change: when, who, from where, what, the network, the details;
 //!                written in the same transaction as the change
 //! ```
 //!
-//! Times are Unix seconds (SQLite's integers are signed; these are far from the sign bit).
+//! Times are Unix seconds (the engines' integers are signed; these are far from the sign
+//! bit). In PostgreSQL, triggers on `registrations` and `blocks` count and announce every
+//! change (see [`crate::store::postgres`]), so every node reloads its table at once.
 
 use super::notice::Notice;
 use super::table::{Block, Registration, Table, display, parse_network};
+use crate::store::{Db, Location, Sql, params};
 use anyhow::Context;
 use ipnet::IpNet;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::HashSet;
-use std::path::Path;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS registrations (
@@ -50,7 +52,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient TEXT NOT NULL,
     subject TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    claimed_at INTEGER
 );
 ";
 
@@ -92,90 +95,93 @@ pub struct Change {
 
 /// An open registry database.
 pub struct Store {
-    pub(super) conn: Connection,
+    pub(super) db: Db,
     /// Who the changes made through this store are recorded as.
     pub(super) actor: Actor,
-    /// SQLite's count of changes made by other connections, at the last [`Store::changed`].
-    data_version: Option<i64>,
 }
 
 impl Store {
-    /// Opens the registry in the store at `path`, creating its tables if needed.
-    pub fn open(path: &Path) -> anyhow::Result<Store> {
-        let conn = crate::store::open(path)?;
-        conn.execute_batch(SCHEMA)
-            .and_then(|()| conn.execute_batch(super::requests::SCHEMA))
-            .with_context(|| format!("{}: creating the registry's tables", path.display()))?;
+    /// Opens the registry in the store at `location`, creating its tables if needed.
+    pub fn open(location: &Location) -> anyhow::Result<Store> {
+        let mut db = Db::open(location)?;
+        db.create(SCHEMA)
+            .and_then(|()| db.create(super::requests::SCHEMA))
+            .with_context(|| format!("{location}: creating the registry's tables"))?;
+        // A store made before notices were claimed (by one node of several).
+        if !db.has_column("outbox", "claimed_at")? {
+            db.create("ALTER TABLE outbox ADD COLUMN claimed_at INTEGER")?;
+        }
+        db.watch_registry()
+            .with_context(|| format!("{location}: announcing the registry's changes"))?;
         Ok(Store {
-            conn,
+            db,
             actor: Actor {
                 who: "relay".into(),
                 origin: "relay".into(),
             },
-            data_version: None,
         })
+    }
+
+    /// The registry in the store at `location`, if there is a store there: a command that
+    /// only reads must not create an empty SQLite database where a wrong `--config` points.
+    pub fn open_existing(location: &Location) -> anyhow::Result<Option<Store>> {
+        if let Location::Sqlite(path) = location
+            && !path.exists()
+        {
+            return Ok(None);
+        }
+        Store::open(location).map(Some)
     }
 
     /// Records the changes made from now on as `actor`'s.
     pub fn acting_as(mut self, actor: Actor) -> Store {
-        self.actor = actor;
+        self.act_as(actor);
         self
     }
 
+    /// Records the changes made from now on as `actor`'s.
+    pub fn act_as(&mut self, actor: Actor) {
+        self.actor = actor;
+    }
+
     /// Every change to `network` (all changes, without one), oldest first.
-    pub fn history(&self, network: Option<&IpNet>) -> anyhow::Result<Vec<Change>> {
-        let mut query = self.conn.prepare(
+    pub fn history(&mut self, network: Option<&IpNet>) -> anyhow::Result<Vec<Change>> {
+        let rows = self.db.query(
             "SELECT at, who, origin, action, network, detail FROM history
-             WHERE ?1 IS NULL OR network = ?1 ORDER BY id",
+             WHERE CAST(?1 AS TEXT) IS NULL OR network = ?1 ORDER BY id",
+            params![network.map(|n| n.to_string())],
         )?;
-        let rows = query.query_map([network.map(|n| n.to_string())], |row| {
-            Ok(Change {
-                at: row.get::<_, i64>(0)? as u64,
-                who: row.get(1)?,
-                origin: row.get(2)?,
-                action: row.get(3)?,
-                network: row.get(4)?,
-                detail: row.get(5)?,
+        rows.iter()
+            .map(|row| {
+                Ok(Change {
+                    at: row.time(0)?,
+                    who: row.text(1)?,
+                    origin: row.text(2)?,
+                    action: row.text(3)?,
+                    network: row.text(4)?,
+                    detail: row.text(5)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
 
-    /// The registry in the store at `path`, if there is a store there: a command that only
-    /// reads must not create an empty one where a wrong `--config` points.
-    pub fn open_existing(path: &Path) -> anyhow::Result<Option<Store>> {
-        if !path.exists() {
-            return Ok(None);
-        }
-        Store::open(path).map(Some)
-    }
-
-    /// Has anyone else changed the database since the last call? (True the first time.)
+    /// Has anyone changed the registry since the last call? (True the first time.)
     pub fn changed(&mut self) -> anyhow::Result<bool> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA data_version", [], |row| row.get(0))?;
-        Ok(self.data_version.replace(version) != Some(version))
+        self.db.registry_changed()
     }
 
     /// Every registration and block.
-    pub fn table(&self) -> anyhow::Result<Table> {
-        read_table(&self.conn)
+    pub fn table(&mut self) -> anyhow::Result<Table> {
+        read_table(&mut self.db)
     }
 
     /// Registers `registration.network` and queues `notice`, together; an address already
     /// registered is refused (remove it first), so a registration never changes hands
     /// silently.
     pub fn register(&mut self, registration: &Registration, notice: &Notice) -> anyhow::Result<()> {
-        // Immediate: the write lock from the start, so the check and the insert see the
-        // same database (a deferred transaction would fail, not wait, if the relay wrote
-        // in between).
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        insert_registration(&tx, &self.actor, registration, notice)?;
-        tx.commit()?;
-        Ok(())
+        let actor = &self.actor;
+        self.db
+            .write(|tx| insert_registration(tx, actor, registration, notice))
     }
 
     /// Removes the registration of exactly `network` (held by `owner`, when given: the
@@ -185,75 +191,70 @@ impl Store {
         network: &IpNet,
         owner: Option<&str>,
     ) -> anyhow::Result<Option<(String, String)>> {
-        let tx = self.conn.transaction()?;
-        let removed: Option<(String, String)> = tx
-            .query_row(
+        let actor = &self.actor;
+        self.db.write(|tx| {
+            let Some(row) = tx.query_one(
                 "DELETE FROM registrations
-                 WHERE network = ?1 AND (?2 IS NULL OR admin = ?2 COLLATE NOCASE)
+                 WHERE network = ?1 AND (CAST(?2 AS TEXT) IS NULL OR lower(admin) = lower(?2))
                  RETURNING department, admin",
                 params![network.to_string(), owner],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        if let Some((department, admin)) = &removed {
+            )?
+            else {
+                return Ok(None);
+            };
+            let (department, admin) = (row.text(0)?, row.text(1)?);
             let detail = format!("admin={admin}, department={department}");
-            record(&tx, &self.actor, "remove", network, &detail)?;
-        }
-        tx.commit()?;
-        Ok(removed)
+            record(tx, actor, "remove", network, &detail)?;
+            Ok(Some((department, admin)))
+        })
     }
 
     /// Blocks `network` (replacing the reason of an existing block).
     pub fn block(&mut self, network: &IpNet, reason: &str, now: u64) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO blocks (network, reason, blocked_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (network) DO UPDATE SET reason = ?2, blocked_at = ?3",
-            params![network.to_string(), reason, now as i64],
-        )?;
-        record(
-            &tx,
-            &self.actor,
-            "block",
-            network,
-            &format!("reason={reason}"),
-        )?;
-        tx.commit()?;
-        Ok(())
+        let actor = &self.actor;
+        self.db.write(|tx| {
+            tx.execute(
+                "INSERT INTO blocks (network, reason, blocked_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (network) DO UPDATE SET reason = ?2, blocked_at = ?3",
+                params![network.to_string(), reason, now as i64],
+            )?;
+            record(tx, actor, "block", network, &format!("reason={reason}"))
+        })
     }
 
     /// Lifts the block of exactly `network`, with the postmaster's `reason` for the history
     /// (may be empty); false when there was none.
     pub fn unblock(&mut self, network: &IpNet, reason: &str) -> anyhow::Result<bool> {
-        let tx = self.conn.transaction()?;
-        let lifted = tx.execute(
-            "DELETE FROM blocks WHERE network = ?1",
-            [network.to_string()],
-        )? > 0;
-        if lifted {
-            let detail = if reason.is_empty() {
-                String::new()
-            } else {
-                format!("reason={reason}")
-            };
-            record(&tx, &self.actor, "unblock", network, &detail)?;
-        }
-        tx.commit()?;
-        Ok(lifted)
+        let actor = &self.actor;
+        self.db.write(|tx| {
+            let lifted = tx.execute(
+                "DELETE FROM blocks WHERE network = ?1",
+                params![network.to_string()],
+            )? > 0;
+            if lifted {
+                let detail = if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!("reason={reason}")
+                };
+                record(tx, actor, "unblock", network, &detail)?;
+            }
+            Ok(lifted)
+        })
     }
 
     /// Records when registrations last relayed: `(network, Unix seconds)`.
     pub fn record_relayed(&mut self, uses: &[(IpNet, u64)]) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
-        for (network, at) in uses {
-            tx.execute(
-                "UPDATE registrations SET last_relayed_at = MAX(COALESCE(last_relayed_at, 0), ?2)
-                 WHERE network = ?1",
-                params![network.to_string(), *at as i64],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.db.write(|tx| {
+            for (network, at) in uses {
+                tx.execute(
+                    "UPDATE registrations SET last_relayed_at = ?2
+                     WHERE network = ?1 AND (last_relayed_at IS NULL OR last_relayed_at < ?2)",
+                    params![network.to_string(), *at as i64],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Removes the registrations unused since `before` (Unix seconds; a registration never
@@ -263,7 +264,7 @@ impl Store {
         &mut self,
         before: u64,
         in_use: &HashSet<IpNet>,
-        notice: impl Fn(&Registration) -> Notice,
+        notice: impl Fn(&Registration) -> Notice + Sync,
     ) -> anyhow::Result<Vec<Registration>> {
         let candidates: Vec<Registration> = self
             .table()?
@@ -278,95 +279,106 @@ impl Store {
         if candidates.is_empty() {
             return Ok(candidates);
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut removed = Vec::new();
-        for registration in candidates {
-            // Only if still unused: `sluice registry` or another round may have changed it.
-            let deleted = tx.execute(
-                "DELETE FROM registrations
-                 WHERE network = ?1 AND COALESCE(last_relayed_at, registered_at) < ?2",
-                params![registration.network.to_string(), before as i64],
-            )?;
-            if deleted > 0 {
-                queue_notice(&tx, &notice(&registration))?;
-                let since = chrono::DateTime::from_timestamp(before as i64, 0)
-                    .map_or_else(String::new, |t| t.format("%Y-%m-%d").to_string());
-                let unused = format!("unused since {since}; admin={}", registration.admin);
-                let expiry = Actor {
-                    who: self.actor.who.clone(),
-                    origin: "expiry".into(),
-                };
-                record(&tx, &expiry, "expire", &registration.network, &unused)?;
-                removed.push(registration);
+        let expiry = Actor {
+            who: self.actor.who.clone(),
+            origin: "expiry".into(),
+        };
+        self.db.write(|tx| {
+            let mut removed = Vec::new();
+            for registration in candidates {
+                // Only if still unused: `sluice registry`, another round or another node
+                // may have changed it.
+                let deleted = tx.execute(
+                    "DELETE FROM registrations
+                     WHERE network = ?1 AND COALESCE(last_relayed_at, registered_at) < ?2",
+                    params![registration.network.to_string(), before as i64],
+                )?;
+                if deleted > 0 {
+                    queue_notice(tx, &notice(&registration))?;
+                    let since = chrono::DateTime::from_timestamp(before as i64, 0)
+                        .map_or_else(String::new, |t| t.format("%Y-%m-%d").to_string());
+                    let unused = format!("unused since {since}; admin={}", registration.admin);
+                    record(tx, &expiry, "expire", &registration.network, &unused)?;
+                    removed.push(registration);
+                }
             }
-        }
-        tx.commit()?;
-        Ok(removed)
+            Ok(removed)
+        })
     }
 
     /// The notices waiting to be queued, oldest first, with their row ids.
-    pub fn outbox(&self) -> anyhow::Result<Vec<(i64, Notice)>> {
-        let mut query = self
-            .conn
-            .prepare("SELECT id, recipient, subject, body FROM outbox ORDER BY id")?;
-        let rows = query.query_map([], |row| {
-            Ok((
-                row.get(0)?,
-                Notice {
-                    recipient: row.get(1)?,
-                    subject: row.get(2)?,
-                    body: row.get(3)?,
-                },
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    pub fn outbox(&mut self) -> anyhow::Result<Vec<(i64, Notice)>> {
+        let rows = self.db.query(
+            "SELECT id, recipient, subject, body FROM outbox ORDER BY id",
+            &[],
+        )?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.int(0)?,
+                    Notice {
+                        recipient: row.text(1)?,
+                        subject: row.text(2)?,
+                        body: row.text(3)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Takes the notice `id` to queue it, unless another node (or process) took it in the
+    /// last `CLAIM_FOR` and may be queueing it now: so two nodes never both send it, and a
+    /// node that died before it was done leaves it to the others.
+    pub fn claim(&mut self, id: i64, now: u64) -> anyhow::Result<bool> {
+        let taken = self.db.execute(
+            "UPDATE outbox SET claimed_at = ?2
+             WHERE id = ?1 AND (claimed_at IS NULL OR claimed_at < ?3)",
+            params![id, now as i64, now.saturating_sub(CLAIM_FOR) as i64],
+        )?;
+        Ok(taken > 0)
     }
 
     /// Forgets a notice the relay has queued.
     pub fn sent(&mut self, id: i64) -> anyhow::Result<()> {
-        self.conn
-            .execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+        self.db
+            .execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
         Ok(())
     }
 }
 
-/// Every registration and block, as `conn` (a connection, or a transaction) sees them.
-pub(super) fn read_table(conn: &Connection) -> anyhow::Result<Table> {
+/// How long a claimed notice is left to the node that claimed it (seconds).
+const CLAIM_FOR: u64 = 600;
+
+/// Every registration and block, as `sql` (the store, or a transaction) sees them.
+pub(crate) fn read_table(sql: &mut dyn Sql) -> anyhow::Result<Table> {
     let mut registrations = Vec::new();
-    let mut query = conn.prepare(
+    for row in sql.query(
         "SELECT network, admin, contact, department, purpose, registered_at, last_relayed_at
          FROM registrations",
-    )?;
-    let mut rows = query.query([])?;
-    while let Some(row) = rows.next()? {
-        let network: String = row.get(0)?;
-        let Some(network) = network_of(&network) else {
+        &[],
+    )? {
+        let Some(network) = network_of(&row.text(0)?) else {
             continue;
         };
         registrations.push(Registration {
             network,
-            admin: row.get(1)?,
-            contact: row.get(2)?,
-            department: row.get(3)?,
-            purpose: row.get(4)?,
-            registered_at: row.get::<_, i64>(5)? as u64,
-            last_relayed_at: row.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+            admin: row.text(1)?,
+            contact: row.text(2)?,
+            department: row.text(3)?,
+            purpose: row.text(4)?,
+            registered_at: row.time(5)?,
+            last_relayed_at: row.opt_time(6)?,
         });
     }
     let mut blocks = Vec::new();
-    let mut query = conn.prepare("SELECT network, reason, blocked_at FROM blocks")?;
-    let mut rows = query.query([])?;
-    while let Some(row) = rows.next()? {
-        let network: String = row.get(0)?;
-        let Some(network) = network_of(&network) else {
+    for row in sql.query("SELECT network, reason, blocked_at FROM blocks", &[])? {
+        let Some(network) = network_of(&row.text(0)?) else {
             continue;
         };
         blocks.push(Block {
             network,
-            reason: row.get(1)?,
-            blocked_at: row.get::<_, i64>(2)? as u64,
+            reason: row.text(1)?,
+            blocked_at: row.time(2)?,
         });
     }
     Ok(Table::new(registrations, blocks))
@@ -375,23 +387,20 @@ pub(super) fn read_table(conn: &Connection) -> anyhow::Result<Table> {
 /// Adds a registration, its notice and its history line in `tx`; an address already
 /// registered is refused.
 pub(super) fn insert_registration(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Sql,
     actor: &Actor,
     registration: &Registration,
     notice: &Notice,
 ) -> anyhow::Result<()> {
     let network = registration.network.to_string();
-    let holder: Option<String> = tx
-        .query_row(
-            "SELECT admin FROM registrations WHERE network = ?1",
-            [&network],
-            |row| row.get(0),
-        )
-        .optional()?;
-    if let Some(admin) = holder {
+    if let Some(holder) = tx.query_one(
+        "SELECT admin FROM registrations WHERE network = ?1",
+        params![&network],
+    )? {
         refuse!(
-            "{} is already registered (admin {admin}); remove it first to register it again",
-            display(&registration.network)
+            "{} is already registered (admin {}); remove it first to register it again",
+            display(&registration.network),
+            holder.text(0)?
         );
     }
     tx.execute(
@@ -400,10 +409,10 @@ pub(super) fn insert_registration(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
         params![
             network,
-            registration.admin,
-            registration.contact,
-            registration.department,
-            registration.purpose,
+            &registration.admin,
+            &registration.contact,
+            &registration.department,
+            &registration.purpose,
             registration.registered_at as i64,
         ],
     )?;
@@ -417,7 +426,7 @@ pub(super) fn insert_registration(
 
 /// Adds a change to the history, in the transaction that makes it.
 pub(super) fn record(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Sql,
     actor: &Actor,
     action: &str,
     network: &IpNet,
@@ -428,8 +437,8 @@ pub(super) fn record(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             crate::queue::now() as i64,
-            actor.who,
-            actor.origin,
+            &actor.who,
+            &actor.origin,
             action,
             network.to_string(),
             detail
@@ -438,13 +447,10 @@ pub(super) fn record(
     Ok(())
 }
 
-pub(crate) fn queue_notice(
-    tx: &rusqlite::Transaction<'_>,
-    notice: &Notice,
-) -> rusqlite::Result<usize> {
+pub(crate) fn queue_notice(tx: &mut dyn Sql, notice: &Notice) -> anyhow::Result<u64> {
     tx.execute(
         "INSERT INTO outbox (recipient, subject, body) VALUES (?1, ?2, ?3)",
-        params![notice.recipient, notice.subject, notice.body],
+        params![&notice.recipient, &notice.subject, &notice.body],
     )
 }
 
@@ -461,6 +467,14 @@ fn network_of(text: &str) -> Option<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Location;
+    use crate::store::testing::on_each_engine;
+
+    on_each_engine!(
+        a_registration_and_its_notice_are_written_together,
+        every_change_is_in_the_history_with_who_made_it,
+        expiry_spares_what_relayed_since
+    );
 
     fn registration(network: &str, registered_at: u64) -> Registration {
         Registration {
@@ -482,10 +496,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_registration_and_its_notice_are_written_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("registry.db")).unwrap();
+    fn a_registration_and_its_notice_are_written_together(location: &Location) {
+        let mut store = Store::open(location).unwrap();
         store
             .register(&registration("10.1.2.3", 100), &notice("jdoe@example.edu"))
             .unwrap();
@@ -506,7 +518,7 @@ mod tests {
         assert!(store.outbox().unwrap().is_empty());
 
         // Another connection (a postmaster's command) sees it, and the relay's sees the change.
-        let mut other = Store::open(&dir.path().join("registry.db")).unwrap();
+        let mut other = Store::open(location).unwrap();
         assert!(other.changed().unwrap());
         assert!(!other.changed().unwrap());
         store
@@ -518,11 +530,8 @@ mod tests {
         assert_eq!(table.blocks()[0].reason, "spam");
     }
 
-    #[test]
-    fn every_change_is_in_the_history_with_who_made_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("registry.db");
-        let mut store = Store::open(&path).unwrap().acting_as(Actor {
+    fn every_change_is_in_the_history_with_who_made_it(location: &Location) {
+        let mut store = Store::open(location).unwrap().acting_as(Actor {
             who: "alice".into(),
             origin: "command line".into(),
         });
@@ -540,7 +549,7 @@ mod tests {
                 .is_err()
         );
         // The relay's own book-keeping, through another connection.
-        let mut relay = Store::open(&path).unwrap();
+        let mut relay = Store::open(location).unwrap();
         relay
             .expire(500, &HashSet::new(), |r| notice(&r.contact))
             .unwrap();
@@ -569,10 +578,8 @@ mod tests {
         assert_eq!(relay.history(None).unwrap().len(), 4);
     }
 
-    #[test]
-    fn expiry_spares_what_relayed_since() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("registry.db")).unwrap();
+    fn expiry_spares_what_relayed_since(location: &Location) {
+        let mut store = Store::open(location).unwrap();
         for (network, at) in [("10.0.0.1", 100), ("10.0.0.2", 100), ("10.0.0.3", 900)] {
             store
                 .register(&registration(network, at), &notice("jdoe@example.edu"))

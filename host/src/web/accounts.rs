@@ -11,11 +11,10 @@
 //! secrets are 256 random bits, so one SHA-256 is enough (no password hash needed).
 
 use crate::registry::notice::Notice;
+use crate::store::{Db, Location, Row, Sql, params};
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rusqlite::{Connection, OptionalExtension, params};
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -82,7 +81,7 @@ pub struct Token {
 
 /// The portal's tables.
 pub struct Accounts {
-    conn: Mutex<Connection>,
+    db: Mutex<Db>,
 }
 
 /// A new random secret: 256 bits, URL-safe.
@@ -102,51 +101,51 @@ fn now() -> i64 {
 }
 
 impl Accounts {
-    /// Opens the portal's tables in the store at `path`, creating them if needed.
-    pub fn open(path: &Path) -> anyhow::Result<Accounts> {
-        let conn = crate::store::open(path)?;
-        conn.execute_batch(SCHEMA)
-            .with_context(|| format!("{}: creating the portal's tables", path.display()))?;
-        Ok(Accounts {
-            conn: Mutex::new(conn),
-        })
+    /// Opens the portal's tables in the store at `location`, creating them if needed.
+    pub fn open(location: &Location) -> anyhow::Result<Accounts> {
+        let mut db = Db::open(location)?;
+        db.create(SCHEMA)
+            .with_context(|| format!("{location}: creating the portal's tables"))?;
+        Ok(Accounts { db: Mutex::new(db) })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A new sign-in link for `address`: `mail(token)` is the message that carries it,
     /// written to the registry's outbox in the same transaction.
     pub fn new_link(&self, address: &str, mail: impl FnOnce(&str) -> Notice) -> anyhow::Result<()> {
         let token = secret()?;
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute("DELETE FROM web_links WHERE expires_at < ?1", [now()])?;
-        tx.execute(
-            "INSERT INTO web_links (hash, address, expires_at) VALUES (?1, ?2, ?3)",
-            params![
-                hash(&token),
-                address,
-                now() + LINK_LIFETIME.as_secs() as i64
-            ],
-        )?;
-        crate::registry::store::queue_notice(&tx, &mail(&token))?;
-        tx.commit()?;
-        Ok(())
+        let notice = mail(&token);
+        self.db().write(|tx| {
+            tx.execute(
+                "DELETE FROM web_links WHERE expires_at < ?1",
+                params![now()],
+            )?;
+            tx.execute(
+                "INSERT INTO web_links (hash, address, expires_at) VALUES (?1, ?2, ?3)",
+                params![
+                    hash(&token),
+                    address,
+                    now() + LINK_LIFETIME.as_secs() as i64
+                ],
+            )?;
+            crate::registry::store::queue_notice(tx, &notice)?;
+            Ok(())
+        })
     }
 
     /// Uses up a sign-in link: the address it was sent to, if it is unused and in time.
     pub fn use_link(&self, token: &str) -> anyhow::Result<Option<String>> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.db()
+            .query_one(
                 "UPDATE web_links SET used = 1
                  WHERE hash = ?1 AND used = 0 AND expires_at >= ?2 RETURNING address",
                 params![hash(token), now()],
-                |row| row.get(0),
-            )
-            .optional()?)
+            )?
+            .map(|row| row.text(0))
+            .transpose()
     }
 
     /// Opens a session for `identity`: the cookie's secret.
@@ -157,9 +156,12 @@ impl Accounts {
         lifetime: Duration,
     ) -> anyhow::Result<String> {
         let token = secret()?;
-        let conn = self.conn();
-        conn.execute("DELETE FROM web_sessions WHERE expires_at < ?1", [now()])?;
-        conn.execute(
+        let mut db = self.db();
+        db.execute(
+            "DELETE FROM web_sessions WHERE expires_at < ?1",
+            params![now()],
+        )?;
+        db.execute(
             "INSERT INTO web_sessions (hash, identity, role, expires_at) VALUES (?1, ?2, ?3, ?4)",
             params![
                 hash(&token),
@@ -173,20 +175,22 @@ impl Accounts {
 
     /// Who a session cookie belongs to, while it lasts.
     pub fn session(&self, token: &str) -> anyhow::Result<Option<(String, Role)>> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.db()
+            .query_one(
                 "SELECT identity, role FROM web_sessions WHERE hash = ?1 AND expires_at >= ?2",
                 params![hash(token), now()],
-                |row| Ok((row.get(0)?, Role::parse(&row.get::<_, String>(1)?))),
-            )
-            .optional()?)
+            )?
+            .as_ref()
+            .map(named_role)
+            .transpose()
     }
 
     /// Signs a session out.
     pub fn end_session(&self, token: &str) -> anyhow::Result<()> {
-        self.conn()
-            .execute("DELETE FROM web_sessions WHERE hash = ?1", [hash(token)])?;
+        self.db().execute(
+            "DELETE FROM web_sessions WHERE hash = ?1",
+            params![hash(token)],
+        )?;
         Ok(())
     }
 
@@ -201,7 +205,7 @@ impl Accounts {
             bail!("token name {name:?}: use 1 to 64 letters, digits and . _ @ + -");
         }
         let token = secret()?;
-        let added = self.conn().execute(
+        let added = self.db().execute(
             "INSERT INTO web_tokens (name, hash, role, created_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (name) DO NOTHING",
             params![name, hash(&token), role.as_str(), now()],
@@ -215,54 +219,64 @@ impl Accounts {
     /// Removes a token; false when there was none.
     pub fn remove_token(&self, name: &str) -> anyhow::Result<bool> {
         Ok(self
-            .conn()
-            .execute("DELETE FROM web_tokens WHERE name = ?1", [name])?
+            .db()
+            .execute("DELETE FROM web_tokens WHERE name = ?1", params![name])?
             > 0)
     }
 
     /// Every token (never a secret).
     pub fn tokens(&self) -> anyhow::Result<Vec<Token>> {
-        let conn = self.conn();
-        let mut query = conn
-            .prepare("SELECT name, role, created_at, last_used_at FROM web_tokens ORDER BY name")?;
-        let rows = query.query_map([], |row| {
-            Ok(Token {
-                name: row.get(0)?,
-                role: Role::parse(&row.get::<_, String>(1)?),
-                created_at: row.get::<_, i64>(2)? as u64,
-                last_used_at: row.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+        let rows = self.db().query(
+            "SELECT name, role, created_at, last_used_at FROM web_tokens ORDER BY name",
+            &[],
+        )?;
+        rows.iter()
+            .map(|row| {
+                Ok(Token {
+                    name: row.text(0)?,
+                    role: Role::parse(&row.text(1)?),
+                    created_at: row.time(2)?,
+                    last_used_at: row.opt_time(3)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
     }
 
     /// The token a bearer secret is, noting its use.
     pub fn token(&self, secret: &str) -> anyhow::Result<Option<(String, Role)>> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.db()
+            .query_one(
                 "UPDATE web_tokens SET last_used_at = ?2 WHERE hash = ?1 RETURNING name, role",
                 params![hash(secret), now()],
-                |row| Ok((row.get(0)?, Role::parse(&row.get::<_, String>(1)?))),
-            )
-            .optional()?)
+            )?
+            .as_ref()
+            .map(named_role)
+            .transpose()
     }
+}
+
+/// A row of a name and a role.
+fn named_role(row: &Row) -> anyhow::Result<(String, Role)> {
+    Ok((row.text(0)?, Role::parse(&row.text(1)?)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::on_each_engine;
 
-    fn accounts(dir: &tempfile::TempDir) -> Accounts {
-        let path = dir.path().join("sluice.db");
-        crate::registry::store::Store::open(&path).unwrap();
-        Accounts::open(&path).unwrap()
+    on_each_engine!(
+        a_sign_in_link_works_once,
+        sessions_end_and_expire_and_tokens_name_their_role
+    );
+
+    fn accounts(location: &Location) -> Accounts {
+        crate::registry::store::Store::open(location).unwrap();
+        Accounts::open(location).unwrap()
     }
 
-    #[test]
-    fn a_sign_in_link_works_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let accounts = accounts(&dir);
+    fn a_sign_in_link_works_once(location: &Location) {
+        let accounts = accounts(location);
         let mut sent = String::new();
         accounts
             .new_link("jdoe@example.edu", |token| {
@@ -281,17 +295,17 @@ mod tests {
             Some("jdoe@example.edu")
         );
         assert_eq!(accounts.use_link(&sent).unwrap(), None, "used up");
-        let stored: String = accounts
-            .conn()
-            .query_row("SELECT hash FROM web_links", [], |r| r.get(0))
+        let stored = accounts
+            .db()
+            .query("SELECT hash FROM web_links", &[])
+            .unwrap()[0]
+            .text(0)
             .unwrap();
         assert_ne!(stored, sent, "only the hash is kept");
     }
 
-    #[test]
-    fn sessions_end_and_expire_and_tokens_name_their_role() {
-        let dir = tempfile::tempdir().unwrap();
-        let accounts = accounts(&dir);
+    fn sessions_end_and_expire_and_tokens_name_their_role(location: &Location) {
+        let accounts = accounts(location);
         let cookie = accounts
             .new_session("pm", Role::Postmaster, Duration::from_secs(60))
             .unwrap();
@@ -305,8 +319,8 @@ mod tests {
             .new_session("jdoe", Role::Department, Duration::ZERO)
             .unwrap();
         accounts
-            .conn()
-            .execute("UPDATE web_sessions SET expires_at = expires_at - 1", [])
+            .db()
+            .execute("UPDATE web_sessions SET expires_at = expires_at - 1", &[])
             .unwrap();
         assert_eq!(accounts.session(&old).unwrap(), None, "expired");
 

@@ -4,7 +4,7 @@
 //! certificate; the registry stays the one source of truth the policy chain reads.
 //!
 //! - [`listener`] — HTTPS, and plain HTTP from loopback or a trusted proxy only.
-//! - [`accounts`] — sign-in links, sessions and API tokens, in the embedded store.
+//! - [`accounts`] — sign-in links, sessions and API tokens, in the store.
 //! - [`visitor`] — who is asking (cookie, single sign-on header, bearer token), and the
 //!   CSRF check of every form.
 //! - [`ops`] — what the portal does to the registry, with who may do it; the pages and
@@ -28,6 +28,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::queue::Queue;
 use crate::registry::Registry;
+use crate::registry::store::Store;
 use accounts::Accounts;
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -35,7 +36,6 @@ use axum::Router;
 use axum::routing::{get, post};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -59,7 +59,8 @@ pub struct Portal {
     queue: Queue,
     auth: Arc<Auth>,
     accounts: Accounts,
-    store: PathBuf,
+    /// The portal's connection to the store, one change at a time.
+    store: Arc<Mutex<Store>>,
     /// Sign-in links sent, by address and by client.
     links: Mutex<LinkLimits>,
 }
@@ -163,9 +164,11 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 /// Serves the portal until the process ends.
 pub async fn serve(socket: TcpListener, parts: Parts) -> anyhow::Result<()> {
     let config = parts.config.load_full();
-    let store = config.store_db();
-    let accounts =
-        Accounts::open(&store).with_context(|| format!("store.db {}", store.display()))?;
+    let store = crate::store::Location::of(&config);
+    let accounts = Accounts::open(&store).with_context(|| format!("store {store}"))?;
+    let store = Arc::new(Mutex::new(
+        Store::open(&store).with_context(|| format!("store {store}"))?,
+    ));
     let portal = Arc::new(Portal {
         config: parts.config,
         registry: parts.registry,

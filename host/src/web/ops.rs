@@ -63,10 +63,11 @@ async fn with_store<T: Send + 'static>(
     origin: &Origin<'_>,
     work: impl FnOnce(&mut Store) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, Refused> {
-    let path = portal.store.clone();
+    let store = portal.store.clone();
     let actor = origin.actor();
     let done = tokio::task::spawn_blocking(move || {
-        let mut store = Store::open(&path)?.acting_as(actor);
+        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        store.act_as(actor);
         work(&mut store)
     })
     .await;
