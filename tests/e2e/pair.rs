@@ -1,13 +1,17 @@
 //! A relay pair: two nodes sharing their policy counters in a real Redis (`[counters]
 //! url`), so a rate limit holds across both; what each `on_unavailable` does while Redis
 //! is down, and after it is back; and both nodes behind a real HAProxy speaking PROXY v2
-//! (`dist/haproxy/haproxy.cfg`), seeing each client's own address.
+//! (`dist/haproxy/haproxy.cfg`), seeing each client's own address. Two nodes sharing
+//! their registry in a real PostgreSQL (`[store] url`): a change through either is in
+//! force on both, and while PostgreSQL is down each decides by the table it has.
 
 use crate::support::redis::Redis;
+use sluice::postgres_testing::Server as Postgres;
 use crate::support::relay::RelayOptions;
 use crate::support::{Conn, PATIENCE, Relay, Sink, free_port};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// rate-limit: three messages a client an hour.
 const RATE_LIMIT: &str = r#"
@@ -358,4 +362,145 @@ async fn an_auth_lockout_holds_across_both_nodes() {
     ])
     .await;
     assert_eq!(said, ["535", "535", "535", "454", "454"]);
+}
+
+/// A node keeping its registry in `postgres` (`[store] url`), with the campus chain. Its
+/// own round of book-keeping waits an hour: what it learns of another node's change, it
+/// learns from the database's announcement.
+async fn shared_store_node(sink: &Sink, postgres: &Postgres) -> Relay {
+    Relay::start_with(RelayOptions {
+        smarthost: Some(sink.addr),
+        policies: Some(crate::registry::CAMPUS_CHAIN.into()),
+        extra: format!(
+            "[store]\nurl = \"{}\"\n[registry]\ncheck_interval = \"1h\"\n",
+            postgres.url()
+        ),
+        ..Default::default()
+    })
+    .await
+}
+
+/// `sluice registry ARGS` through `node`'s configuration; panics unless it succeeds.
+fn registry(node: &Relay, args: &[&str]) -> String {
+    let out = node.command(&[&["registry"], args].concat());
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn register(node: &Relay, address: &str) {
+    registry(
+        node,
+        &[
+            "add",
+            address,
+            "--admin",
+            "jdoe",
+            "--contact",
+            "jdoe@example.edu",
+            "--dept",
+            "Physics",
+            "--purpose",
+            "copier",
+        ],
+    );
+}
+
+/// The greeting `source` gets from `node`.
+async fn greeting(source: IpAddr, node: SocketAddr) -> u16 {
+    Conn::connect_from(source, node).await.reply().await.code
+}
+
+/// Waits until `check` holds, returning how long it took; panics after [`PATIENCE`].
+async fn until<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) -> Duration {
+    let started = tokio::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < PATIENCE, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_change_made_through_either_node_is_in_force_on_both() {
+    let postgres = Postgres::start();
+    let sink = Sink::start().await;
+    let a = shared_store_node(&sink, &postgres).await;
+    let b = shared_store_node(&sink, &postgres).await;
+    let printer: IpAddr = "127.0.3.7".parse().unwrap();
+    let outside = "someone@gmail.com";
+    assert_eq!(send_from(printer, b.addr, outside).await, [250, 550]);
+
+    // Registered through A: B relays for it, told by the database, not by its own round.
+    register(&a, "127.0.3.7");
+    let took = until("B relays for the printer registered through A", || async {
+        send_from(printer, b.addr, outside).await == [250, 250, 250]
+    })
+    .await;
+    eprintln!("a registration through A reached B in {took:?}");
+
+    // Blocked through B: A refuses it from the greeting on.
+    registry(&b, &["block", "127.0.3.7", "--reason", "sent phishing"]);
+    let took = until("A refuses the printer blocked through B", || async {
+        greeting(printer, a.addr).await == 554
+    })
+    .await;
+    eprintln!("a block through B reached A in {took:?}");
+    // Both nodes read one registry, and one history.
+    let listed = registry(&a, &["list"]);
+    assert!(listed.contains("sent phishing"), "{listed}");
+    let history = registry(&b, &["history", "127.0.3.7"]);
+    assert!(
+        history.contains("register") && history.contains("block"),
+        "{history}"
+    );
+    // The registration's confirmation was sent once, by one node.
+    let arrived = sink.wait_for(2).await;
+    let confirmations = arrived
+        .iter()
+        .filter(|m| m.recipients == ["jdoe@example.edu"])
+        .count();
+    assert_eq!(confirmations, 1);
+}
+
+#[tokio::test]
+async fn while_postgres_is_down_the_nodes_relay_by_their_table_and_catch_up_after() {
+    let postgres = Postgres::start();
+    let sink = Sink::start().await;
+    let a = shared_store_node(&sink, &postgres).await;
+    let b = shared_store_node(&sink, &postgres).await;
+    let printer: IpAddr = "127.0.3.7".parse().unwrap();
+    let scanner: IpAddr = "127.0.3.8".parse().unwrap();
+    let outside = "someone@gmail.com";
+    register(&b, "127.0.3.7");
+    until("A relays for the printer", || async {
+        send_from(printer, a.addr, outside).await == [250, 250, 250]
+    })
+    .await;
+
+    postgres.stop();
+    a.wait_for_log("cannot be reached").await;
+    // Decided by the table in memory: the registered printer relays, the scanner does not.
+    assert_eq!(send_from(printer, a.addr, outside).await, [250, 250, 250]);
+    assert_eq!(send_from(scanner, a.addr, outside).await, [250, 550]);
+    let status = a.command(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("UNAVAILABLE since") && status.contains("deciding by the registry"),
+        "{status}"
+    );
+    // A change cannot be made meanwhile, and says so.
+    let refused = b.command(&["registry", "block", "127.0.3.7", "--reason", "x"]);
+    assert!(!refused.status.success());
+
+    postgres.start_again();
+    a.wait_for_log("reached again").await;
+    let status = a.command(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("(up)"), "{status}");
+    // A change made after the restart, through the other node, arrives.
+    register(&b, "127.0.3.8");
+    until("A relays for the scanner registered after the restart", || async {
+        send_from(scanner, a.addr, outside).await == [250, 250, 250]
+    })
+    .await;
 }

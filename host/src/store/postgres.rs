@@ -43,9 +43,16 @@ impl Connection {
         Ok(conn)
     }
 
-    /// The client, connected again if the connection was lost.
+    /// The client, connected again if the connection was lost. The client learns of a loss
+    /// only by using the connection, so it is asked first (one round trip): the statement
+    /// that follows must not be the one to find out, half done.
     fn client(&mut self) -> anyhow::Result<&mut postgres::Client> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+        if let Some(client) = &mut self.client
+            && off_the_runtime(|| client.is_valid(CONNECT_TIMEOUT)).is_err()
+        {
+            self.client = None;
+        }
+        if self.client.is_none() {
             self.client = None;
             let config = &self.config;
             let client = off_the_runtime(|| config.connect(postgres::NoTls))
