@@ -1240,6 +1240,31 @@ dir = "policies.d"
     }
 
     #[test]
+    fn the_store_is_one_sqlite_file_or_one_postgresql_url() {
+        let path = Path::new("s.toml");
+        let shared = "[store]\nurl = \"postgres://sluice@db.example.edu/sluice\"\n";
+        let config = Config::parse(shared, path).unwrap();
+        assert_eq!(
+            crate::store::Location::of(&config).to_string(),
+            "postgres://sluice@db.example.edu:5432/sluice"
+        );
+        for bad in [
+            "[store]\nurl = \"postgres://db/x\"\ndb = \"x.db\"\n",
+            "[store]\nurl = \"postgres://db/x?nonsense=1\"\n",
+        ] {
+            let e = Config::parse(bad, path).unwrap_err().to_string();
+            assert!(e.contains("store.url"), "{bad}: {e}");
+        }
+        let secret = "[store]\nurl = \"postgres://sluice:hunter2@db/x\"\n";
+        let config = Config::parse(secret, path).unwrap();
+        assert!(
+            !crate::store::Location::of(&config)
+                .to_string()
+                .contains("hunter2")
+        );
+    }
+
+    #[test]
     fn the_portal_is_off_by_default_and_its_keys_are_checked() {
         let path = Path::new("s.toml");
         let config = Config::parse("", path).unwrap();

@@ -6,9 +6,9 @@
 //! force on both, and while PostgreSQL is down each decides by the table it has.
 
 use crate::support::redis::Redis;
-use sluice::postgres_testing::Server as Postgres;
 use crate::support::relay::RelayOptions;
 use crate::support::{Conn, PATIENCE, Relay, Sink, free_port};
+use sluice::postgres_testing::Server as Postgres;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -499,8 +499,9 @@ async fn while_postgres_is_down_the_nodes_relay_by_their_table_and_catch_up_afte
     assert!(status.contains("(up)"), "{status}");
     // A change made after the restart, through the other node, arrives.
     register(&b, "127.0.3.8");
-    until("A relays for the scanner registered after the restart", || async {
-        send_from(scanner, a.addr, outside).await == [250, 250, 250]
-    })
+    until(
+        "A relays for the scanner registered after the restart",
+        || async { send_from(scanner, a.addr, outside).await == [250, 250, 250] },
+    )
     .await;
 }

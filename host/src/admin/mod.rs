@@ -108,7 +108,7 @@ impl Controls {
                 let mut status = self.reloader.status();
                 status.configuration_error = self.reloadable.failed();
                 status.store = Some(self.registry.describe_store());
-                Answer::Status(status)
+                Answer::Status(Box::new(status))
             }
             Request::Reload => self.reload().await,
             Request::Queue(order) => self.steer_queue(order).await,

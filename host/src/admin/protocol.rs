@@ -62,7 +62,7 @@ pub enum QueueOrder {
 #[serde(tag = "answer", rename_all = "kebab-case")]
 pub enum Answer {
     /// To [`Request::Status`].
-    Status(Status),
+    Status(Box<Status>),
     /// To [`Request::Reload`]: what each part loaded.
     Reloaded {
         /// The policy chain.

@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 /// since it was loaded, and the last reload (and its error, if it failed).
 pub fn status(config: &Config) -> ExitCode {
     let status: Status = match admin::request(&config.admin_socket(), &Request::Status) {
-        Ok(Answer::Status(status)) => status,
+        Ok(Answer::Status(status)) => *status,
         Ok(other) => return super::print(&other),
         Err(e) => {
             eprintln!("sluice: {e}");

@@ -173,7 +173,7 @@ pub struct Db {
 
 enum Engine {
     Sqlite(sqlite::Connection),
-    Postgres(postgres::Connection),
+    Postgres(Box<postgres::Connection>),
 }
 
 impl Db {
@@ -182,7 +182,7 @@ impl Db {
     pub fn open(location: &Location) -> anyhow::Result<Db> {
         let engine = match location {
             Location::Sqlite(path) => Engine::Sqlite(sqlite::Connection::open(path)?),
-            Location::Postgres(url) => Engine::Postgres(postgres::Connection::open(url)?),
+            Location::Postgres(url) => Engine::Postgres(Box::new(postgres::Connection::open(url)?)),
         };
         Ok(Db { engine })
     }

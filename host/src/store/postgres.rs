@@ -88,14 +88,13 @@ impl Connection {
     }
 
     pub fn has_column(&mut self, table: &str, column: &str) -> anyhow::Result<bool> {
-        Ok(self
+        Ok(!self
             .query(
                 "SELECT 1 FROM information_schema.columns
                  WHERE table_schema = current_schema() AND table_name = ?1 AND column_name = ?2",
                 super::params![table, column],
             )?
-            .first()
-            .is_some())
+            .is_empty())
     }
 
     /// A transaction holding the store's one write lock (an advisory lock, as SQLite's
