@@ -288,16 +288,50 @@ enum TokenCommand {
 enum PolicyCommand {
     /// Load a module as the relay would; print what it is, or why it is refused.
     Check {
-        /// The module: a WebAssembly component (.wasm).
-        module: PathBuf,
+        /// The module: a WebAssembly component (.wasm), or builtin:NAME.
+        module: String,
+        /// Use this configuration's compiled-module cache (default: ./sluice.toml's if
+        /// there is one, else ~/.cache/sluice).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Run the scenarios of a file through a module; fail when a decision is not the one
     /// expected.
     Test {
-        /// The module: a WebAssembly component (.wasm).
-        module: PathBuf,
+        /// The module: a WebAssembly component (.wasm), or builtin:NAME.
+        module: String,
         /// The scenarios: a TOML file of sessions and the decisions expected.
         scenarios: PathBuf,
+        /// Use this configuration's compiled-module cache (default: ./sluice.toml's if
+        /// there is one, else ~/.cache/sluice).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Compile a module into the relay's cache ahead of a deploy, so that dropping it into
+    /// the policies directory swaps it in at once (run as the relay's user).
+    Compile {
+        /// The module: a WebAssembly component (.wasm), or builtin:NAME.
+        module: String,
+        /// The relay's configuration (default: ./sluice.toml if there is one, else the
+        /// built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Create a policy module project: a small real module, its unit tests, a scenario
+    /// file and a README.
+    New {
+        /// The project's name (a folder of that name is made here).
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: cli::project::Lang,
+    },
+    /// Build a policy module project into DIR/NAME.wasm (with cargo, componentize-py or
+    /// componentize-js, as the project is written).
+    Build {
+        /// The project's folder (default: this one).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -481,11 +515,37 @@ fn dispatch(command: Command) -> ExitCode {
             }
         }
         Command::Policy {
-            command: PolicyCommand::Check { module },
-        } => cli::policy::check(&module),
+            command: PolicyCommand::Check { module, config },
+        } => {
+            let config = policy_config(config);
+            cli::policy::check(&cli::policy::Module::parse(&module), config.as_ref())
+        }
         Command::Policy {
-            command: PolicyCommand::Test { module, scenarios },
-        } => run(|| cli::policy::test(&module, &scenarios)),
+            command:
+                PolicyCommand::Test {
+                    module,
+                    scenarios,
+                    config,
+                },
+        } => {
+            let config = policy_config(config);
+            let module = cli::policy::Module::parse(&module);
+            run(|| cli::policy::test(&module, &scenarios, config.as_ref()))
+        }
+        Command::Policy {
+            command: PolicyCommand::Compile { module, config },
+        } => {
+            let Some(config) = load_config(config) else {
+                return ExitCode::from(2);
+            };
+            cli::policy::compile(&cli::policy::Module::parse(&module), &config)
+        }
+        Command::Policy {
+            command: PolicyCommand::New { name, lang },
+        } => cli::project::new(&name, lang),
+        Command::Policy {
+            command: PolicyCommand::Build { dir },
+        } => cli::project::build(&dir),
         Command::Session {
             config,
             peer,
@@ -499,6 +559,16 @@ fn dispatch(command: Command) -> ExitCode {
             run(|| cli::session::run(config, client))
         }
     }
+}
+
+/// The configuration whose cache the policy commands use: the one named, or ./sluice.toml;
+/// none (the user's own cache) rather than the defaults, whose spool is relative to
+/// wherever the command runs.
+fn policy_config(path: Option<PathBuf>) -> Option<Config> {
+    if path.is_none() && !std::path::Path::new("sluice.toml").exists() {
+        return None;
+    }
+    load_config(path)
 }
 
 fn load_config(path: Option<PathBuf>) -> Option<Config> {

@@ -19,6 +19,7 @@
 
 pub mod check;
 pub mod policy;
+pub mod project;
 pub mod queue;
 pub mod registry;
 pub mod session;

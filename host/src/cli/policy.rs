@@ -26,6 +26,8 @@
 //! Hooks run in SMTP order, as the relay would run them; a refusal ends the transaction
 //! there, and a hook not listed under `expect` is shown but not checked.
 
+use crate::config::Config;
+use crate::policy::builtin;
 use crate::policy::chain::Chain;
 use crate::policy::manifest::{Mode, ModuleSource, OnError, PolicySpec, config_table};
 use crate::policy::message::MessageData;
@@ -34,31 +36,141 @@ use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `sluice policy check`: loads the module as the relay would and says what it is, or
-/// exactly why it would be refused.
-pub fn check(path: &Path) -> ExitCode {
-    let engine = match PolicyEngine::new(1) {
-        Ok(engine) => engine,
+/// `sluice policy compile`: compiles a module into the running relay's cache ahead of a
+/// deploy, so that dropping it into the policies directory swaps it in at once.
+pub fn compile(module: &Module, config: &Config) -> ExitCode {
+    let dir = config.cache_dir();
+    let engine = match PolicyEngine::new(1).map(|e| e.with_cache_dir(&dir)) {
+        Ok(Ok(engine)) => engine,
+        Ok(Err(e)) => {
+            eprintln!(
+                "sluice: the relay's cache {}: {e}\n(run this as the relay's user: sudo -u sluice sluice policy compile ...)",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("sluice: cannot start the policy engine: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let bytes = match std::fs::read(path) {
+    let bytes = match module.bytes() {
         Ok(bytes) => bytes,
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match engine.inspect(&bytes) {
+        Ok((_, info)) if info.cached => {
+            println!("{module}: already compiled in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Ok((_, info)) => {
+            println!(
+                "{module}: compiled into {} in {:.1} s (sha256 {})",
+                dir.display(),
+                info.compile_time.as_secs_f64(),
+                info.sha256
+            );
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            println!("{module}: refused: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A module named on the command line: a `.wasm` file, or `builtin:NAME`.
+pub struct Module {
+    source: ModuleSource,
+}
+
+impl Module {
+    pub fn parse(text: &str) -> Module {
+        let source = match text.strip_prefix("builtin:") {
+            Some(name) => ModuleSource::Builtin(name.to_string()),
+            None => ModuleSource::File(text.into()),
+        };
+        Module { source }
+    }
+
+    fn name(&self) -> String {
+        match &self.source {
+            ModuleSource::Builtin(name) => name.clone(),
+            ModuleSource::File(path) => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "module".into()),
+        }
+    }
+
+    fn bytes(&self) -> Result<std::borrow::Cow<'static, [u8]>, String> {
+        match &self.source {
+            ModuleSource::Builtin(name) => builtin::get(name).map(Into::into).ok_or_else(|| {
+                format!(
+                    "builtin:{name}: no such built-in module (there are {})",
+                    builtin::names().join(", ")
+                )
+            }),
+            ModuleSource::File(path) => std::fs::read(path)
+                .map(Into::into)
+                .map_err(|e| format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+impl std::fmt::Display for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+/// Where the policy commands keep compiled modules, so that the second run of a large
+/// module (a Python one is 18 MB of WebAssembly, 10 s to compile) starts at once: the
+/// relay's own cache (`policies.cache_dir`) when a configuration is given (`--config`, or
+/// ./sluice.toml) and it is this user's, else this user's own (`~/.cache/sluice`).
+fn cached_engine(config: Option<&Config>) -> Result<(PolicyEngine, Option<PathBuf>), String> {
+    let engine = PolicyEngine::new(1).map_err(|e| format!("the policy engine: {e}"))?;
+    let relays = config.map(Config::cache_dir);
+    let users = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("sluice").join("modules"));
+    for dir in relays.into_iter().chain(users) {
+        if let Ok(cached) = engine.clone().with_cache_dir(&dir) {
+            return Ok((cached, Some(dir)));
+        }
+    }
+    Ok((engine, None))
+}
+
+/// `sluice policy check`: loads the module as the relay would and says what it is, or
+/// exactly why it would be refused.
+pub fn check(module: &Module, config: Option<&Config>) -> ExitCode {
+    let (engine, cache) = match cached_engine(config) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("sluice: cannot start {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bytes = match module.bytes() {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
     match engine.inspect(&bytes) {
         Ok((_, info)) => {
-            println!("{}: ok", path.display());
+            println!("{module}: ok");
             println!("  contract: {}", info.contract);
             println!("  hooks:    {}", info.hooks.join(", "));
             println!("  imports:  {}", info.imports.join(", "));
@@ -70,14 +182,19 @@ pub fn check(path: &Path) -> ExitCode {
             println!("  instances: {instances}");
             println!("  size:     {} bytes", info.size);
             println!("  sha256:   {}", info.sha256);
+            let from = match (&cache, info.cached) {
+                (Some(dir), true) => format!(" (from the cache, {})", dir.display()),
+                (Some(dir), false) => format!(" (kept in {})", dir.display()),
+                (None, _) => String::new(),
+            };
             println!(
-                "  compiled in {:.1} ms",
+                "  compiled in {:.1} ms{from}",
                 info.compile_time.as_secs_f64() * 1000.0
             );
             ExitCode::SUCCESS
         }
         Err(reason) => {
-            println!("{}: refused: {reason}", path.display());
+            println!("{module}: refused: {reason}");
             ExitCode::FAILURE
         }
     }
@@ -126,8 +243,8 @@ const HOOKS: [&str; 5] = ["connect", "helo", "mail-from", "rcpt", "data"];
 
 /// `sluice policy test`: runs every scenario through the module; fails when a decision is
 /// not the one expected.
-pub async fn test(module: &Path, scenarios: &Path) -> ExitCode {
-    match run_scenarios(module, scenarios).await {
+pub async fn test(module: &Module, scenarios: &Path, config: Option<&Config>) -> ExitCode {
+    match run_scenarios(module, scenarios, config).await {
         Ok((passed, failed)) => {
             println!("{passed} passed, {failed} failed");
             if failed == 0 {
@@ -143,7 +260,11 @@ pub async fn test(module: &Path, scenarios: &Path) -> ExitCode {
     }
 }
 
-async fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize), String> {
+async fn run_scenarios(
+    module: &Module,
+    scenarios: &Path,
+    relay: Option<&Config>,
+) -> Result<(usize, usize), String> {
     let text =
         std::fs::read_to_string(scenarios).map_err(|e| format!("{}: {e}", scenarios.display()))?;
     let file: ScenarioFile =
@@ -159,20 +280,18 @@ async fn run_scenarios(module: &Path, scenarios: &Path) -> Result<(usize, usize)
             ));
         }
     }
-    let engine = PolicyEngine::new(1).map_err(|e| format!("the policy engine: {e}"))?;
-    let name = module
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "module".into());
+    let (engine, _) = cached_engine(relay)?;
     let chain = Arc::new(
         Chain::from_specs(
             &engine,
             vec![PolicySpec {
-                name,
-                source: ModuleSource::File(module.to_path_buf()),
+                name: module.name(),
+                source: module.source.clone(),
                 mode: Mode::Enforce,
                 on_error: OnError::Tempfail,
-                timeout: Duration::from_millis(50),
+                // Decisions are tested here, not speed: the first call into a large module
+                // (a Python one) pays for mapping its memory image, and must not time out.
+                timeout: Duration::from_secs(2),
                 max_memory: 32 << 20,
                 config,
                 hooks: None,

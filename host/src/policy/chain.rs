@@ -709,7 +709,13 @@ impl LoadedModule {
                 );
             }
             for line in &lines[..allowed.lines] {
-                tracing::info!(module, stream, hook, session, %peer, queue_id, "{line}");
+                // What a module writes to stderr is its errors (a Python traceback, a Rust
+                // panic): shown where warnings are, `sluice policy test` included.
+                if stream == "stderr" {
+                    tracing::warn!(module, stream, hook, session, %peer, queue_id, "{line}");
+                } else {
+                    tracing::info!(module, stream, hook, session, %peer, queue_id, "{line}");
+                }
             }
             if dropped_bytes > 0 {
                 tracing::warn!(

@@ -1,0 +1,34 @@
+"""Unit tests of no-mail-to in plain CPython: ``python3 -m pytest examples/python/no_mail_to``."""
+
+import pytest
+
+from app import NoMailTo
+from sluice_policy import ConfigError, Verdict
+from sluice_policy.testing import Session
+
+
+def session(**config):
+    s = Session(NoMailTo, config={"domains": ["old-campus.example"], **config})
+    s.connect()
+    s.helo("app.example.edu")
+    s.mail_from("app@example.edu")
+    return s
+
+
+def test_a_listed_domain_and_its_subdomains_are_refused():
+    s = session()
+    d = s.rcpt("jdoe@Mail.Old-Campus.example")
+    assert (d.verdict, d.code, d.reply.enhanced) == (Verdict.REJECT, 550, "5.7.1")
+    assert s.logs == ["info: recipient refused domain=old-campus.example"]
+    assert s.rcpt("jdoe@old-campus.example.org").verdict is Verdict.CONTINUE
+    assert s.rcpt("not an address").verdict is Verdict.CONTINUE
+
+
+def test_the_reason_is_the_postmasters():
+    d = session(reason="That domain is retired").rcpt("a@old-campus.example")
+    assert d.reply.text == "That domain is retired"
+
+
+def test_a_wrongly_typed_setting_says_which_key():
+    with pytest.raises(ConfigError, match="'domains'"):
+        Session(NoMailTo, config={"domains": "old-campus.example"}).rcpt("a@b.example")
