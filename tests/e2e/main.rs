@@ -13,6 +13,7 @@ mod durability;
 mod example_policy;
 mod files;
 mod hostile_clients;
+mod languages;
 mod logs;
 mod metrics;
 mod pair;

@@ -59,6 +59,9 @@ pub struct RelayOptions {
     pub retry_intervals: Option<&'static str>,
     /// `[policies] settle`; none means the default.
     pub settle: Option<&'static str>,
+    /// `[policies] cache_dir`, for relays that share compiled modules (large ones take
+    /// seconds to compile); none: each relay's own, in its spool.
+    pub cache_dir: Option<PathBuf>,
     /// The umask to start the relay with (every restart too); none: the test's own.
     pub umask: Option<libc::mode_t>,
     /// More environment for the relay's process (every restart too).
@@ -114,7 +117,7 @@ impl Relay {
             "hostname = \"relay.test\"\n{top}\n\
              [[listener]]\naddr = \"{addr}\"\n\
              [spool]\ndir = \"{spool}\"\n\
-             [policies]\ndir = \"{policies}\"\nsettle = \"{settle}\"\n\
+             [policies]\ndir = \"{policies}\"\nsettle = \"{settle}\"\n{cache}\
              [delivery]\n{smarthost}retry_intervals = [\"{retry}\"]\n\
              {extra}\n",
             spool = dir.path().join("spool").display(),
@@ -123,6 +126,11 @@ impl Relay {
             top = options.top,
             retry = options.retry_intervals.unwrap_or("1s"),
             settle = options.settle.unwrap_or("50ms"),
+            cache = options
+                .cache_dir
+                .as_ref()
+                .map(|d| format!("cache_dir = \"{}\"\n", d.display()))
+                .unwrap_or_default(),
         );
         std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
         let mut relay = Relay {
