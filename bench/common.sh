@@ -53,6 +53,14 @@ campus_chain() {
       -e 's/^max_messages = .*/max_messages = 100000000/' \
       -e 's/^max_recipients = .*/max_recipients = 100000000/' \
       examples/campus/policies.toml > "$1/policies.toml"
+  # SLUICE_BENCH_EXTRA_MODULE=FILE.wasm: one more module first in the chain (bench/languages.sh).
+  if [ -n "${SLUICE_BENCH_EXTRA_MODULE:-}" ]; then
+    cp "$SLUICE_BENCH_EXTRA_MODULE" "$1/extra.wasm"
+    { printf '[[policy]]\nname = "extra"\nmodule = "extra.wasm"\n[policy.config]\n'
+      printf 'domains = ["old-campus.example"]\n\n'
+      cat "$1/policies.toml"; } > "$1/policies.toml.new"
+    mv "$1/policies.toml.new" "$1/policies.toml"
+  fi
   grep -q 'domains = \["bench.test"\]' "$1/policies.toml" &&
     grep -q 'internal_domains = \["example.org"\]' "$1/policies.toml" || {
     echo "examples/campus/policies.toml changed: adapt the campus chain's sed lines" >&2; exit 1; }

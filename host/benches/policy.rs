@@ -97,6 +97,50 @@ fn main() {
         hook / MODULES as f64
     );
 
+    // One module of the author's (SLUICE_BENCH_MODULE=FILE.wasm, as bench/languages.sh
+    // builds the same rule in Rust, Python and JavaScript): what a session costs to set up
+    // with it, and a call.
+    if let Some(file) = std::env::var_os("SLUICE_BENCH_MODULE") {
+        let one = |reuse| {
+            let spec = PolicySpec {
+                name: "module".into(),
+                source: ModuleSource::File(file.clone().into()),
+                mode: Mode::Enforce,
+                on_error: OnError::Tempfail,
+                timeout: Duration::from_secs(1),
+                max_memory: 256 << 20,
+                config: BTreeMap::new(),
+                hooks: Some(HookSet::ALL),
+                reuse,
+            };
+            Arc::new(Chain::from_specs(&engine, vec![spec]).expect("the module loads"))
+        };
+        let (reused, fresh) = (one(true), one(false));
+        let call = runtime.block_on(async {
+            let mut session = reused.start_session(facts.clone());
+            session.on_connect().await;
+            best(20_000, async || {
+                black_box(session.on_rcpt("user@example.org", &[]).await);
+            })
+            .await
+        });
+        let setup = runtime.block_on(best(2_000, async || {
+            let mut session = reused.start_session(facts.clone());
+            black_box(session.on_connect().await);
+        }));
+        let setup_new = runtime.block_on(best(200, async || {
+            let mut session = fresh.start_session(facts.clone());
+            black_box(session.on_connect().await);
+        }));
+        println!("module {}", file.to_string_lossy());
+        println!(
+            "  session setup, new instance:    {:>9.0} ns",
+            setup_new - call
+        );
+        println!("  session setup, reused instance: {:>9.0} ns", setup - call);
+        println!("  rcpt hook call:                 {:>9.0} ns", call);
+    }
+
     // The chain a campus runs (examples/campus), its sender and internal domains set to
     // the message's: every hook of a session of one message to one recipient.
     let campus = campus_chain(&engine);

@@ -142,6 +142,10 @@ pub(crate) fn with_env<R>(f: impl FnOnce(&mut Env) -> R) -> R {
     })
 }
 
+/// When a session's clock starts (unless [`Session::at`] sets it): 2027-01-15 08:00 UTC, a
+/// Friday morning; the Python and JavaScript SDKs' sessions start there too.
+pub const START_MS: u64 = 1_800_000_000_000;
+
 /// A value for [`Session::config`]: text (`"x"`), an integer, a boolean, or a list of
 /// text (`["a", "b"]` or a `Vec<String>`), as a `[policy.config]` table may hold.
 pub struct Setting(ConfigValue);
@@ -205,7 +209,7 @@ impl<P: Policy> Session<P> {
                 sender: None,
                 recipients: Vec::new(),
                 config: BTreeMap::new(),
-                now_ms: 1_800_000_000_000,
+                now_ms: START_MS,
                 tls_required: Vec::new(),
                 registered: Vec::new(),
                 blocked: Vec::new(),
@@ -266,6 +270,13 @@ impl<P: Policy> Session<P> {
     /// A key of the module's `[policy.config]`.
     pub fn config(mut self, key: &str, value: impl Into<Setting>) -> Self {
         self.env().config.insert(key.into(), value.into().0);
+        self
+    }
+
+    /// Sets the clock (Unix milliseconds) for rules that depend on the time; a session
+    /// starts at [`START_MS`].
+    pub fn at(mut self, unix_ms: u64) -> Self {
+        self.env().now_ms = unix_ms;
         self
     }
 

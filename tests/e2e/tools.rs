@@ -78,6 +78,42 @@ fn policy_test_runs_a_departments_scenarios() {
     );
 }
 
+#[test]
+fn a_scenario_sets_the_clock_modules_read() {
+    let probe = module("sluice_test_probe.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = dir.path().join("night.toml");
+    let scenario = |at: &str| {
+        format!(
+            "[[scenario]]\nname = \"at night\"\nat = \"{at}\"\nsender = \"a@example.edu\"\n\
+             recipients = [\"b@example.org\"]\nmessage = \"Subject: x\\n\\ny\\n\"\n"
+        )
+    };
+    std::fs::write(&scenarios, scenario("2026-11-27T22:00:00Z")).unwrap();
+    let out = sluice(&[
+        "policy",
+        "test",
+        probe.to_str().unwrap(),
+        scenarios.to_str().unwrap(),
+    ]);
+    // The probe stamps the time it reads (seconds) into a header it adds.
+    assert!(
+        stdout(&out).contains("clock=1795816800"),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::write(&scenarios, scenario("tonight")).unwrap();
+    let out = sluice(&[
+        "policy",
+        "test",
+        probe.to_str().unwrap(),
+        scenarios.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("at = \"tonight\""), "{said}");
+}
+
 /// Runs `sluice session` with `input` typed at it (LF line ends, as at a terminal).
 fn session(peer: &str, input: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();

@@ -30,7 +30,7 @@ test("the window slides: an hour later the quota is back", () => {
   const counters = new Counters();
   send(counters);
   send(counters);
-  const s = new Session(SenderQuota, { config: { max_per_hour: 2 }, counters, at: Date.parse("2026-01-05T11:00:00Z") });
+  const s = new Session(SenderQuota, { config: { max_per_hour: 2 }, counters, at: Date.parse("2027-01-15T10:00:00Z") });
   s.mailFrom("app@example.edu");
   assert.equal(s.data("Subject: x\n\ny\n").verdict, Verdict.CONTINUE);
 });

@@ -29,6 +29,7 @@
 use crate::config::Config;
 use crate::policy::builtin;
 use crate::policy::chain::Chain;
+use crate::policy::host::SetClock;
 use crate::policy::manifest::{Mode, ModuleSource, OnError, PolicySpec, config_table};
 use crate::policy::message::MessageData;
 use crate::policy::{ChainDecision, PolicyEngine, SessionFacts, Verdict};
@@ -229,6 +230,24 @@ struct Scenario {
     message: Option<String>,
     #[serde(default)]
     expect: BTreeMap<String, String>,
+    /// The time the module is told, for rules that depend on it (RFC 3339:
+    /// "2026-11-27T22:00:00Z"); by default the real time.
+    #[serde(default)]
+    at: Option<String>,
+}
+
+/// The clock a scenario sets (`at`), if it sets one.
+fn scenario_clock(s: &Scenario) -> Result<Option<SetClock>, String> {
+    let Some(at) = &s.at else {
+        return Ok(None);
+    };
+    let time = humantime::parse_rfc3339_weak(at)
+        .map_err(|e| format!("at = {at:?}: {e} (write it as \"2026-11-27T22:00:00Z\")"))?;
+    let ms = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("at = {at:?}: before 1970"))?
+        .as_millis() as u64;
+    Ok(Some(SetClock::at(ms)))
 }
 
 fn default_peer() -> IpAddr {
@@ -271,6 +290,13 @@ async fn run_scenarios(
         toml::from_str(&text).map_err(|e| format!("{}: {e}", scenarios.display()))?;
     let config = config_table(&file.config).map_err(|e| format!("{}: {e}", scenarios.display()))?;
     for s in &file.scenario {
+        if let Err(e) = scenario_clock(s) {
+            return Err(format!(
+                "{}: scenario `{}`: {e}",
+                scenarios.display(),
+                s.name
+            ));
+        }
         if let Some(hook) = s.expect.keys().find(|k| !HOOKS.contains(&k.as_str())) {
             return Err(format!(
                 "{}: scenario `{}`: `{hook}` is not a hook ({})",
@@ -295,7 +321,8 @@ async fn run_scenarios(
                 max_memory: 32 << 20,
                 config,
                 hooks: None,
-                reuse: true,
+                // A new instance for each scenario, so each has its own clock (`at`).
+                reuse: false,
             }],
         )
         .map_err(|e| e.to_string())?,
@@ -321,6 +348,8 @@ async fn run_one(chain: &Arc<Chain>, s: &Scenario) -> bool {
         .then(|| ("TLSv1.3".into(), "TLS13_AES_256_GCM_SHA384".into()));
     facts.authenticated_user = s.auth.clone();
     facts.queue_id = Some("SCENARIO".into());
+    // Checked before any scenario ran.
+    facts.clock = scenario_clock(s).ok().flatten();
     let mut session = chain.start_session(Arc::new(facts.clone()));
     let mut ok = true;
     let mut step = |hook: &str, subject: &str, d: &ChainDecision| -> bool {

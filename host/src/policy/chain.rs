@@ -532,10 +532,12 @@ impl LoadedModule {
         requests: &Arc<DeliveryRequests>,
     ) -> Result<Instance, Failure> {
         let (stdout, stderr) = (CapturedOutput::default(), CapturedOutput::default());
-        let wasi = wasmtime_wasi::WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .build();
+        let mut wasi = wasmtime_wasi::WasiCtx::builder();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        if let Some(clock) = facts.clock {
+            wasi.wall_clock(clock);
+        }
+        let wasi = wasi.build();
         let state = HostState {
             module: self.name.clone(),
             config: self.config.clone(),

@@ -447,3 +447,20 @@ async fn an_instance_idle_too_long_is_let_go() {
     module.trim_idle(Instant::now() + MAX_IDLE_TIME + Duration::from_secs(1));
     assert_eq!(module.idle.lock().unwrap().len(), 0);
 }
+
+#[test]
+fn a_core_module_is_refused_with_how_to_build_a_component() {
+    // The smallest core module: the magic and version 1, no sections.
+    let refused = engine()
+        .inspect(b"\0asm\x01\0\0\0")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        refused.contains("a core WebAssembly module, not a component")
+            && refused.contains("wasm32-wasip2")
+            && refused.contains("componentize-py")
+            && refused.contains("componentize-js"),
+        "{refused}"
+    );
+}

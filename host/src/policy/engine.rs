@@ -186,6 +186,12 @@ impl PolicyEngine {
     /// pre-links it, so that instantiating it for a session does no compiling or linking;
     /// and tells what the module is (`sluice policy check`).
     pub fn inspect(&self, bytes: &[u8]) -> Result<(PolicyPre<HostState>, ModuleInfo), ModuleError> {
+        // A core module (version 1) where a component (layer 1) is needed: the commonest
+        // mistake (wasm32-wasip1, or a plain `cargo build --target wasm32-unknown-unknown`),
+        // answered with the fix rather than the compiler's complaint.
+        if bytes.starts_with(b"\0asm\x01\x00\x00\x00") {
+            return Err(ModuleError::CoreModule);
+        }
         let sha256 = content_hash(bytes);
         let started = Instant::now();
         let (component, cached) = self.component(bytes, &sha256)?;

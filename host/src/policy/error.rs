@@ -108,6 +108,13 @@ pub enum ModuleError {
     #[error("not a WebAssembly component this relay can compile: {0:#}")]
     Compile(wasmtime::Error),
     #[error(
+        "a core WebAssembly module, not a component: build a component for wasm32-wasip2 \
+         (`sluice policy build`, or: Rust `cargo build --release --target wasm32-wasip2`; \
+         Python `componentize-py -w reusable-policy componentize app`; JavaScript \
+         `componentize-js app.js --wit wit -n reusable-policy`)"
+    )]
+    CoreModule,
+    #[error(
         "does not export {package}/hooks (is it a Sluice policy module? this relay speaks {package}@{speaks})"
     )]
     NotAPolicy {

@@ -38,6 +38,42 @@ pub struct SessionFacts {
     pub queue_id: Option<String>,
     /// The session's number in the log (modules do not see it).
     pub session: u64,
+    /// The time modules are told, when not the relay's clock: `sluice policy test` sets a
+    /// scenario's `at`.
+    pub clock: Option<SetClock>,
+}
+
+/// A clock set to a given time, running from when it was set.
+#[derive(Debug, Clone, Copy)]
+pub struct SetClock {
+    at_ms: u64,
+    set: std::time::Instant,
+}
+
+impl SetClock {
+    /// A clock that reads `at_ms` (Unix milliseconds) now.
+    pub fn at(at_ms: u64) -> SetClock {
+        SetClock {
+            at_ms,
+            set: std::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.at_ms + self.set.elapsed().as_millis() as u64
+    }
+}
+
+/// Modules' WASI wall clock (`time.time()` in Python, `Date.now()` in JavaScript) reads
+/// the set clock too.
+impl wasmtime_wasi::HostWallClock for SetClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.now_ms())
+    }
 }
 
 impl SessionFacts {
@@ -54,7 +90,13 @@ impl SessionFacts {
             recipients: Vec::new(),
             queue_id: None,
             session: 0,
+            clock: None,
         }
+    }
+
+    /// Unix milliseconds, as modules are told.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.map_or_else(counters::now_ms, |c| c.now_ms())
     }
 }
 
@@ -312,7 +354,7 @@ impl super::engine::sluice::policy::delivery::Host for HostState {
 
 impl clock::Host for HostState {
     fn now(&mut self) -> u64 {
-        counters::now_ms()
+        self.facts.now_ms()
     }
 }
 
@@ -322,14 +364,14 @@ impl clock::Host for HostState {
 impl super::engine::sluice::policy::counters::Host for HostState {
     async fn incr(&mut self, key: String, window_seconds: u32) -> wasmtime::Result<u64> {
         self.counters
-            .count(&self.module, &key, window_seconds, 1, counters::now_ms())
+            .count(&self.module, &key, window_seconds, 1, self.facts.now_ms())
             .await
             .map_err(wasmtime::Error::new)
     }
 
     async fn peek(&mut self, key: String, window_seconds: u32) -> wasmtime::Result<u64> {
         self.counters
-            .count(&self.module, &key, window_seconds, 0, counters::now_ms())
+            .count(&self.module, &key, window_seconds, 0, self.facts.now_ms())
             .await
             .map_err(wasmtime::Error::new)
     }

@@ -570,6 +570,7 @@ impl Session {
             recipients: tx.map(|tx| tx.recipients.clone()).unwrap_or_default(),
             queue_id: tx.map(|tx| tx.id.clone()),
             session: self.id,
+            clock: None,
         };
         self.policy.set_facts(&Arc::new(facts));
     }

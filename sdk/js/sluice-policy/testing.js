@@ -9,13 +9,13 @@
 //   assert.equal(s.rcpt("jdoe@old.example").code, 550);
 //
 // A decision the relay would not take (discard before DATA) fails the test. The clock
-// starts at START (2026-01-05 09:00 UTC, a Monday) unless `at` says otherwise, and moves
-// only when the test says so (advance).
+// starts at START (2027-01-15 08:00 UTC, a Friday morning, as in the Rust SDK's Session)
+// unless `at` says otherwise, and moves only when the test says so (advance).
 
 import { Body, Context, Decision, Verdict, setRelay } from "./index.js";
 
 /** When a simulated session's clock starts, unless it is given another time. */
-export const START = Date.parse("2026-01-05T09:00:00Z");
+export const START = Date.parse("2027-01-15T08:00:00Z");
 
 /** Counters as the relay keeps them; share one between sessions as one relay node does. */
 export class Counters {

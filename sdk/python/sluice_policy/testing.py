@@ -16,8 +16,9 @@ a clock, counters (the relay's sliding window), the registry, logging::
 A decision the relay would not take as it is (discard at RCPT, a reply code that does not
 match the verdict) fails the test, as it would fail the call in the relay.
 
-The clock starts at :data:`START` (2026-01-05 09:00 UTC, a Monday) unless ``at`` says
-otherwise, and moves only when the test says so (:meth:`Session.advance`).
+The clock starts at :data:`START` (2027-01-15 08:00 UTC, a Friday morning, as in the Rust
+SDK's ``Session``) unless ``at`` says otherwise, and moves only when the test says so
+(:meth:`Session.advance`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from . import (
     _host,
 )
 
-START = datetime.datetime(2026, 1, 5, 9, 0, tzinfo=datetime.timezone.utc)
+START = datetime.datetime(2027, 1, 15, 8, 0, tzinfo=datetime.timezone.utc)
 """When a simulated session's clock starts, unless it is given another time."""
 
 
