@@ -10,7 +10,8 @@ sluice_binary() {
 
 # Writes a relay configuration to $1: listening on 127.0.0.1:$2, relaying to the sink on
 # 127.0.0.1:$3, its spool and policies under $4; $5 holds more [delivery] lines.
-# SLUICE_BENCH_CONFIG: more TOML at the end ("[metrics]\naddr = ..." to measure with metrics on).
+# SLUICE_BENCH_CONFIG: more TOML at the end, in [policies] ("cache_dir = ...", or
+# "[metrics]\naddr = ..." to measure with metrics on).
 relay_config() {
   cat > "$1" <<TOML
 hostname = "relay.bench"
@@ -53,10 +54,11 @@ campus_chain() {
       -e 's/^max_messages = .*/max_messages = 100000000/' \
       -e 's/^max_recipients = .*/max_recipients = 100000000/' \
       examples/campus/policies.toml > "$1/policies.toml"
-  # SLUICE_BENCH_EXTRA_MODULE=FILE.wasm: one more module first in the chain (bench/languages.sh).
+  # SLUICE_BENCH_EXTRA_MODULE=FILE.wasm: one more module first in the chain (bench/languages.sh),
+  # asked at the hooks of SLUICE_BENCH_EXTRA_HOOKS ('["rcpt"]'), else at every hook it exports.
   if [ -n "${SLUICE_BENCH_EXTRA_MODULE:-}" ]; then
     cp "$SLUICE_BENCH_EXTRA_MODULE" "$1/extra.wasm"
-    { printf '[[policy]]\nname = "extra"\nmodule = "extra.wasm"\n[policy.config]\n'
+    { printf '[[policy]]\nname = "extra"\nmodule = "extra.wasm"\n%b[policy.config]\n' "${SLUICE_BENCH_EXTRA_HOOKS:+hooks = $SLUICE_BENCH_EXTRA_HOOKS\n}"
       printf 'domains = ["old-campus.example"]\n\n'
       cat "$1/policies.toml"; } > "$1/policies.toml.new"
     mv "$1/policies.toml.new" "$1/policies.toml"
