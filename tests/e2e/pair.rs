@@ -214,8 +214,8 @@ impl Drop for Haproxy {
 }
 
 /// A node with a listener behind the balancer (PROXY v2 from 127.0.0.1 only), counting in
-/// `redis`, with 127.0.3.7 registered.
-async fn campus_node(sink: &Sink, redis: &Redis) -> (Relay, SocketAddr) {
+/// `redis`, its registry in `postgres`.
+async fn campus_node(sink: &Sink, redis: &Redis, postgres: &Postgres) -> (Relay, SocketAddr) {
     let relay = Relay::start_with(RelayOptions {
         smarthost: Some(sink.addr),
         // rate-limit, then campus-access (the campus is 127.0.0.0/16; registered machines
@@ -224,36 +224,28 @@ async fn campus_node(sink: &Sink, redis: &Redis) -> (Relay, SocketAddr) {
         extra: format!(
             "[[listener]]\naddr = \"127.0.0.1:0\"\nname = \"behind-balancer\"\n\
              proxy_protocol = true\nproxy_from = [\"127.0.0.1/32\"]\n\
-             [counters]\nurl = \"{}\"\ntimeout = \"20ms\"\n",
-            redis.url()
+             [counters]\nurl = \"{}\"\ntimeout = \"20ms\"\n[store]\nurl = \"{}\"\n",
+            redis.url(),
+            postgres.url()
         ),
         ..Default::default()
     })
     .await;
-    let registered = relay.command(&[
-        "registry",
-        "add",
-        "127.0.3.7",
-        "--admin",
-        "jdoe",
-        "--contact",
-        "jdoe@example.edu",
-        "--dept",
-        "Physics",
-        "--purpose",
-        "copier",
-    ]);
-    assert!(registered.status.success(), "{registered:?}");
     let behind = relay.listening("behind-balancer");
     (relay, behind)
 }
 
 #[tokio::test]
 async fn behind_haproxy_both_nodes_see_the_client_and_share_its_limit() {
+    let postgres = Postgres::start();
     let sink = Sink::start().await;
     let redis = Redis::start().await;
-    let (a, a_behind) = campus_node(&sink, &redis).await;
-    let (b, b_behind) = campus_node(&sink, &redis).await;
+    let (a, a_behind) = campus_node(&sink, &redis, &postgres).await;
+    let (b, b_behind) = campus_node(&sink, &redis, &postgres).await;
+    // Registered once, through A: both nodes relay for it (one registry, in PostgreSQL; B
+    // is told by the database).
+    register(&a, "127.0.3.7");
+    b.wait_for_log("registrations=1").await;
     let haproxy = Haproxy::start(a_behind, b_behind).await;
     let printer: IpAddr = "127.0.3.7".parse().unwrap();
     let stranger: IpAddr = "127.0.3.8".parse().unwrap();
@@ -284,8 +276,8 @@ async fn behind_haproxy_both_nodes_see_the_client_and_share_its_limit() {
     for node in [&a, &b] {
         node.wait_for_log("peer=127.0.3.7:").await;
     }
-    // Three for outside, and each node's confirmation of its registration.
-    let arrived = sink.wait_for(5).await;
+    // Three for outside, and the registration's confirmation (sent by one node).
+    let arrived = sink.wait_for(4).await;
     let relayed: Vec<_> = arrived
         .iter()
         .filter(|m| m.recipients == [outside])

@@ -60,12 +60,8 @@ pub fn compile(module: &Module, config: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let bytes = match module.bytes() {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(bytes) = module.read() else {
+        return ExitCode::FAILURE;
     };
     match engine.inspect(&bytes) {
         Ok((_, info)) if info.cached => {
@@ -110,6 +106,11 @@ impl Module {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "module".into()),
         }
+    }
+
+    /// The module's bytes, or `None` when they cannot be read (said on stderr).
+    fn read(&self) -> Option<std::borrow::Cow<'static, [u8]>> {
+        self.bytes().map_err(|e| eprintln!("{e}")).ok()
     }
 
     fn bytes(&self) -> Result<std::borrow::Cow<'static, [u8]>, String> {
@@ -162,12 +163,8 @@ pub fn check(module: &Module, config: Option<&Config>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let bytes = match module.bytes() {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(bytes) = module.read() else {
+        return ExitCode::FAILURE;
     };
     match engine.inspect(&bytes) {
         Ok((_, info)) => {
