@@ -133,13 +133,16 @@ fn session(peer: &str, input: &str) -> (String, String) {
 fn session_plays_a_client_and_shows_each_decision() {
     let transaction = "EHLO app.example.edu\nMAIL FROM:<app@example.edu>\nRCPT TO:<a@example.org>\nDATA\nSubject: hi\n\nhello\n.\nQUIT\n";
     let (replies, log) = session("127.0.0.1", transaction);
-    assert!(replies.contains("250 2.0.0 Ok: queued as"), "{replies}");
+    assert!(
+        replies.contains("250 2.0.0 Ok: queued as"),
+        "{replies}\n{log}"
+    );
     assert!(log.contains("rcpt networks=accept"), "{log}");
 
     let (replies, log) = session("192.0.2.9", transaction);
     assert!(
         replies.contains("554 5.7.1 <a@example.org>: Relay access denied"),
-        "{replies}"
+        "{replies}\n{log}"
     );
     assert!(log.contains("rcpt networks=reject"), "{log}");
 }
