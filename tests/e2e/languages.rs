@@ -221,6 +221,16 @@ async fn python_and_javascript_modules_decide_beside_rust_ones() {
     relay
         .wait_for_log("would have decided: data phi-guard(dry-run)=reject")
         .await;
+    // The module's own line says it was not a refusal.
+    let log = relay.wait_for_log("refused: [PHI] message").await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused: [PHI] message"))
+        .unwrap();
+    assert!(
+        line.contains("mode=\"dry-run\"") && line.contains("module=\"phi-guard\""),
+        "{line}"
+    );
     // The third of two an hour is refused for now, by the JavaScript module.
     assert_eq!(send(&relay, "nurse@med.example.edu", "lunch").await, 451);
     let log = relay.wait_for_log("sender over quota").await;
@@ -228,7 +238,10 @@ async fn python_and_javascript_modules_decide_beside_rust_ones() {
         .lines()
         .find(|l| l.contains("sender over quota"))
         .unwrap();
-    assert!(line.contains("module=\"sender-quota\""), "{line}");
+    assert!(
+        line.contains("module=\"sender-quota\"") && line.contains("mode=\"enforce\""),
+        "{line}"
+    );
 }
 
 #[tokio::test]

@@ -266,12 +266,14 @@ impl HostState {
         let module = &*self.module;
         let (peer, session) = (self.facts.peer.ip(), self.facts.session);
         let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
+        // A dry-run module's "refused" is not a refusal: its lines say which they are.
+        let mode = if self.dry_run { "dry-run" } else { "enforce" };
         match level {
-            log::Level::Trace => tracing::trace!(module, session, %peer, queue_id, "{line}"),
-            log::Level::Debug => tracing::debug!(module, session, %peer, queue_id, "{line}"),
-            log::Level::Info => tracing::info!(module, session, %peer, queue_id, "{line}"),
-            log::Level::Warn => tracing::warn!(module, session, %peer, queue_id, "{line}"),
-            log::Level::Error => tracing::error!(module, session, %peer, queue_id, "{line}"),
+            log::Level::Trace => tracing::trace!(module, mode, session, %peer, queue_id, "{line}"),
+            log::Level::Debug => tracing::debug!(module, mode, session, %peer, queue_id, "{line}"),
+            log::Level::Info => tracing::info!(module, mode, session, %peer, queue_id, "{line}"),
+            log::Level::Warn => tracing::warn!(module, mode, session, %peer, queue_id, "{line}"),
+            log::Level::Error => tracing::error!(module, mode, session, %peer, queue_id, "{line}"),
         }
     }
 }
