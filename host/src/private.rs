@@ -32,6 +32,19 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().mode(DIR_MODE).create(dir)
 }
 
+/// Creates a new private folder of an unguessable name, `PREFIX-<64 random bits>`, in the
+/// system's temporary directory: [`create_dir`] fails on anything already there (a planted
+/// symbolic link included), and it is private from its creation, not narrowed after while
+/// whoever watches the temporary directory could write to it.
+pub fn create_temp_dir(prefix: &str) -> io::Result<std::path::PathBuf> {
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|e| io::Error::other(format!("random: {e}")))?;
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("{prefix}-{suffix}"));
+    create_dir(&dir)?;
+    Ok(dir)
+}
+
 /// Options that create a file [`FILE_MODE`] (a file that exists keeps its mode).
 pub fn open_options() -> OpenOptions {
     let mut options = OpenOptions::new();

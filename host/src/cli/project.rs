@@ -215,7 +215,7 @@ pub fn build(dir: &Path) -> ExitCode {
 fn build_in(dir: &Path) -> anyhow::Result<PathBuf> {
     let ident = module_name(dir);
     let out = dir.join(format!("{ident}.wasm"));
-    let support = tempfile_dir()?;
+    let support = crate::private::create_temp_dir("sluice-build")?;
     let wit = support.join("wit");
     std::fs::create_dir_all(&wit)?;
     std::fs::write(wit.join("policy.wit"), CONTRACT)?;
@@ -306,16 +306,6 @@ fn run(command: &mut Command, tool: &str, install: &str) -> anyhow::Result<()> {
         }
         Err(e) => anyhow::bail!("{tool}: {e}"),
     }
-}
-
-/// A private folder for the contract and the SDK while a build runs.
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = std::env::temp_dir().join(format!("sluice-build-{suffix}"));
-    crate::private::create_dir(&dir)?;
-    Ok(dir)
 }
 
 /// The component's entry for a JavaScript project (see `build_in`).

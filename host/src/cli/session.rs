@@ -51,15 +51,8 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     let chain = tokio::task::spawn_blocking(move || Chain::load(&engine, &dir))
         .await?
         .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
-    // A new directory of an unguessable name (create_dir fails on anything already there,
-    // a planted symbolic link included), so the throw-away spool is this session's own.
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-    let spool_dir = std::env::temp_dir().join(format!("sluice-session-{suffix}"));
-    // Private from its creation: made open and narrowed after, it could be written to
-    // in between by whoever watches the temporary directory.
-    crate::private::create_dir(&spool_dir)?;
+    // The throw-away spool is this session's own.
+    let spool_dir = crate::private::create_temp_dir("sluice-session")?;
     let spool = Arc::new(Spool::open(&spool_dir)?);
     let listener = config
         .listeners

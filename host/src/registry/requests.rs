@@ -16,7 +16,7 @@ use super::store::refuse;
 use super::store::{Store, insert_registration, queue_notice, read_table, record};
 use super::table::{Registration, Table, display, parse_network};
 use crate::smtp::valid_address;
-use crate::store::{Row, Sql, params};
+use crate::store::{Row, Sql, Value, params};
 use ipnet::IpNet;
 use sluice_mail::Address;
 
@@ -315,6 +315,26 @@ pub struct Checked {
     senders: Vec<String>,
 }
 
+impl Checked {
+    /// The form's columns in the requests table's order (network … senders: `?1` to `?8`),
+    /// then `more` (`?9`, `?10`).
+    fn columns_then(&self, more: [Value; 2]) -> Vec<Value> {
+        let mut values = params![
+            self.network.to_string(),
+            &self.hostname,
+            &self.department,
+            &self.admin,
+            &self.contact,
+            &self.purpose,
+            &self.volume,
+            self.senders.join("\n"),
+        ]
+        .to_vec();
+        values.extend(more);
+        values
+    }
+}
+
 /// What the postmaster decides about a request.
 #[derive(Debug, Clone)]
 pub enum Decision {
@@ -335,18 +355,7 @@ impl Store {
                      volume, senders, requester, state, note, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', '', ?10, ?10)
                  RETURNING id",
-                params![
-                    form.network.to_string(),
-                    &form.hostname,
-                    &form.department,
-                    &form.admin,
-                    &form.contact,
-                    &form.purpose,
-                    &form.volume,
-                    form.senders.join("\n"),
-                    requester,
-                    now
-                ],
+                &form.columns_then([requester.into(), now.into()]),
             )?;
             let id = inserted
                 .ok_or_else(|| anyhow::anyhow!("the new request has no id"))?
@@ -363,22 +372,11 @@ impl Store {
         self.db.write(|tx| {
             no_open_request_for(tx, &form.network, Some(id))?;
             let changed = tx.execute(
-                "UPDATE requests SET network = ?2, hostname = ?3, department = ?4, admin = ?5,
-                     contact = ?6, purpose = ?7, volume = ?8, senders = ?9, state = 'pending',
+                "UPDATE requests SET network = ?1, hostname = ?2, department = ?3, admin = ?4,
+                     contact = ?5, purpose = ?6, volume = ?7, senders = ?8, state = 'pending',
                      updated_at = ?10
-                 WHERE id = ?1 AND state = 'needs information'",
-                params![
-                    id,
-                    form.network.to_string(),
-                    &form.hostname,
-                    &form.department,
-                    &form.admin,
-                    &form.contact,
-                    &form.purpose,
-                    &form.volume,
-                    form.senders.join("\n"),
-                    crate::queue::now() as i64
-                ],
+                 WHERE id = ?9 AND state = 'needs information'",
+                &form.columns_then([id.into(), (crate::queue::now() as i64).into()]),
             )?;
             if changed == 0 {
                 refuse!("request #{id} is not waiting for an answer");

@@ -125,9 +125,7 @@ impl Store {
     /// The registry in the store at `location`, if there is a store there: a command that
     /// only reads must not create an empty SQLite database where a wrong `--config` points.
     pub fn open_existing(location: &Location) -> anyhow::Result<Option<Store>> {
-        if let Location::Sqlite(path) = location
-            && !path.exists()
-        {
+        if !location.exists() {
             return Ok(None);
         }
         Store::open(location).map(Some)

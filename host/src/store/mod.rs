@@ -30,6 +30,15 @@ pub enum Location {
 }
 
 impl Location {
+    /// Is there a store here? A PostgreSQL database always is (its tables are made at
+    /// start); an SQLite one once its file is made.
+    pub fn exists(&self) -> bool {
+        match self {
+            Location::Sqlite(path) => path.exists(),
+            Location::Postgres(_) => true,
+        }
+    }
+
     pub fn of(config: &Config) -> Location {
         match &config.store.url {
             Some(url) => Location::Postgres(url.clone()),
@@ -53,13 +62,8 @@ impl std::fmt::Display for Location {
 /// always there (its tables are made at start).
 pub fn existing(config: &Config) -> anyhow::Result<Location> {
     let location = Location::of(config);
-    if let Location::Sqlite(db) = &location
-        && !db.exists()
-    {
-        anyhow::bail!(
-            "no store at {} (nothing in it yet, or another --config?)",
-            db.display()
-        );
+    if !location.exists() {
+        anyhow::bail!("no store at {location} (nothing in it yet, or another --config?)");
     }
     Ok(location)
 }
