@@ -176,9 +176,14 @@ async fn refuses_a_client_that_talks_before_the_greeting() {
 #[tokio::test]
 async fn limits_connections_per_client_ip() {
     let (_sink, relay) = relay_with("[limits]\nmax_connections_per_ip = 2\n").await;
-    let _first = Conn::greeted(relay.addr).await;
-    let _second = Conn::greeted(relay.addr).await;
-    let mut third = Conn::connect(relay.addr).await;
+    // Not the default address: the harness's readiness probe came from there, and its
+    // session may still be counted while it winds down.
+    let client = "127.0.0.2".parse().unwrap();
+    let mut first = Conn::connect_from(client, relay.addr).await;
+    first.expect(220).await;
+    let mut second = Conn::connect_from(client, relay.addr).await;
+    second.expect(220).await;
+    let mut third = Conn::connect_from(client, relay.addr).await;
     let reply = third.reply().await;
     assert_eq!(reply.code, 421, "{}", reply.text());
     assert!(reply.text().starts_with("4.7.0 "));
