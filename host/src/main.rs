@@ -518,7 +518,8 @@ fn dispatch(command: Command) -> ExitCode {
             command: PolicyCommand::Check { module, config },
         } => {
             let config = policy_config(config);
-            cli::policy::check(&cli::policy::Module::parse(&module), config.as_ref())
+            let module = cli::policy::Module::parse(&module);
+            run(|| cli::policy::check(&module, config.as_ref()))
         }
         Command::Policy {
             command:

@@ -209,12 +209,9 @@ async fn start_policies(
             &config.counters,
         )?)
         .with_registry(registry.table());
-    let chain = {
-        let engine = engine.clone();
-        let dir = policies.dir.clone();
-        tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await?
-    }
-    .context("policies")?;
+    let chain = Chain::open(&engine, &policies.dir)
+        .await
+        .context("policies")?;
     tracing::info!(dir = %policies.dir.display(), chain = ?chain.names(), "policy chain loaded");
     if let Some(shortfall) = capacity_shortfall(chain.names().len(), config.limits.max_connections)
     {

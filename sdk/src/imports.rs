@@ -38,6 +38,9 @@ mod relay {
     pub fn config_keys() -> Vec<String> {
         config::keys()
     }
+    pub fn dry_run() -> bool {
+        config::dry_run()
+    }
     pub fn log(level: Level, message: &str, fields: &[(String, String)]) {
         if fields.is_empty() {
             log::log(level, message)
@@ -91,6 +94,9 @@ mod relay {
     }
     pub fn config_keys() -> Vec<String> {
         with_env(|e| e.config.keys().cloned().collect())
+    }
+    pub fn dry_run() -> bool {
+        with_env(|e| e.dry_run)
     }
     pub fn log(level: Level, message: &str, fields: &[(String, String)]) {
         with_env(|e| e.log(level, message, fields))

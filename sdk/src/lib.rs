@@ -61,7 +61,8 @@ pub mod __bindings {
 
     wit_bindgen::generate!({
         path: "../wit",
-        // With `lifecycle`: the relay may start one session after another on an instance.
+        // With `lifecycle`: the relay may start one session after another on an instance;
+        // with `validation`: it checks the module's configuration when it loads it.
         world: "reusable-policy",
         pub_export_macro: true,
         export_macro_name: "__export_policy_world",
@@ -73,8 +74,8 @@ pub mod __bindings {
         // parser, so there is no second definition to convert between. (The keys name the
         // contract's version: wit-bindgen refuses one that matches nothing.)
         with: {
-            "sluice:policy/message@0.1.0/parsed": ::sluice_sdk::Parsed,
-            "sluice:policy/message@0.1.0/part": ::sluice_sdk::Part,
+            "sluice:policy/message@0.1.1/parsed": ::sluice_sdk::Parsed,
+            "sluice:policy/message@0.1.1/part": ::sluice_sdk::Part,
         },
     });
 }
@@ -204,6 +205,66 @@ impl Decision {
     }
 }
 
+/// A type a setting can be read as with [`Context::config_as`].
+pub trait FromConfig: Sized {
+    /// What the setting should be, for the error: "an integer".
+    const EXPECTED: &'static str;
+    /// The value as `Self`, if it is one.
+    fn from_config(value: ConfigValue) -> Option<Self>;
+}
+
+impl FromConfig for String {
+    const EXPECTED: &'static str = "text";
+    fn from_config(value: ConfigValue) -> Option<Self> {
+        match value {
+            ConfigValue::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl FromConfig for i64 {
+    const EXPECTED: &'static str = "an integer";
+    fn from_config(value: ConfigValue) -> Option<Self> {
+        match value {
+            ConfigValue::Integer(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+impl FromConfig for bool {
+    const EXPECTED: &'static str = "true or false";
+    fn from_config(value: ConfigValue) -> Option<Self> {
+        match value {
+            ConfigValue::Boolean(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+impl FromConfig for Vec<String> {
+    const EXPECTED: &'static str = "a list of text";
+    fn from_config(value: ConfigValue) -> Option<Self> {
+        match value {
+            ConfigValue::TextList(l) => Some(l),
+            // As `config_list` reads it: one text value is a list of one.
+            ConfigValue::Text(s) => Some(vec![s]),
+            _ => None,
+        }
+    }
+}
+
+/// A setting as an error message shows it: `text "eight"`, `the integer 8`.
+fn describe(value: &ConfigValue) -> String {
+    match value {
+        ConfigValue::Text(s) => format!("text {s:?}"),
+        ConfigValue::Integer(i) => format!("the integer {i}"),
+        ConfigValue::Boolean(b) => format!("{b}"),
+        ConfigValue::TextList(l) => format!("a list {l:?}"),
+    }
+}
+
 fn reply(code: u16, enhanced: &str, text: impl Into<String>) -> Reply {
     Reply {
         code,
@@ -302,6 +363,52 @@ impl Context {
             ConfigValue::Integer(i) => Some(i),
             _ => None,
         }
+    }
+
+    /// A setting of the type `T` (`String`, `i64`, `bool` or `Vec<String>`): `Ok(None)`
+    /// when unset, and an error naming the key when it holds another type, for
+    /// [`Policy::validate_config`]: `let hour: Option<i64> = cx.config_as("start-hour")?;`
+    pub fn config_as<T: FromConfig>(&self, key: &str) -> Result<Option<T>, String> {
+        match self.config(key) {
+            None => Ok(None),
+            Some(value) => T::from_config(value.clone()).map(Some).ok_or_else(|| {
+                format!(
+                    "`{key}`: expected {}, found {}",
+                    T::EXPECTED,
+                    describe(&value)
+                )
+            }),
+        }
+    }
+
+    /// Fails, naming the key, when the configuration has a key not in `known`: a
+    /// misspelled key is otherwise silently unread. For [`Policy::validate_config`].
+    pub fn expect_keys(&self, known: &[&str]) -> Result<(), String> {
+        match self
+            .config_keys()
+            .into_iter()
+            .find(|k| !known.contains(&k.as_str()))
+        {
+            None => Ok(()),
+            Some(unknown) => Err(format!(
+                "unknown key `{unknown}`; this module reads {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )),
+        }
+    }
+
+    /// Whether the module runs in dry-run (`mode = "dry-run"` in `policies.toml`): its
+    /// decisions are logged, not applied. Its log lines are tagged with the mode anyway.
+    pub fn dry_run(&self) -> bool {
+        imports::dry_run()
     }
 
     /// Milliseconds since the Unix epoch, by the relay's clock.
@@ -466,6 +573,16 @@ impl<'a> Body<'a> {
 /// hooks; at the next session on the same instance (the relay reuses instances) it is
 /// dropped and a new one made.
 pub trait Policy: Default + 'static {
+    /// Checks the module's configuration when the relay loads it (at start, at every
+    /// reload, and in `sluice policy check`): an error refuses the module, and the
+    /// postmaster sees it as it is, so name the key and what it should be.
+    /// [`Context::config_as`] and [`Context::expect_keys`] give such messages. Only the
+    /// configuration answers here: there is no client yet.
+    fn validate_config(cx: &Context) -> Result<(), String> {
+        let _ = cx;
+        Ok(())
+    }
+
     /// A client connected (before the greeting).
     fn on_connect(&mut self, cx: &Context) -> Decision {
         let _ = cx;
@@ -525,6 +642,12 @@ pub fn __with_instance<P: Policy>(
 #[doc(hidden)]
 pub fn __reset<P: Policy>(cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<P>>>) {
     cell.with(|slot| slot.borrow_mut().take());
+}
+
+/// Runs `P`'s configuration check.
+#[doc(hidden)]
+pub fn __validate_config<P: Policy>() -> Result<(), String> {
+    P::validate_config(&Context::new())
 }
 
 /// Wraps the raw body handle for [`Policy::on_data`].
@@ -597,6 +720,13 @@ macro_rules! export_policy {
         impl $crate::__bindings::exports::sluice::policy::lifecycle::Guest for __SluiceExport {
             fn reset() {
                 $crate::__reset(&__SLUICE_POLICY);
+            }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        impl $crate::__bindings::exports::sluice::policy::validation::Guest for __SluiceExport {
+            fn validate_config() -> ::std::result::Result<(), ::std::string::String> {
+                $crate::__validate_config::<$policy>()
             }
         }
 

@@ -61,6 +61,8 @@ pub(crate) struct Env {
     pub sender: Option<String>,
     pub recipients: Vec<String>,
     pub config: BTreeMap<String, ConfigValue>,
+    /// Whether the module is told it runs in dry-run.
+    pub dry_run: bool,
     pub now_ms: u64,
     /// Recipients the module asked to be delivered over TLS only.
     pub tls_required: Vec<String>,
@@ -209,6 +211,7 @@ impl<P: Policy> Session<P> {
                 sender: None,
                 recipients: Vec::new(),
                 config: BTreeMap::new(),
+                dry_run: false,
                 now_ms: START_MS,
                 tls_required: Vec::new(),
                 registered: Vec::new(),
@@ -265,6 +268,21 @@ impl<P: Policy> Session<P> {
     pub fn blocked(mut self, network: &str, reason: &str) -> Self {
         self.env().blocked.push((network.into(), reason.into()));
         self
+    }
+
+    /// The module runs in dry-run: [`Context::dry_run`] says so.
+    pub fn dry_run(mut self) -> Self {
+        self.env().dry_run = true;
+        self
+    }
+
+    /// What the module's [`Policy::validate_config`] says of the configuration set so
+    /// far, as the relay asks it when it loads the module.
+    pub fn validate_config(&mut self) -> Result<(), String> {
+        CURRENT.with(|c| *c.borrow_mut() = self.env.take());
+        let checked = P::validate_config(&Context::new());
+        self.env = CURRENT.with(|c| c.borrow_mut().take());
+        checked
     }
 
     /// A key of the module's `[policy.config]`.
@@ -735,5 +753,67 @@ mod tests {
             .config
             .insert("key".into(), ConfigValue::Text(other));
         assert_eq!(count(&mut first), "2");
+    }
+
+    /// Reads `start-hour` (an integer from 0 to 23) and `domains`, and nothing else; says
+    /// in a header whether it runs in dry-run.
+    #[derive(Default)]
+    struct Hours;
+
+    impl Policy for Hours {
+        fn validate_config(cx: &Context) -> Result<(), String> {
+            cx.expect_keys(&["start-hour", "domains"])?;
+            let _: Option<Vec<String>> = cx.config_as("domains")?;
+            match cx.config_as::<i64>("start-hour")? {
+                Some(hour) if !(0..24).contains(&hour) => Err(format!(
+                    "`start-hour`: expected an hour from 0 to 23, found {hour}"
+                )),
+                _ => Ok(()),
+            }
+        }
+
+        fn on_connect(&mut self, cx: &Context) -> Decision {
+            Decision::next().add_header("X-Dry-Run", &cx.dry_run().to_string())
+        }
+    }
+
+    #[test]
+    fn a_module_checks_its_configuration_with_messages_naming_the_key() {
+        let check = |mut s: Session<Hours>| s.validate_config();
+        assert_eq!(check(Session::new()), Ok(()));
+        assert_eq!(
+            check(
+                Session::new()
+                    .config("start-hour", 8)
+                    .config("domains", "a.example")
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(Session::new().config("start-hour", "eight")),
+            Err("`start-hour`: expected an integer, found text \"eight\"".into())
+        );
+        assert_eq!(
+            check(Session::new().config("start-hour", 25)),
+            Err("`start-hour`: expected an hour from 0 to 23, found 25".into())
+        );
+        assert_eq!(
+            check(Session::new().config("domians", ["a.example"])),
+            Err("unknown key `domians`; this module reads `start-hour`, `domains`".into())
+        );
+        assert_eq!(
+            check(Session::new().config("domains", true)),
+            Err("`domains`: expected a list of text, found true".into())
+        );
+    }
+
+    #[test]
+    fn a_module_can_tell_it_runs_in_dry_run() {
+        let header = |mut s: Session<Hours>| match &s.connect().rewrites[..] {
+            [Rewrite::AddHeader(h)] => h.value.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(header(Session::new()), "false");
+        assert_eq!(header(Session::new().dry_run()), "true");
     }
 }

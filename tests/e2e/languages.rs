@@ -46,6 +46,8 @@ struct Built {
     sender_quota_js: PathBuf,
     /// The project `sluice policy new no-mail-to --lang js` makes.
     no_mail_to_js: PathBuf,
+    /// The project `sluice policy new buggy --lang python` makes, with a slip in on_rcpt.
+    buggy_py: PathBuf,
 }
 
 fn built() -> &'static Built {
@@ -78,6 +80,20 @@ fn built() -> &'static Built {
         run(sluice()
             .args(["policy", "build"])
             .arg(root.join("no-mail-to-js")));
+        // An author's slip, which only a call finds: a method str does not have.
+        run(sluice()
+            .current_dir(&root)
+            .args(["policy", "new", "buggy", "--lang", "python"]));
+        let app = root.join("buggy/app.py");
+        let text = std::fs::read_to_string(&app).unwrap();
+        let slipped = text.replace(
+            "Address.parse(recipient)",
+            "Address.parse(recipient.to_lower())",
+        );
+        assert_ne!(text, slipped, "the template's on_rcpt changed");
+        std::fs::write(&app, slipped).unwrap();
+        run(sluice().args(["policy", "build"]).arg(root.join("buggy")));
+        let buggy_py = root.join("buggy/buggy.wasm");
         // Compiled into the cache the relays share before any starts (as a postmaster fills
         // the running relay's ahead of a deploy), so each starts in moments.
         let config = root.join("compile.toml");
@@ -95,6 +111,7 @@ fn built() -> &'static Built {
             &phi_guard_py,
             &sender_quota_js,
             &no_mail_to_js,
+            &buggy_py,
         ] {
             let said = run(sluice()
                 .args(["policy", "compile"])
@@ -108,6 +125,7 @@ fn built() -> &'static Built {
             phi_guard_py,
             sender_quota_js,
             no_mail_to_js,
+            buggy_py,
         }
     })
 }
@@ -221,11 +239,11 @@ async fn python_and_javascript_modules_decide_beside_rust_ones() {
     relay
         .wait_for_log("would have decided: data phi-guard(dry-run)=reject")
         .await;
-    // The module's own line says it was not a refusal.
-    let log = relay.wait_for_log("refused: [PHI] message").await;
+    // The module knows it runs in dry-run, and its own line says so, tagged with the mode.
+    let log = relay.wait_for_log("would refuse: [PHI] message").await;
     let line = log
         .lines()
-        .find(|l| l.contains("refused: [PHI] message"))
+        .find(|l| l.contains("would refuse: [PHI] message"))
         .unwrap();
     assert!(
         line.contains("mode=\"dry-run\"") && line.contains("module=\"phi-guard\""),
@@ -244,18 +262,30 @@ async fn python_and_javascript_modules_decide_beside_rust_ones() {
     );
 }
 
+/// A chain of `module` as `no-mail-to` with `settings`, then the Rust built-in networks.
+fn no_mail_to_chain(module: &str, settings: &str) -> String {
+    format!(
+        "[[policy]]\nname = \"no-mail-to\"\nmodule = \"{module}\"\non_error = \"tempfail\"\n\
+         [policy.config]\n{settings}\n\
+         [[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n"
+    )
+}
+
+/// Replaces the relay's policies.toml in one step (a reload follows).
+fn write_policies(relay: &Relay, text: &str) {
+    let dir = relay.policies_dir();
+    std::fs::write(dir.join("policies.toml.tmp"), text).unwrap();
+    std::fs::rename(dir.join("policies.toml.tmp"), dir.join("policies.toml")).unwrap();
+}
+
 #[tokio::test]
 async fn a_python_traceback_reaches_the_log_and_the_module_is_swapped_for_javascript() {
     let built = modules().await;
     let sink = Sink::start().await;
-    // `domains` as a string where the module reads a list: the module raises.
-    let broken = "[[policy]]\nname = \"no-mail-to\"\nmodule = \"no_mail_to.wasm\"\n\
-                  on_error = \"tempfail\"\n[policy.config]\ndomains = \"old-campus.example\"\n\
-                  [[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\n";
     let relay = relay(
         &sink,
-        broken,
-        vec![("no_mail_to.wasm".into(), built.no_mail_to_py.clone())],
+        &no_mail_to_chain("buggy.wasm", "domains = [\"old-campus.example\"]"),
+        vec![("buggy.wasm".into(), built.buggy_py.clone())],
     )
     .await;
     let mut conn = Conn::greeted(relay.addr).await;
@@ -263,10 +293,10 @@ async fn a_python_traceback_reaches_the_log_and_the_module_is_swapped_for_javasc
     conn.cmd("MAIL FROM:<app@example.edu>", 250).await;
     conn.cmd("RCPT TO:<jdoe@example.org>", 451).await;
     // What the author needs: the exception and where it was raised, tagged with the module.
-    let log = relay.wait_for_log("ConfigError").await;
-    let error = log.lines().find(|l| l.contains("ConfigError")).unwrap();
+    let log = relay.wait_for_log("AttributeError").await;
+    let error = log.lines().find(|l| l.contains("AttributeError")).unwrap();
     assert!(
-        error.contains("config key 'domains': expected a list of strings")
+        error.contains("'str' object has no attribute 'to_lower'")
             && error.contains("module=\"no-mail-to\"")
             && error.contains("stream=\"stderr\"")
             && error.contains("WARN"),
@@ -279,19 +309,38 @@ async fn a_python_traceback_reaches_the_log_and_the_module_is_swapped_for_javasc
     let mut open = Conn::greeted(relay.addr).await;
     open.cmd("EHLO app.example.edu", 250).await;
     open.cmd("MAIL FROM:<app@example.edu>", 250).await;
-    // The policy is now the JavaScript module `sluice policy new` made, its config fixed:
-    // the module dropped in first, then the chain pointed at it (one change, one reload).
-    let mark = relay.log_mark();
+    // The policy becomes the JavaScript module `sluice policy new` made: the module dropped
+    // in first, then the chain pointed at it (one change, one reload). First with `domains`
+    // a string where the module reads a list: the module refuses it, so the reload is
+    // refused, with the module's message, and the running chain stays.
     let dir = relay.policies_dir();
     std::fs::copy(&built.no_mail_to_js, dir.join("no_mail_to_js.wasm")).unwrap();
-    let fixed = broken
-        .replace(
-            "domains = \"old-campus.example\"",
-            "domains = [\"old-campus.example\"]",
-        )
-        .replace("no_mail_to.wasm", "no_mail_to_js.wasm");
-    std::fs::write(dir.join("policies.toml.tmp"), fixed).unwrap();
-    std::fs::rename(dir.join("policies.toml.tmp"), dir.join("policies.toml")).unwrap();
+    let mark = relay.log_mark();
+    write_policies(
+        &relay,
+        &no_mail_to_chain("no_mail_to_js.wasm", "domains = \"old-campus.example\""),
+    );
+    let log = relay
+        .wait_for_log_after(mark, "policy chain not reloaded")
+        .await;
+    assert!(
+        log.contains(
+            "policy `no-mail-to`: configuration refused by the module: \
+             config key 'domains': expected a list of strings, got \"old-campus.example\""
+        ),
+        "{log}"
+    );
+    let mut still = Conn::greeted(relay.addr).await;
+    still.cmd("EHLO app.example.edu", 250).await;
+    still.cmd("MAIL FROM:<app@example.edu>", 250).await;
+    still.cmd("RCPT TO:<jdoe@example.org>", 451).await;
+
+    // Fixed, it is swapped in.
+    let mark = relay.log_mark();
+    write_policies(
+        &relay,
+        &no_mail_to_chain("no_mail_to_js.wasm", "domains = [\"old-campus.example\"]"),
+    );
     relay
         .wait_for_log_after(mark, "policy chain reloaded")
         .await;
@@ -312,6 +361,72 @@ async fn a_python_traceback_reaches_the_log_and_the_module_is_swapped_for_javasc
     open.cmd("NOOP", 250).await;
     open.cmd("RCPT TO:<jdoe@example.org>", 451).await;
     open.cmd("QUIT", 221).await;
+}
+
+#[test]
+fn python_and_javascript_modules_refuse_a_wrong_configuration_at_start_and_in_check() {
+    let built = built();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.d");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::copy(&built.no_mail_to_py, policies.join("no_mail_to.wasm")).unwrap();
+    std::fs::copy(&built.sender_quota_js, policies.join("sender_quota.wasm")).unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n\
+             [policies]\ndir = \"{}\"\ncache_dir = \"{}\"\n",
+            dir.path().join("spool").display(),
+            policies.display(),
+            scratch().join("cache").display()
+        ),
+    )
+    .unwrap();
+    // A misspelled key for the Python module; text where the JavaScript one reads a number.
+    let manifest = policies.join("policies.toml");
+    std::fs::write(
+        &manifest,
+        "[[policy]]\nname = \"no-mail-to\"\nmodule = \"no_mail_to.wasm\"\n\
+         [policy.config]\ndomians = [\"old-campus.example\"]\n\
+         [[policy]]\nname = \"sender-quota\"\nmodule = \"sender_quota.wasm\"\n\
+         [policy.config]\nmax_per_hour = \"500\"\n",
+    )
+    .unwrap();
+    let python = "policy `no-mail-to`: configuration refused by the module: \
+                  unknown key 'domians'; this module reads 'domains', 'reason'";
+    let javascript = "policy `sender-quota`: configuration refused by the module: \
+                      config key 'max_per_hour': expected an integer, got \"500\"";
+    for (module, policy, message) in [
+        (&built.no_mail_to_py, "no-mail-to", python),
+        (&built.sender_quota_js, "sender-quota", javascript),
+    ] {
+        let out = sluice()
+            .args(["policy", "check"])
+            .arg(module)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains(&format!(
+                "config:   refused (as policy `{policy}` in {}): {message}",
+                manifest.display()
+            )),
+            "{said}"
+        );
+    }
+    // The relay does not start on it, and says why: the first module's refusal.
+    let out = sluice()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains(python), "{said}");
 }
 
 #[tokio::test]

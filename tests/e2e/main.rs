@@ -16,6 +16,7 @@ mod hostile_clients;
 mod languages;
 mod logs;
 mod metrics;
+mod module_config;
 mod pair;
 mod portal;
 mod portal_browser;

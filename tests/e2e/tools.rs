@@ -21,7 +21,7 @@ fn policy_check_says_what_a_module_is_or_why_it_is_refused() {
     let out = sluice(&["policy", "check", phi.to_str().unwrap()]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("contract: sluice:policy@0.1.0"), "{text}");
+    assert!(text.contains("contract: sluice:policy@0.1.1"), "{text}");
     assert!(
         text.contains("hooks:    on-connect, on-helo, on-mail-from, on-rcpt, on-data"),
         "{text}"

@@ -8,9 +8,16 @@
 //   [policy.config]
 //   max_per_hour = 500
 
-import { Address, Decision, Policy, exportPolicy } from "./sluice-policy/index.js";
+import { Address, ConfigError, Decision, Policy, exportPolicy } from "./sluice-policy/index.js";
 
 export class SenderQuota extends Policy {
+  // At load: a misspelled key or a quota that is not a positive integer refuses the module.
+  static validateConfig(cx) {
+    cx.expectKeys("max_per_hour");
+    const max = cx.configInt("max_per_hour", 500);
+    if (max < 1) throw new ConfigError(`config key 'max_per_hour': expected at least 1, got ${max}`);
+  }
+
   onData(cx, headers, body) {
     const max = cx.configInt("max_per_hour", 500);
     const sender = Address.parse(cx.sender() ?? "");
@@ -24,4 +31,4 @@ export class SenderQuota extends Policy {
   }
 }
 
-export const { hooks, lifecycle } = exportPolicy(SenderQuota);
+export const { hooks, lifecycle, validation } = exportPolicy(SenderQuota);

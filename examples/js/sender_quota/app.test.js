@@ -40,3 +40,13 @@ test("a wrongly typed setting says which key", () => {
   s.mailFrom("app@example.edu");
   assert.throws(() => s.data("Subject: x\n\ny\n"), /'max_per_hour'/);
 });
+
+test("the quota is checked when the relay loads the module", () => {
+  new Session(SenderQuota, { config: { max_per_hour: 2 } }).validateConfig();
+  assert.throws(() => new Session(SenderQuota, { config: { max_per_hour: "2" } }).validateConfig(),
+    /config key 'max_per_hour': expected an integer, got "2"/);
+  assert.throws(() => new Session(SenderQuota, { config: { max_per_hour: 0 } }).validateConfig(),
+    /expected at least 1, got 0/);
+  assert.throws(() => new Session(SenderQuota, { config: { max_per_houre: 2 } }).validateConfig(),
+    /unknown key 'max_per_houre'; this module reads 'max_per_hour'/);
+});

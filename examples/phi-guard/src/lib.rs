@@ -42,6 +42,13 @@ impl PhiGuard {
 }
 
 impl Policy for PhiGuard {
+    /// At load: a setting of the wrong type refuses the module, naming the key.
+    fn validate_config(cx: &Context) -> Result<(), String> {
+        let _: Option<Vec<String>> = cx.config_as("internal_domains")?;
+        let _: Option<Vec<String>> = cx.config_as("markers")?;
+        Ok(())
+    }
+
     fn on_data(&mut self, cx: &Context, _headers: &[Header], body: &Body<'_>) -> Decision {
         let Some(marker) = Self::marked(cx, body) else {
             return Decision::next();
@@ -57,9 +64,13 @@ impl Policy for PhiGuard {
             .find(|r| !Address::parse(r).is_some_and(|a| internal.iter().any(|d| a.in_domain(d))));
         match outside {
             Some(rcpt) => {
-                cx.log_warn(&format!(
-                    "refused: {marker} message to <{rcpt}> unencrypted"
-                ));
+                // In dry-run, said as what it is: a refusal that was not made.
+                let said = if cx.dry_run() {
+                    "would refuse"
+                } else {
+                    "refused"
+                };
+                cx.log_warn(&format!("{said}: {marker} message to <{rcpt}> unencrypted"));
                 Decision::reject(
                     550,
                     "5.7.1",
@@ -133,5 +144,29 @@ mod tests {
     fn lets_encrypted_mail_go_outside() {
         let smime = "Subject: [PHI] x\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\nContent-Transfer-Encoding: base64\r\n\r\nMIIB\r\n";
         assert_eq!(send("a@example.org", smime).verdict, Verdict::Continue);
+    }
+
+    #[test]
+    fn in_dry_run_it_says_it_would_refuse() {
+        let mut s = session().dry_run();
+        s.helo("ehr.med.example.edu");
+        s.mail_from("ehr@med.example.edu");
+        s.rcpt("doctor@clinic.example.org");
+        s.data(b"Subject: [PHI] x\r\n\r\ny\r\n");
+        assert!(
+            s.logs()[0].contains("would refuse: [PHI] message to <doctor@clinic.example.org>"),
+            "{:?}",
+            s.logs()
+        );
+    }
+
+    #[test]
+    fn a_setting_of_the_wrong_type_is_refused_at_load() {
+        assert_eq!(session().validate_config(), Ok(()));
+        let mut wrong = Session::<PhiGuard>::new().config("internal_domains", 5);
+        assert_eq!(
+            wrong.validate_config(),
+            Err("`internal_domains`: expected a list of text, found the integer 5".into())
+        );
     }
 }

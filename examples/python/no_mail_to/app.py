@@ -13,6 +13,13 @@ from sluice_policy import Address, Context, Decision, Policy, export
 
 
 class NoMailTo(Policy):
+    @classmethod
+    def validate_config(cls, cx: Context) -> None:
+        # At load: a misspelled key or a wrong type refuses the module, with this message.
+        cx.expect_keys("domains", "reason")
+        cx.config_list("domains")
+        cx.config_str("reason")
+
     def on_rcpt(self, cx: Context, recipient: str, params: list) -> Decision:
         address = Address.parse(recipient)
         if address is None:
@@ -25,4 +32,4 @@ class NoMailTo(Policy):
         return Decision.next()
 
 
-Hooks, Lifecycle = export(NoMailTo)
+export(NoMailTo)

@@ -32,3 +32,11 @@ def test_the_reason_is_the_postmasters():
 def test_a_wrongly_typed_setting_says_which_key():
     with pytest.raises(ConfigError, match="'domains'"):
         Session(NoMailTo, config={"domains": "old-campus.example"}).rcpt("a@b.example")
+
+
+def test_the_configuration_is_checked_at_load():
+    Session(NoMailTo, config={"domains": ["a.example"], "reason": "retired"}).validate_config()
+    with pytest.raises(ConfigError, match="config key 'domains': expected a list of strings"):
+        Session(NoMailTo, config={"domains": "a.example"}).validate_config()
+    with pytest.raises(ConfigError, match="unknown key 'domian'; this module reads 'domains', 'reason'"):
+        Session(NoMailTo, config={"domian": ["a.example"]}).validate_config()

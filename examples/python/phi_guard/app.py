@@ -10,11 +10,14 @@ Config (``[policy.config]`` in policies.toml):
 
 - ``internal_domains = ["example.edu"]``: the organisation's domains (and subdomains).
 - ``markers = ["[PHI]", "[HIPAA]"]``: what marks a message (case-insensitive).
+
+Run first in dry-run (``mode = "dry-run"``): the module then logs "would refuse" for each
+message it would have refused, to count them before it enforces.
 """
 
 from typing import Optional
 
-from sluice_policy import Address, Body, Context, Decision, Header, Policy, export
+from sluice_policy import Address, Body, ConfigError, Context, Decision, Header, Policy, export
 
 # How far into the text to look for a marker.
 TEXT_SCAN = 64 * 1024
@@ -23,6 +26,13 @@ ENCRYPTED = {"application/pkcs7-mime", "application/x-pkcs7-mime", "application/
 
 
 class PhiGuard(Policy):
+    @classmethod
+    def validate_config(cls, cx: Context) -> None:
+        cx.expect_keys("internal_domains", "markers")
+        if not cx.config_list("internal_domains"):
+            raise ConfigError("config key 'internal_domains': set the organisation's domains")
+        cx.config_list("markers")
+
     def marked(self, cx: Context, body: Body) -> Optional[str]:
         subject = (body.parsed().subject or "").lower()
         text = body.text(TEXT_SCAN).lower()
@@ -42,7 +52,8 @@ class PhiGuard(Policy):
         for rcpt in cx.recipients():
             address = Address.parse(rcpt)
             if address is None or not any(address.in_domain(d) for d in internal):
-                cx.warn(f"refused: {marker} message to <{rcpt}> unencrypted")
+                said = "would refuse" if cx.dry_run() else "refused"
+                cx.warn(f"{said}: {marker} message to <{rcpt}> unencrypted")
                 return Decision.reject(
                     550,
                     "5.7.1",
@@ -52,4 +63,4 @@ class PhiGuard(Policy):
         return Decision.next()
 
 
-Hooks, Lifecycle = export(PhiGuard)
+export(PhiGuard)

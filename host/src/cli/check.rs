@@ -77,7 +77,11 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
 /// linked against the contract.
 fn policies(config: &Config) -> anyhow::Result<String> {
     let engine = PolicyEngine::new(1)?;
-    let chain = Chain::load(&engine, &config.policies.dir)?;
+    // The modules' own checks of their configuration are async calls, as at a hook.
+    let chain = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(Chain::open(&engine, &config.policies.dir))?;
     let names = chain.names();
     if let Some(shortfall) = capacity_shortfall(names.len(), config.limits.max_connections) {
         eprintln!("sluice: warning: {shortfall}");

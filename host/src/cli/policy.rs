@@ -29,6 +29,7 @@
 use crate::config::Config;
 use crate::policy::builtin;
 use crate::policy::chain::Chain;
+use crate::policy::host::ConfigValue;
 use crate::policy::host::SetClock;
 use crate::policy::manifest::{Mode, ModuleSource, OnError, PolicySpec, config_table};
 use crate::policy::message::MessageData;
@@ -98,6 +99,34 @@ impl Module {
         Module { source }
     }
 
+    /// The module as the policy commands run it, with `config`.
+    fn spec(&self, config: BTreeMap<String, ConfigValue>) -> PolicySpec {
+        PolicySpec {
+            name: self.name(),
+            source: self.source.clone(),
+            mode: Mode::Enforce,
+            on_error: OnError::Tempfail,
+            // Decisions are tested here, not speed: the first call into a large module
+            // (a Python one) pays for mapping its memory image, and must not time out.
+            timeout: Duration::from_secs(2),
+            max_memory: 32 << 20,
+            config,
+            hooks: None,
+            // A new instance for each scenario, so each has its own clock (`at`).
+            reuse: false,
+        }
+    }
+
+    /// Whether the policy `spec` of a `policies.toml` runs a module of this name (the
+    /// same file name, or the same built-in).
+    fn named_by(&self, spec: &PolicySpec) -> bool {
+        match (&self.source, &spec.source) {
+            (ModuleSource::Builtin(a), ModuleSource::Builtin(b)) => a == b,
+            (ModuleSource::File(a), ModuleSource::File(b)) => a.file_name() == b.file_name(),
+            _ => false,
+        }
+    }
+
     fn name(&self) -> String {
         match &self.source {
             ModuleSource::Builtin(name) => name.clone(),
@@ -154,8 +183,10 @@ fn cached_engine(config: Option<&Config>) -> Result<(PolicyEngine, Option<PathBu
 }
 
 /// `sluice policy check`: loads the module as the relay would and says what it is, or
-/// exactly why it would be refused.
-pub fn check(module: &Module, config: Option<&Config>) -> ExitCode {
+/// exactly why it would be refused; a module that checks its configuration is asked to,
+/// with that of every policy of the relay's `policies.toml` that runs a module of this
+/// name (or with none when none does).
+pub async fn check(module: &Module, config: Option<&Config>) -> ExitCode {
     let (engine, cache) = match cached_engine(config) {
         Ok(engine) => engine,
         Err(e) => {
@@ -189,12 +220,64 @@ pub fn check(module: &Module, config: Option<&Config>) -> ExitCode {
                 "  compiled in {:.1} ms{from}",
                 info.compile_time.as_secs_f64() * 1000.0
             );
-            ExitCode::SUCCESS
+            if info.validate.is_none() {
+                println!(
+                    "  config:   not checked (the module does not export validation.validate-config)"
+                );
+                return ExitCode::SUCCESS;
+            }
+            let mut refused = false;
+            for (used_by, spec) in uses(module, config) {
+                let checked = match Chain::from_specs(&engine, vec![spec]) {
+                    Ok(chain) => chain.validate().await,
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok(()) => println!("  config:   ok ({used_by})"),
+                    Err(e) => {
+                        println!("  config:   refused ({used_by}): {e}");
+                        refused = true;
+                    }
+                }
+            }
+            if refused {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(reason) => {
             println!("{module}: refused: {reason}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The configurations to check `module` with, each with where it comes from: those of the
+/// policies of the relay's `policies.toml` that run a module of this name, or else none.
+fn uses(module: &Module, relay: Option<&Config>) -> Vec<(String, PolicySpec)> {
+    let deployed = relay
+        .and_then(|c| {
+            let dir = &c.policies.dir;
+            let manifest = dir.join(crate::policy::manifest::MANIFEST_FILE);
+            let specs = crate::policy::manifest::load(dir).ok().flatten()?;
+            Some((manifest, specs))
+        })
+        .map(|(manifest, specs)| {
+            specs
+                .into_iter()
+                .filter(|spec| module.named_by(spec))
+                .map(|spec| {
+                    let used_by = format!("as policy `{}` in {}", spec.name, manifest.display());
+                    (used_by, module.spec(spec.config))
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if deployed.is_empty() {
+        vec![("with no configuration".into(), module.spec(BTreeMap::new()))]
+    } else {
+        deployed
     }
 }
 
@@ -304,26 +387,13 @@ async fn run_scenarios(
         }
     }
     let (engine, _) = cached_engine(relay)?;
-    let chain = Arc::new(
-        Chain::from_specs(
-            &engine,
-            vec![PolicySpec {
-                name: module.name(),
-                source: module.source.clone(),
-                mode: Mode::Enforce,
-                on_error: OnError::Tempfail,
-                // Decisions are tested here, not speed: the first call into a large module
-                // (a Python one) pays for mapping its memory image, and must not time out.
-                timeout: Duration::from_secs(2),
-                max_memory: 32 << 20,
-                config,
-                hooks: None,
-                // A new instance for each scenario, so each has its own clock (`at`).
-                reuse: false,
-            }],
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let chain = Chain::from_specs(&engine, vec![module.spec(config)]).map_err(|e| e.to_string())?;
+    // A configuration the module refuses would refuse it at load: no scenario runs.
+    chain
+        .validate()
+        .await
+        .map_err(|e| format!("{}: {e}", scenarios.display()))?;
+    let chain = Arc::new(chain);
     let (mut passed, mut failed) = (0, 0);
     for scenario in &file.scenario {
         println!("{}", scenario.name);

@@ -227,11 +227,18 @@ fn build_in(dir: &Path) -> anyhow::Result<PathBuf> {
             std::fs::create_dir_all(path.parent().unwrap_or(&support))?;
             std::fs::write(path, text)?;
         }
+        std::fs::write(support.join("python").join("sluice_entry.py"), PYTHON_ENTRY)?;
         run(
             Command::new("componentize-py")
                 .arg("-d")
                 .arg(&wit)
-                .args(["-w", "reusable-policy", "componentize", "app", "-p"])
+                .args([
+                    "-w",
+                    "reusable-policy",
+                    "componentize",
+                    "sluice_entry",
+                    "-p",
+                ])
                 .arg(dir)
                 .arg("-p")
                 .arg(support.join("python"))
@@ -308,17 +315,29 @@ fn run(command: &mut Command, tool: &str, install: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The component's entry for a Python project: the classes componentize-py exports, made
+/// by the SDK for the policy app.py exported.
+const PYTHON_ENTRY: &str = r#"import app  # noqa: F401  (it calls sluice_policy.export)
+from sluice_policy import exported
+
+Hooks, Lifecycle, Validation = exported()
+"#;
+
 /// The component's entry for a JavaScript project (see `build_in`).
-const JS_ENTRY: &str = r#"import * as session from "sluice:policy/session@0.1.0";
-import * as config from "sluice:policy/config@0.1.0";
-import * as log from "sluice:policy/log@0.1.0";
-import * as clock from "sluice:policy/clock@0.1.0";
-import * as counters from "sluice:policy/counters@0.1.0";
-import * as registry from "sluice:policy/registry@0.1.0";
-import * as delivery from "sluice:policy/delivery@0.1.0";
+const JS_ENTRY: &str = r#"import * as session from "sluice:policy/session@0.1.1";
+import * as config from "sluice:policy/config@0.1.1";
+import * as log from "sluice:policy/log@0.1.1";
+import * as clock from "sluice:policy/clock@0.1.1";
+import * as counters from "sluice:policy/counters@0.1.1";
+import * as registry from "sluice:policy/registry@0.1.1";
+import * as delivery from "sluice:policy/delivery@0.1.1";
 import { relayBackend, setRelay } from "./sluice-policy/index.js";
+import * as app from "./app.js";
 setRelay(relayBackend({ session, config, log, clock, counters, registry, delivery }));
-export { hooks, lifecycle } from "./app.js";
+export const hooks = app.hooks;
+export const lifecycle = app.lifecycle;
+// An app.js that exports no validation (written before 0.1.1) checks nothing.
+export const validation = app.validation ?? { validateConfig() {} };
 "#;
 
 const RUST_CARGO: &str = r#"[package]
@@ -345,6 +364,13 @@ use sluice_sdk::{Address, Context, Decision, Policy, export_policy};
 struct CLASS;
 
 impl Policy for CLASS {
+    /// Run when the relay loads the module: a misspelled key or a wrong type refuses it.
+    fn validate_config(cx: &Context) -> Result<(), String> {
+        cx.expect_keys(&["domains"])?;
+        let _: Option<Vec<String>> = cx.config_as("domains")?;
+        Ok(())
+    }
+
     fn on_rcpt(&mut self, cx: &Context, recipient: &str, _params: &[(String, Option<String>)]) -> Decision {
         let Some(address) = Address::parse(recipient) else {
             return Decision::next();
@@ -375,6 +401,15 @@ mod tests {
         assert_eq!(s.rcpt("jdoe@mail.old-campus.example").code(), Some(550));
         assert_eq!(s.rcpt("jdoe@example.org").verdict, Verdict::Continue);
     }
+
+    #[test]
+    fn a_misspelled_key_is_refused_at_load() {
+        let mut s = Session::<CLASS>::new().config("domian", ["old-campus.example"]);
+        assert_eq!(
+            s.validate_config(),
+            Err("unknown key `domian`; this module reads `domains`".into())
+        );
+    }
 }
 "#;
 
@@ -384,6 +419,12 @@ from sluice_policy import Address, Context, Decision, Policy, export
 
 
 class CLASS(Policy):
+    @classmethod
+    def validate_config(cls, cx: Context) -> None:
+        """Run when the relay loads the module: a misspelled key or a wrong type refuses it."""
+        cx.expect_keys("domains")
+        cx.config_list("domains")
+
     def on_rcpt(self, cx: Context, recipient: str, params: list) -> Decision:
         address = Address.parse(recipient)
         if address is None:
@@ -395,13 +436,14 @@ class CLASS(Policy):
         return Decision.next()
 
 
-Hooks, Lifecycle = export(CLASS)
+export(CLASS)
 "#;
 
 const PYTHON_TEST: &str = r#""""Unit tests in plain CPython: `python3 -m pytest`."""
 
+import pytest
 from app import CLASS
-from sluice_policy import Verdict
+from sluice_policy import ConfigError, Verdict
 from sluice_policy.testing import Session
 
 
@@ -412,6 +454,12 @@ def test_a_listed_domain_and_its_subdomains_are_refused():
     assert s.rcpt("jdoe@mail.old-campus.example").code == 550
     assert s.logs == ["info: recipient refused domain=old-campus.example"]
     assert s.rcpt("jdoe@example.org").verdict is Verdict.CONTINUE
+
+
+def test_a_misspelled_key_is_refused_at_load():
+    s = Session(CLASS, config={"domian": ["old-campus.example"]})
+    with pytest.raises(ConfigError, match="unknown key 'domian'; this module reads 'domains'"):
+        s.validate_config()
 "#;
 
 const JS_APP: &str = r#"// Refuses recipients in the domains of the `domains` setting (and their subdomains).
@@ -419,6 +467,12 @@ const JS_APP: &str = r#"// Refuses recipients in the domains of the `domains` se
 import { Address, Decision, Policy, exportPolicy } from "./sluice-policy/index.js";
 
 export class CLASS extends Policy {
+  // Run when the relay loads the module: a misspelled key or a wrong type refuses it.
+  static validateConfig(cx) {
+    cx.expectKeys("domains");
+    cx.configList("domains");
+  }
+
   onRcpt(cx, recipient, params) {
     const address = Address.parse(recipient);
     if (!address) return Decision.next();
@@ -432,7 +486,7 @@ export class CLASS extends Policy {
   }
 }
 
-export const { hooks, lifecycle } = exportPolicy(CLASS);
+export const { hooks, lifecycle, validation } = exportPolicy(CLASS);
 "#;
 
 const JS_TEST: &str = r#"// Unit tests on Node's test runner: `node --test`.
@@ -450,6 +504,11 @@ test("a listed domain and its subdomains are refused", () => {
   assert.equal(s.rcpt("jdoe@mail.old-campus.example").code, 550);
   assert.deepEqual(s.logs, ["info: recipient refused domain=old-campus.example"]);
   assert.equal(s.rcpt("jdoe@example.org").verdict, Verdict.CONTINUE);
+});
+
+test("a misspelled key is refused at load", () => {
+  const s = new Session(CLASS, { config: { domian: ["old-campus.example"] } });
+  assert.throws(() => s.validateConfig(), /unknown key 'domian'; this module reads 'domains'/);
 });
 "#;
 

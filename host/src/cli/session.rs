@@ -47,9 +47,8 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     if let Some(table) = store.await?? {
         engine = engine.with_registry(Arc::new(ArcSwap::from_pointee(table)));
     }
-    let dir = config.policies.dir.clone();
-    let chain = tokio::task::spawn_blocking(move || Chain::load(&engine, &dir))
-        .await?
+    let chain = Chain::open(&engine, &config.policies.dir)
+        .await
         .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
     // The throw-away spool is this session's own.
     let spool_dir = crate::private::create_temp_dir("sluice-session")?;

@@ -327,6 +327,8 @@ struct LoadedModule {
     /// Its `lifecycle.reset`, when it has one and `reuse` is on: then its instances are kept
     /// between sessions.
     reset: Option<ComponentExportIndex>,
+    /// Its `validation.validate-config`, when it has one: it checks its configuration.
+    validate: Option<ComponentExportIndex>,
     /// Instances left by sessions that ended, the most recent last.
     idle: Mutex<Vec<Idle>>,
     stats: ModuleStats,
@@ -377,6 +379,60 @@ impl Chain {
     pub fn load(engine: &PolicyEngine, dir: &Path) -> Result<Chain, LoadError> {
         let specs = manifest::load(dir)?.unwrap_or_else(manifest::default_chain);
         Self::from_specs(engine, specs)
+    }
+
+    /// Loads the chain as [`Chain::load`] does (on a blocking thread: compiling is long
+    /// work) and has every module check its configuration ([`Chain::validate`]): what
+    /// the relay runs, at start and at every reload, and what `sluice session` runs.
+    pub async fn open(engine: &PolicyEngine, dir: &Path) -> Result<Chain, LoadError> {
+        let (engine, dir) = (engine.clone(), dir.to_path_buf());
+        let chain = tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await??;
+        chain.validate().await?;
+        Ok(chain)
+    }
+
+    /// Has every module that exports the contract's `validation.validate-config` check its
+    /// configuration, on an instance of its own with no client: the first refusal, with
+    /// the module's message, refuses the chain. What the module writes to stderr meanwhile
+    /// is logged, as at a hook.
+    pub async fn validate(&self) -> Result<(), LoadError> {
+        let facts = Arc::new(SessionFacts::new(
+            std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            "",
+        ));
+        for module in &self.modules {
+            let Some(validate) = &module.validate else {
+                continue;
+            };
+            let refused = |error: String| LoadError::ConfigCheck {
+                policy: module.name.to_string(),
+                error,
+            };
+            let mut instance = module
+                .instantiate(&self.engine, &facts, &Arc::default())
+                .await
+                .map_err(|failure| refused(failure.to_string()))?;
+            let call = instance
+                .handle
+                .get_typed_func::<(), (Result<(), String>,)>(&mut instance.store, validate)
+                .map_err(|e| refused(format!("{e:#}")))?;
+            let deadline = Instant::now() + module.timeout;
+            let outcome = within(deadline, call.call_async(&mut instance.store, ())).await;
+            module.log_output([&instance.stdout, &instance.stderr], &facts, None, true);
+            match outcome {
+                Some(Ok((Ok(()),))) => {}
+                Some(Ok((Err(message),))) => {
+                    return Err(LoadError::Config {
+                        policy: module.name.to_string(),
+                        message,
+                    });
+                }
+                Some(Err(e)) => return Err(refused(format!("{e:#}"))),
+                None => return Err(refused(format!("no answer within {:?}", module.timeout))),
+            }
+        }
+        Ok(())
     }
 
     /// Compiles and pre-links the given chain.
@@ -433,6 +489,7 @@ impl Chain {
                     pre,
                     indices,
                     reset: info.reset.filter(|_| spec.reuse),
+                    validate: info.validate,
                     idle: Mutex::new(Vec::new()),
                     stats: ModuleStats::default(),
                     output_budget: OutputBudget::default(),
@@ -576,14 +633,15 @@ impl LoadedModule {
                 Some(reset) => Some(instance.get_typed_func::<(), ()>(&mut store, reset)?),
                 None => None,
             };
-            wasmtime::Result::Ok((bindings, reset))
+            wasmtime::Result::Ok((instance, bindings, reset))
         })
         .await;
         let failure = match started {
-            Some(Ok((bindings, reset))) => {
+            Some(Ok((handle, bindings, reset))) => {
                 self.stats.instances.fetch_add(1, Ordering::Relaxed);
                 return Ok(Instance {
                     store,
+                    handle,
                     bindings,
                     reset,
                     stdout,
@@ -752,6 +810,8 @@ const MAX_TRACE: usize = 2000;
 /// A module instance, serving one session at a time.
 struct Instance {
     store: Store<HostState>,
+    /// The component instance, for the exports the bindings do not cover.
+    handle: wasmtime::component::Instance,
     bindings: Policy,
     /// The module's `lifecycle.reset`, if it may be reused.
     reset: Option<TypedFunc<(), ()>>,

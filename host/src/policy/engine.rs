@@ -25,7 +25,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// The contract this relay speaks (see wit/policy.wit).
 pub const CONTRACT_PACKAGE: &str = "sluice:policy";
 /// The contract version this relay was built against.
-pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 1, 0);
+pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 1, 1);
 /// How often the epoch advances; a hook's time limit is counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
@@ -215,9 +215,11 @@ impl PolicyEngine {
                 _ => Vec::new(),
             })
             .unwrap_or_default();
-        let reset = lifecycle_reset(&component, &hooks_name);
         let info = ModuleInfo {
-            reset,
+            // One instance may serve one session after another.
+            reset: optional_export(&component, &hooks_name, "lifecycle", "reset"),
+            // The module checks its configuration at load.
+            validate: optional_export(&component, &hooks_name, "validation", "validate-config"),
             contract: hooks_name
                 .split_once('@')
                 .map(|(_, v)| format!("{CONTRACT_PACKAGE}@{v}"))
@@ -236,12 +238,18 @@ impl PolicyEngine {
     }
 }
 
-/// The module's `lifecycle.reset` function (of the same contract version as its hooks),
-/// if it exports one: then one instance may serve one session after another.
-fn lifecycle_reset(component: &Component, hooks_name: &str) -> Option<ComponentExportIndex> {
-    let lifecycle = hooks_name.replacen("/hooks", "/lifecycle", 1);
-    let interface = component.get_export_index(None, &lifecycle)?;
-    component.get_export_index(Some(&interface), "reset")
+/// A function of one of the contract's optional interfaces (`lifecycle.reset`,
+/// `validation.validate-config`), of the same contract version as the module's hooks, if
+/// the module exports it.
+fn optional_export(
+    component: &Component,
+    hooks_name: &str,
+    interface: &str,
+    function: &str,
+) -> Option<ComponentExportIndex> {
+    let interface = hooks_name.replacen("/hooks", &format!("/{interface}"), 1);
+    let interface = component.get_export_index(None, &interface)?;
+    component.get_export_index(Some(&interface), function)
 }
 
 /// What a module is, as `sluice policy check` reports it.
@@ -249,7 +257,9 @@ fn lifecycle_reset(component: &Component, hooks_name: &str) -> Option<ComponentE
 pub struct ModuleInfo {
     /// Its `lifecycle.reset` export, if it has one: its instances may then be reused.
     pub reset: Option<ComponentExportIndex>,
-    /// The contract it was built for, such as `sluice:policy@0.1.0`.
+    /// Its `validation.validate-config` export, if it has one: it checks its configuration.
+    pub validate: Option<ComponentExportIndex>,
+    /// The contract it was built for, such as `sluice:policy@0.1.1`.
     pub contract: String,
     /// The hook functions it exports.
     pub hooks: Vec<String>,

@@ -43,6 +43,16 @@ pub enum LoadError {
         #[source]
         source: ModuleError,
     },
+    /// The module's own check (its `validate-config`) refused its configuration.
+    #[error("policy `{policy}`: configuration refused by the module: {message}")]
+    Config { policy: String, message: String },
+    /// The module's check of its configuration could not run to an answer (it trapped,
+    /// ran out of time or memory).
+    #[error("policy `{policy}`: checking its configuration failed: {error}")]
+    ConfigCheck { policy: String, error: String },
+    /// The blocking task that compiles the chain failed (it panicked).
+    #[error("the loading task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What is wrong in `policies.toml` (or a scenario file's `[config]`).

@@ -240,6 +240,10 @@ impl config::Host for HostState {
     fn keys(&mut self) -> Vec<String> {
         self.config.keys().cloned().collect()
     }
+
+    fn dry_run(&mut self) -> bool {
+        self.dry_run
+    }
 }
 
 impl log::Host for HostState {

@@ -96,11 +96,9 @@ impl Reloader {
     pub async fn reload(&self, trigger: &str) -> Result<String, ReloadError> {
         let _one_at_a_time = self.running.lock().await;
         let started = Instant::now();
-        let (engine, dir) = (self.engine.clone(), self.dir.clone());
-        let loaded = match tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await {
-            Ok(loaded) => loaded.map_err(ReloadError::from),
-            Err(task) => Err(ReloadError::from(task)),
-        };
+        let loaded = Chain::open(&self.engine, &self.dir)
+            .await
+            .map_err(ReloadError::from);
         let millis = started.elapsed().as_millis() as u64;
         let event = |message: &str| ReloadEvent {
             at: unix_secs(SystemTime::now()),

@@ -14,7 +14,11 @@
 //     }
 //   }
 //
-//   export const { hooks, lifecycle } = exportPolicy(NoPrinters);
+//   export const { hooks, lifecycle, validation } = exportPolicy(NoPrinters);
+//
+// A policy may check its configuration when the relay loads it (at start, at every
+// reload, and in `sluice policy check`) with a `static validateConfig(cx)`: a ConfigError
+// it throws refuses the module, with its message.
 //
 // `sluice policy build DIR` builds it. The relay makes one object of the class per SMTP
 // session, so fields may carry state from one hook to the next within a session; a later
@@ -178,6 +182,20 @@ export class Context {
   configList(key, fallback = null) {
     return typed(this, key, (v) => Array.isArray(v) && v.every((x) => typeof x === "string"), "a list of strings", fallback);
   }
+  /**
+   * Throws a ConfigError naming a key that is set but not in `known`: a misspelled key is
+   * otherwise silently unread. For `static validateConfig(cx)`.
+   */
+  expectKeys(...known) {
+    for (const key of this.configKeys()) {
+      if (!known.includes(key)) {
+        const reads = known.map((k) => `'${k}'`).join(", ") || "none";
+        throw new ConfigError(`unknown key '${key}'; this module reads ${reads}`);
+      }
+    }
+  }
+  /** Whether the module runs in dry-run: its decisions are logged, not applied. */
+  dryRun() { return host().dryRun(); }
 
   /** Milliseconds since the Unix epoch, by the relay's clock. */
   nowMs() { return host().nowMs(); }
@@ -202,6 +220,12 @@ export class Context {
 
 /** A policy module: override the hooks you need; the rest answer "no opinion". */
 export class Policy {
+  /**
+   * Checks the configuration when the relay loads the module: throw a ConfigError naming
+   * the key, and the module is refused with its message. The typed getters and
+   * `cx.expectKeys` throw such errors. Only the configuration answers: there is no client.
+   */
+  static validateConfig(cx) {}
   onConnect(cx) { return Decision.next(); }
   onHelo(cx, name) { return Decision.next(); }
   onMailFrom(cx, sender, params) { return Decision.next(); }
@@ -219,8 +243,9 @@ function toRelay(d) {
 }
 
 /**
- * The `hooks` and `lifecycle` exports for `PolicyClass`:
- * `export const { hooks, lifecycle } = exportPolicy(MyPolicy);` at the end of app.js.
+ * The `hooks`, `lifecycle` and `validation` exports for `PolicyClass`:
+ * `export const { hooks, lifecycle, validation } = exportPolicy(MyPolicy);` at the end
+ * of app.js.
  */
 export function exportPolicy(PolicyClass) {
   if (!(PolicyClass.prototype instanceof Policy)) {
@@ -249,7 +274,20 @@ export function exportPolicy(PolicyClass) {
     onData: (headers, message) => toRelay(call("onData", headers, new Body(message))),
   };
   const lifecycle = { reset: () => { current = null; } };
-  return { hooks, lifecycle, PolicyClass, call };
+  const validation = {
+    validateConfig: () => {
+      try {
+        PolicyClass.validateConfig(new Context());
+      } catch (e) {
+        // The contract's error (its payload is what the postmaster reads); anything else
+        // fails the check with its stack in the log.
+        if (e instanceof ConfigError) throw Object.assign(new Error(e.message), { payload: e.message });
+        host().log(Level.ERROR, `validateConfig threw: ${e && e.stack ? e.stack : e}`, []);
+        throw e;
+      }
+    },
+  };
+  return { hooks, lifecycle, validation, PolicyClass, call };
 }
 
 /** The relay's imports as the SDK calls them (the build's entry passes them in). */
@@ -267,6 +305,7 @@ export function relayBackend({ session, config, log, clock, counters, registry, 
       return value === undefined ? null : typeof value.val === "bigint" ? Number(value.val) : value.val;
     },
     configKeys: () => config.keys(),
+    dryRun: () => config.dryRun(),
     nowMs: () => Number(clock.now()),
     count: (key, window, add) => Number(add ? counters.incr(key, window) : counters.peek(key, window)),
     lookup: (ip) => {

@@ -69,8 +69,11 @@ function headerFields(raw) {
 
 /** One simulated SMTP session against `PolicyClass`. */
 export class Session {
-  constructor(PolicyClass, { peer = "127.0.0.1", listener = "default", config = {}, at = START, counters = new Counters() } = {}) {
+  constructor(PolicyClass, { peer = "127.0.0.1", listener = "default", config = {}, at = START, counters = new Counters(), dryRun = false } = {}) {
+    this.PolicyClass = PolicyClass;
     this.policy = new PolicyClass();
+    /** Whether the policy is told it runs in dry-run. */
+    this.dryRun = dryRun;
     this.peer = peer;
     this.listener = listener;
     this.settings = { ...config };
@@ -95,6 +98,14 @@ export class Session {
   blocked(network, reason) { this.blockedNetworks.push([network, reason]); return this; }
   config(key, value) { this.settings[key] = value; return this; }
   advance(millis) { this.nowMs += millis; }
+  /**
+   * Runs the policy's `static validateConfig(cx)` on the configuration set so far, as the
+   * relay does when it loads the module: throws the ConfigError that would refuse it.
+   */
+  validateConfig() {
+    setRelay(this.backend());
+    this.PolicyClass.validateConfig(new Context());
+  }
 
   call(hook, ...args) {
     setRelay(this.backend());
@@ -153,6 +164,7 @@ export class Session {
       recipients: () => [...this.accepted],
       config: (key) => this.settings[key] ?? null,
       configKeys: () => Object.keys(this.settings).sort(),
+      dryRun: () => this.dryRun,
       nowMs: () => this.nowMs,
       count: (key, window, add) => this.counters.count(key, window, add, this.nowMs),
       lookup: (ip) => {

@@ -12,9 +12,13 @@ about (the others say "no opinion"), exported by the module ``app.py`` that
                 return Decision.reject(550, "5.7.1", "Printers use the print relay")
             return Decision.next()
 
-    Hooks, Lifecycle = export(NoPrinters)
+    export(NoPrinters)
 
 ``sluice policy build DIR`` builds it (``componentize-py -w reusable-policy``).
+
+A policy may check its configuration when the relay loads it (at start, at every reload,
+and in ``sluice policy check``) by overriding :meth:`Policy.validate_config`: a
+:class:`ConfigError` it raises refuses the module, with its message.
 
 The relay makes one object of the class per SMTP session, so attributes may carry state
 from one hook to the next within a session. Keep that state on ``self``: the relay starts
@@ -401,6 +405,19 @@ class Context:
         """A list of strings; raises :class:`ConfigError` if the key holds something else."""
         return self._typed(key, list, "a list of strings", default)
 
+    def expect_keys(self, *known: str) -> None:
+        """Raises :class:`ConfigError` naming a key that is set but not in ``known``: a
+        misspelled key is otherwise silently unread. For :meth:`Policy.validate_config`."""
+        for key in self.config_keys():
+            if key not in known:
+                reads = ", ".join(repr(k) for k in known) or "none"
+                raise ConfigError(f"unknown key {key!r}; this module reads {reads}")
+
+    def dry_run(self) -> bool:
+        """Whether the module runs in dry-run (``mode = "dry-run"``): its decisions are
+        logged, not applied. Its log lines are tagged with the mode anyway."""
+        return _host.backend().dry_run()
+
     # The clock, counters, the registry, delivery.
     def now_ms(self) -> int:
         """Milliseconds since the Unix epoch, by the relay's clock."""
@@ -446,6 +463,13 @@ class Policy:
     One object is made (with no arguments) at a session's first hook and serves that
     session's hooks.
     """
+
+    @classmethod
+    def validate_config(cls, cx: Context) -> None:
+        """Checks the configuration when the relay loads the module: raise
+        :class:`ConfigError` with a message naming the key, and the module is refused with
+        it. The typed getters and :meth:`Context.expect_keys` raise such errors. Only the
+        configuration answers here: there is no client yet."""
 
     def on_connect(self, cx: Context) -> Decision:
         """A client connected (before the greeting)."""
@@ -496,11 +520,27 @@ class _Instance:
         self.current = None
 
 
-def export(policy: type[Policy]) -> tuple[type, type]:
-    """The ``Hooks`` and ``Lifecycle`` classes componentize-py exports for ``policy``:
-    write ``Hooks, Lifecycle = export(MyPolicy)`` at the end of ``app.py``."""
+_exported: Optional[tuple[type, type, type]] = None
+
+
+def export(policy: type[Policy]) -> None:
+    """Makes ``policy`` the module's policy: write ``export(MyPolicy)`` at the end of
+    ``app.py``. (``sluice policy build`` exports the classes componentize-py wants.)"""
+    global _exported
     if not (isinstance(policy, type) and issubclass(policy, Policy)):
         raise TypeError("export() takes a class derived from sluice_policy.Policy")
+    _exported = _exports(policy)
+
+
+def exported() -> tuple[type, type, type]:
+    """The ``Hooks``, ``Lifecycle`` and ``Validation`` classes of the policy ``app.py``
+    exported, for the component's entry module that ``sluice policy build`` writes."""
+    if _exported is None:
+        raise TypeError("app.py does not call sluice_policy.export(YourPolicy)")
+    return _exported
+
+
+def _exports(policy: type[Policy]) -> tuple[type, type, type]:
     instance = _Instance(policy)
     to_relay = _host.to_relay
 
@@ -525,5 +565,12 @@ def export(policy: type[Policy]) -> tuple[type, type]:
         def reset(self) -> None:
             instance.reset()
 
+    class Validation:
+        def validate_config(self) -> None:
+            try:
+                policy.validate_config(Context())
+            except ConfigError as e:
+                _host.refuse_config(str(e))
+
     Hooks.policy = policy  # type: ignore[attr-defined]
-    return Hooks, Lifecycle
+    return Hooks, Lifecycle, Validation

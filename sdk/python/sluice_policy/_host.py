@@ -19,6 +19,8 @@ try:
         types,
     )
 
+    from componentize_py_types import Err
+
     _imports: Optional[tuple] = (clock, config, counters, delivery, log, registry, session)
 except ImportError:
     _imports = None
@@ -38,6 +40,11 @@ def install(fake: Any) -> None:
     """Used by ``sluice_policy.testing``: the hooks' calls go to ``fake`` from now on."""
     global _current
     _current = fake
+
+
+def refuse_config(message: str) -> None:
+    """Answers the relay's ``validate-config`` with an error (inside the component only)."""
+    raise Err(message)
 
 
 def to_relay(decision: Any) -> Any:
@@ -118,6 +125,9 @@ class _Relay:
 
     def config_keys(self) -> list[str]:
         return list(self._config.keys())
+
+    def dry_run(self) -> bool:
+        return self._config.dry_run()
 
     def now_ms(self) -> int:
         return self._clock.now()

@@ -113,8 +113,12 @@ class Session:
         config: Optional[dict[str, Any]] = None,
         at: Union[str, datetime.datetime, int] = START,
         counters: Optional[Counters] = None,
+        dry_run: bool = False,
     ) -> None:
+        self._policy_class = policy
         self.policy = policy()
+        self.dry_run = dry_run
+        """Whether the policy is told it runs in dry-run."""
         self._peer = peer
         self._listener = listener
         self._config: dict[str, Any] = dict(config or {})
@@ -161,6 +165,13 @@ class Session:
     def advance(self, millis: int) -> None:
         """Moves the clock on."""
         self.now_ms += millis
+
+    def validate_config(self) -> None:
+        """Runs the policy's :meth:`~sluice_policy.Policy.validate_config` on the
+        configuration set so far, as the relay does when it loads the module: raises the
+        :class:`~sluice_policy.ConfigError` that would refuse it."""
+        _host.install(_Fake(self))
+        self._policy_class.validate_config(_context())
 
     # The hooks, in SMTP order.
     def _call(self, hook: str, *args: Any) -> Decision:
@@ -260,6 +271,9 @@ class _Fake:
 
     def config_keys(self) -> list[str]:
         return sorted(self.s._config)
+
+    def dry_run(self) -> bool:
+        return self.s.dry_run
 
     def now_ms(self) -> int:
         return self.s.now_ms

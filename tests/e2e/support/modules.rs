@@ -9,6 +9,10 @@ use std::sync::OnceLock;
 const CRATES: &[(&str, &str)] = &[
     ("sluice-test-hostile", "sluice_test_hostile.wasm"),
     ("sluice-test-old-contract", "sluice_test_old_contract.wasm"),
+    (
+        "sluice-test-first-contract",
+        "sluice_test_first_contract.wasm",
+    ),
     ("sluice-test-probe", "sluice_test_probe.wasm"),
     ("phi-guard", "phi_guard.wasm"),
 ];
