@@ -232,12 +232,17 @@ pub async fn check(module: &Module, config: Option<&Config>) -> ExitCode {
                     Ok(chain) => chain.validate().await,
                     Err(e) => Err(e),
                 };
-                match checked {
-                    Ok(()) => println!("  config:   ok ({used_by})"),
-                    Err(e) => {
+                match (checked, used_by) {
+                    (Ok(()), Some(used_by)) => println!("  config:   ok ({used_by})"),
+                    (Err(e), Some(used_by)) => {
                         println!("  config:   refused ({used_by}): {e}");
                         refused = true;
                     }
+                    // Nothing deployed to check: what the module needs is information.
+                    (Ok(()), None) => println!("  config:   none needed"),
+                    (Err(e), None) => println!(
+                        "  config:   none given (no policy in the relay's policies.toml runs it); with none, {e}"
+                    ),
                 }
             }
             if refused {
@@ -254,8 +259,9 @@ pub async fn check(module: &Module, config: Option<&Config>) -> ExitCode {
 }
 
 /// The configurations to check `module` with, each with where it comes from: those of the
-/// policies of the relay's `policies.toml` that run a module of this name, or else none.
-fn uses(module: &Module, relay: Option<&Config>) -> Vec<(String, PolicySpec)> {
+/// policies of the relay's `policies.toml` that run a module of this name, or else none
+/// (`None`: no policy runs it).
+fn uses(module: &Module, relay: Option<&Config>) -> Vec<(Option<String>, PolicySpec)> {
     let deployed = relay
         .and_then(|c| {
             let dir = &c.policies.dir;
@@ -269,13 +275,17 @@ fn uses(module: &Module, relay: Option<&Config>) -> Vec<(String, PolicySpec)> {
                 .filter(|spec| module.named_by(spec))
                 .map(|spec| {
                     let used_by = format!("as policy `{}` in {}", spec.name, manifest.display());
-                    (used_by, module.spec(spec.config))
+                    let checked = PolicySpec {
+                        name: spec.name,
+                        ..module.spec(spec.config)
+                    };
+                    (Some(used_by), checked)
                 })
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
     if deployed.is_empty() {
-        vec![("with no configuration".into(), module.spec(BTreeMap::new()))]
+        vec![(None, module.spec(BTreeMap::new()))]
     } else {
         deployed
     }

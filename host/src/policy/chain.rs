@@ -342,6 +342,11 @@ struct Idle {
     since: Instant,
 }
 
+/// The time a module has to check its configuration (at least; its hook time limit when
+/// longer). It runs once, at load, where the first call into a large module (mapping a
+/// Python module's memory image) may take far longer than a hook's limit allows.
+const CONFIG_CHECK_TIME_LIMIT: Duration = Duration::from_secs(10);
+
 /// Instances of one module kept between sessions at most: as many as the sessions a busy
 /// relay runs at once; past that, a session makes a new one.
 const MAX_IDLE: usize = 64;
@@ -409,15 +414,16 @@ impl Chain {
                 policy: module.name.to_string(),
                 error,
             };
+            let time_limit = CONFIG_CHECK_TIME_LIMIT.max(module.timeout);
             let mut instance = module
-                .instantiate(&self.engine, &facts, &Arc::default())
+                .instantiate(&self.engine, &facts, &Arc::default(), time_limit)
                 .await
                 .map_err(|failure| refused(failure.to_string()))?;
             let call = instance
                 .handle
                 .get_typed_func::<(), (Result<(), String>,)>(&mut instance.store, validate)
                 .map_err(|e| refused(format!("{e:#}")))?;
-            let deadline = Instant::now() + module.timeout;
+            let deadline = Instant::now() + time_limit;
             let outcome = within(deadline, call.call_async(&mut instance.store, ())).await;
             module.log_output([&instance.stdout, &instance.stderr], &facts, None, true);
             match outcome {
@@ -429,7 +435,9 @@ impl Chain {
                     });
                 }
                 Some(Err(e)) => return Err(refused(format!("{e:#}"))),
-                None => return Err(refused(format!("no answer within {:?}", module.timeout))),
+                None => {
+                    return Err(refused(format!("no answer within {time_limit:?}")));
+                }
             }
         }
         Ok(())
@@ -581,12 +589,14 @@ impl Chain {
 impl LoadedModule {
     /// A new instance of the module for one session, in a store of its own with the
     /// module's memory limit, its configuration and the session's facts. Instantiating
-    /// runs the module's start code: it is bounded by the module's time limit too.
+    /// runs the module's start code: it is bounded by `time_limit` (the module's hook time
+    /// limit, for a session).
     async fn instantiate(
         &self,
         engine: &PolicyEngine,
         facts: &Arc<SessionFacts>,
         requests: &Arc<DeliveryRequests>,
+        time_limit: Duration,
     ) -> Result<Instance, Failure> {
         let (stdout, stderr) = (CapturedOutput::default(), CapturedOutput::default());
         let mut wasi = wasmtime_wasi::WasiCtx::builder();
@@ -621,7 +631,7 @@ impl LoadedModule {
         // first tick counts from now.
         store.epoch_deadline_async_yield_and_update(1);
         store.set_epoch_deadline(1);
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + time_limit;
         let started = within(deadline, async {
             let instance = self
                 .pre
@@ -652,7 +662,7 @@ impl LoadedModule {
             }
             Some(Err(e)) if out_of_capacity(&e) => Failure::Capacity(e.to_string()),
             Some(Err(e)) => Failure::Start(format!("{e:#}")),
-            None => Failure::Timeout(self.timeout),
+            None => Failure::Timeout(time_limit),
         };
         // What its start code printed may say why it failed.
         self.log_output([&stdout, &stderr], facts, None, true);
@@ -680,7 +690,7 @@ impl LoadedModule {
                 ),
             }
         }
-        self.instantiate(engine, facts, requests)
+        self.instantiate(engine, facts, requests, self.timeout)
             .await
             .map(Box::new)
     }
