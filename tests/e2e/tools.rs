@@ -114,9 +114,19 @@ fn a_scenario_sets_the_clock_modules_read() {
     assert!(said.contains("at = \"tonight\""), "{said}");
 }
 
-/// Runs `sluice session` with `input` typed at it (LF line ends, as at a terminal).
-fn session(peer: &str, input: &str) -> (String, String) {
+/// Runs `sluice session` with `input` typed at it (LF line ends, as at a terminal), on the
+/// embedded defaults, or with `policies` as its policies.toml.
+fn session(peer: &str, input: &str, policies: Option<&str>) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
+    if let Some(policies) = policies {
+        std::fs::create_dir(dir.path().join("policies.d")).unwrap();
+        std::fs::write(dir.path().join("policies.d/policies.toml"), policies).unwrap();
+        std::fs::write(
+            dir.path().join("sluice.toml"),
+            "[policies]\ndir = \"policies.d\"\n",
+        )
+        .unwrap();
+    }
     let out = crate::support::run_with_input(
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["session", "--peer", peer])
@@ -129,22 +139,47 @@ fn session(peer: &str, input: &str) -> (String, String) {
     )
 }
 
+/// The index of the first line of `text` that starts with `start`.
+fn line_starting(text: &str, start: &str) -> usize {
+    text.lines()
+        .position(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starts with {start:?}:\n{text}"))
+}
+
 #[test]
 fn session_plays_a_client_and_shows_each_decision() {
     let transaction = "EHLO app.example.edu\nMAIL FROM:<app@example.edu>\nRCPT TO:<a@example.org>\nDATA\nSubject: hi\n\nhello\n.\nQUIT\n";
-    let (replies, log) = session("127.0.0.1", transaction);
+    let (replies, log) = session("127.0.0.1", transaction, None);
     assert!(
         replies.contains("250 2.0.0 Ok: queued as"),
         "{replies}\n{log}"
     );
-    assert!(log.contains("rcpt networks=accept"), "{log}");
+    // Each decision on stdout, before the reply it led to.
+    let decided = line_starting(&replies, "  [policy] rcpt <a@example.org>: networks=accept");
+    assert!(decided < line_starting(&replies, "250 2.1.5"), "{replies}");
 
-    let (replies, log) = session("192.0.2.9", transaction);
+    let (replies, log) = session("192.0.2.9", transaction, None);
     assert!(
         replies.contains("554 5.7.1 <a@example.org>: Relay access denied"),
         "{replies}\n{log}"
     );
-    assert!(log.contains("rcpt networks=reject"), "{log}");
+    assert!(
+        replies.contains("  [policy] rcpt <a@example.org>: networks=reject"),
+        "{replies}"
+    );
+
+    // A dry-run module's decision is shown too, marked: the relay's own default refuses.
+    let dry_run =
+        "[[policy]]\nname = \"networks\"\nmodule = \"builtin:networks\"\nmode = \"dry-run\"\n";
+    let (replies, log) = session("192.0.2.9", transaction, Some(dry_run));
+    let decided = line_starting(
+        &replies,
+        "  [policy] rcpt <a@example.org>: networks(dry-run)=reject",
+    );
+    assert!(
+        decided < line_starting(&replies, "554 "),
+        "{replies}\n{log}"
+    );
 }
 
 #[test]

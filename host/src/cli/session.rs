@@ -1,7 +1,15 @@
 //! `sluice session --peer IP [--tls] [--auth USER]`: an SMTP session typed at the terminal
-//! as if from that client, through the configured policy chain, each module's decision
-//! shown as it goes (on standard error). Nothing is delivered: an accepted message goes to
-//! a throw-away spool that no queue runner reads.
+//! as if from that client, through the configured policy chain. Every module's decision,
+//! dry-run ones included, is shown on standard output before the reply it led to:
+//!
+//! ```text
+//! RCPT TO:<a@example.org>
+//!   [policy] rcpt <a@example.org>: networks=accept 41us
+//! 250 2.1.5 Ok
+//! ```
+//!
+//! (the relay's log goes to standard error). Nothing is delivered: an accepted message
+//! goes to a throw-away spool that no queue runner reads.
 
 use crate::config::Config;
 use crate::policy::{Chain, PolicyEngine, SessionFacts};
@@ -49,7 +57,10 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
     }
     let chain = Chain::open(&engine, &config.policies.dir)
         .await
-        .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("policies: {e}"))?
+        // Printed before the session writes its reply, which the terminal task prints only
+        // once it has read it: each decision comes out before the reply it led to.
+        .with_observer(Box::new(|d| println!("  [policy] {}: {d}", d.heading())));
     // The throw-away spool is this session's own.
     let spool_dir = crate::private::create_temp_dir("sluice-session")?;
     let spool = Arc::new(Spool::open(&spool_dir)?);
@@ -80,24 +91,65 @@ async fn session(config: Config, client: Client) -> anyhow::Result<()> {
 /// Carries lines typed at the terminal to the session, each ended with CRLF as SMTP wants
 /// (a terminal sends bare LF, which the relay refuses inside a message), and the
 /// session's replies back to standard output.
+///
+/// One command at a time: the next is sent only once the last one's reply is printed, as
+/// a client without PIPELINING would. So every decision the chain prints comes out after
+/// the replies before it and before its own, even when the commands come all at once from
+/// a file or a pipe (a pipelining client would get its replies in one batch, after the
+/// decisions behind all of them).
 async fn terminal(pipe: tokio::io::DuplexStream) {
-    let (mut from_relay, mut to_relay) = tokio::io::split(pipe);
-    let replies = async {
-        let _ = tokio::io::copy(&mut from_relay, &mut tokio::io::stdout()).await;
-    };
-    let typing = async {
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let line = line.trim_end_matches('\r');
-            if to_relay
-                .write_all(format!("{line}\r\n").as_bytes())
-                .await
-                .is_err()
-            {
-                break;
-            }
+    let (from_relay, mut to_relay) = tokio::io::split(pipe);
+    let mut replies = BufReader::new(from_relay).lines();
+    let mut typed = BufReader::new(tokio::io::stdin()).lines();
+    // The greeting first.
+    let mut open = print_reply(&mut replies).await.is_some();
+    let mut in_message = false;
+    while open {
+        let Ok(Some(line)) = typed.next_line().await else {
+            break;
+        };
+        let line = line.trim_end_matches('\r');
+        if to_relay
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            break;
         }
-        let _ = to_relay.shutdown().await;
-    };
-    tokio::join!(replies, typing);
+        // Message text has no replies but the one to its end; a BDAT chunk follows its
+        // command at once, so its reply comes after the chunk.
+        let command = line.to_ascii_uppercase();
+        if in_message {
+            if line != "." {
+                continue;
+            }
+            in_message = false;
+        } else if command.starts_with("BDAT ") {
+            continue;
+        }
+        match print_reply(&mut replies).await {
+            Some(code) => in_message = command == "DATA" && code == 354,
+            None => open = false,
+        }
+    }
+    let _ = to_relay.shutdown().await;
+    // Whatever the session still says (the replies to BDAT chunks, a last 421).
+    while print_reply(&mut replies).await.is_some() {}
+}
+
+/// Prints one reply (every line of it) and returns its code; `None` when the session has
+/// closed the connection.
+async fn print_reply(
+    replies: &mut tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
+) -> Option<u16> {
+    let mut out = tokio::io::stdout();
+    loop {
+        let line = replies.next_line().await.ok()??;
+        let _ = out.write_all(format!("{line}\n").as_bytes()).await;
+        let _ = out.flush().await;
+        // The last line of a reply has a space (or nothing) after its code.
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line.get(..3).and_then(|code| code.parse().ok()).or(Some(0));
+        }
+    }
 }

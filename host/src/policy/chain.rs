@@ -156,6 +156,16 @@ pub struct Decided {
     pub dry_run: bool,
 }
 
+impl Decided {
+    /// The hook and what it was about: `rcpt <a@example.org>`.
+    pub fn heading(&self) -> String {
+        match &self.subject {
+            Some(subject) => format!("{} <{subject}>", self.hook.as_str()),
+            None => self.hook.as_str().to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Decided {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dry = if self.dry_run { "(dry-run)" } else { "" };
@@ -185,11 +195,7 @@ pub fn format_trace(trace: &[Decided]) -> String {
             if last.is_some() {
                 line.push_str("; ");
             }
-            line.push_str(d.hook.as_str());
-            if let Some(subject) = &d.subject {
-                let _ = write!(line, " <{subject}>");
-            }
-            line.push_str(": ");
+            let _ = write!(line, "{}: ", d.heading());
             last = Some(key);
         }
         let _ = write!(line, "{d}");
@@ -375,7 +381,12 @@ pub struct Chain {
     loaded_at: SystemTime,
     /// A newer chain has replaced it: its sessions finish on it, but keep no instance.
     retired: std::sync::atomic::AtomicBool,
+    /// Shown every module's decision as it is made (`sluice session`).
+    observer: Option<DecisionObserver>,
 }
+
+/// What is told of every module's decision, dry-run ones included, as it is made.
+pub type DecisionObserver = Box<dyn Fn(&Decided) + Send + Sync>;
 
 impl Chain {
     /// Loads the chain described by `dir/policies.toml` (or the default chain when there is
@@ -507,9 +518,17 @@ impl Chain {
         Ok(Chain {
             engine: engine.clone(),
             modules,
+            observer: None,
             loaded_at: SystemTime::now(),
             retired: Default::default(),
         })
+    }
+
+    /// Has `observer` told of every module's decision, dry-run ones included, as it is
+    /// made: before the session answers the client.
+    pub fn with_observer(mut self, observer: DecisionObserver) -> Chain {
+        self.observer = Some(observer);
+        self
     }
 
     /// The modules' names, in chain order.
@@ -1067,6 +1086,9 @@ impl SessionChain {
             let module = &self.chain.modules[index];
             let queue_id = self.facts.queue_id.as_deref().unwrap_or("-");
             let settled = module.settle(&call, outcome, started.elapsed(), queue_id);
+            if let Some(observer) = &self.chain.observer {
+                observer(&settled.decided);
+            }
             note(&mut self.trace, settled.decided);
             rewrites.extend(settled.rewrites);
             if let Some((verdict, reply)) = settled.ends {
