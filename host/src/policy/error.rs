@@ -97,8 +97,6 @@ pub struct ConfigValueError {
 pub enum ReloadError {
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("the reload task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
 }
 
 /// Why the policy engine could not start.
