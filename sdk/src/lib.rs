@@ -573,6 +573,13 @@ impl<'a> Body<'a> {
 /// hooks; at the next session on the same instance (the relay reuses instances) it is
 /// dropped and a new one made.
 pub trait Policy: Default + 'static {
+    /// The hooks this policy acts at, as `policies.toml` names them: the relay calls it at
+    /// these only (unless `policies.toml` names others), sparing calls whose answer is
+    /// "no opinion". By default every hook; a policy that decides at one hook says so:
+    /// `const HOOKS: &'static [&'static str] = &["rcpt"];` The test [`testing::Session`]
+    /// does not call the others either.
+    const HOOKS: &'static [&'static str] = &["connect", "helo", "mail-from", "rcpt", "data"];
+
     /// Checks the module's configuration when the relay loads it (at start, at every
     /// reload, and in `sluice policy check`): an error refuses the module, and the
     /// postmaster sees it as it is, so name the key and what it should be.
@@ -727,6 +734,16 @@ macro_rules! export_policy {
         impl $crate::__bindings::exports::sluice::policy::validation::Guest for __SluiceExport {
             fn validate_config() -> ::std::result::Result<(), ::std::string::String> {
                 $crate::__validate_config::<$policy>()
+            }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        impl $crate::__bindings::exports::sluice::policy::declared_hooks::Guest for __SluiceExport {
+            fn hooks() -> ::std::vec::Vec<::std::string::String> {
+                <$policy as $crate::Policy>::HOOKS
+                    .iter()
+                    .map(|h| ::std::string::ToString::to_string(h))
+                    .collect()
             }
         }
 

@@ -317,6 +317,10 @@ impl<P: Policy> Session<P> {
     /// would (see the [module documentation](self)): the test fails on one the relay would
     /// not take as it is.
     fn call(&mut self, hook: Hook, run: impl FnOnce(&mut P, &Context) -> Decision) -> Decision {
+        // The relay does not call a policy at a hook it does not declare.
+        if !P::HOOKS.contains(&hook.contract_name()) {
+            return Decision::next();
+        }
         CURRENT.with(|c| *c.borrow_mut() = self.env.take());
         let decision = run(&mut self.policy, &Context::new());
         self.env = CURRENT.with(|c| c.borrow_mut().take());
@@ -403,6 +407,17 @@ enum Hook {
 }
 
 impl Hook {
+    /// The hook's name in the contract and `policies.toml`.
+    fn contract_name(self) -> &'static str {
+        match self {
+            Hook::Connect => "connect",
+            Hook::Helo => "helo",
+            Hook::MailFrom => "mail-from",
+            Hook::Rcpt => "rcpt",
+            Hook::Data => "data",
+        }
+    }
+
     /// The hook's name in [`Policy`].
     fn name(self) -> &'static str {
         match self {
@@ -815,5 +830,30 @@ mod tests {
         };
         assert_eq!(header(Session::new()), "false");
         assert_eq!(header(Session::new().dry_run()), "true");
+    }
+
+    /// Would refuse every client, but declares that it acts at rcpt only.
+    #[derive(Default)]
+    struct RcptOnly;
+
+    impl Policy for RcptOnly {
+        const HOOKS: &'static [&'static str] = &["rcpt"];
+
+        fn on_connect(&mut self, _: &Context) -> Decision {
+            Decision::reject(554, "5.7.1", "not called")
+        }
+
+        fn on_rcpt(&mut self, _: &Context, _: &str, _: &[(String, Option<String>)]) -> Decision {
+            Decision::accept()
+        }
+    }
+
+    #[test]
+    fn a_policy_is_not_called_at_hooks_it_does_not_declare() {
+        let mut s = Session::<RcptOnly>::new();
+        assert_eq!(s.connect().verdict, Verdict::Continue);
+        s.helo("app.example.edu");
+        s.mail_from("app@example.edu");
+        assert_eq!(s.rcpt("a@example.org").verdict, Verdict::Accept);
     }
 }

@@ -249,6 +249,16 @@ async fn python_and_javascript_modules_decide_beside_rust_ones() {
         line.contains("mode=\"dry-run\"") && line.contains("module=\"phi-guard\""),
         "{line}"
     );
+    // Each module was called only at the hook it overrides (its SDK declares it): Python's
+    // no-mail-to at the four RCPTs, not at the other hooks of the four sessions.
+    let status = relay.command(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    let calls = status
+        .lines()
+        .find(|l| l.starts_with("no-mail-to "))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(calls, "4", "{status}");
     // The third of two an hour is refused for now, by the JavaScript module.
     assert_eq!(send(&relay, "nurse@med.example.edu", "lunch").await, 451);
     let log = relay.wait_for_log("sender over quota").await;
@@ -463,4 +473,42 @@ async fn the_sdks_own_tests_pass_in_plain_python_and_node() {
         .arg("--test")
         .current_dir(workspace().join("examples/js/sender_quota")));
     assert!(said.contains("# fail 0"), "{said}");
+}
+
+#[test]
+fn a_rust_project_from_policy_new_tests_builds_and_passes_its_scenarios() {
+    let dir = tempfile::tempdir().unwrap();
+    // Kept between runs: the SDK and its dependencies are built once.
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rust-project");
+    run(sluice()
+        .current_dir(dir.path())
+        .args(["policy", "new", "dept-rule", "--lang", "rust"]));
+    let project = dir.path().join("dept-rule");
+    // It carries its SDK: nothing of this source tree is needed to build it.
+    assert!(project.join("sdk/sluice-sdk/src/lib.rs").exists());
+    let tested = run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&project)
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["test", "--quiet"]),
+    );
+    assert!(tested.contains("2 passed"), "{tested}");
+    run(sluice()
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["policy", "build"])
+        .arg(&project));
+    let wasm = project.join("dept_rule.wasm");
+    let checked = run(sluice().args(["policy", "check"]).arg(&wasm));
+    assert!(
+        checked.contains("contract: sluice:policy@0.1.1"),
+        "{checked}"
+    );
+    assert!(checked.contains("config:   none needed"), "{checked}");
+    let passed = run(sluice().current_dir(&project).args([
+        "policy",
+        "test",
+        "dept_rule.wasm",
+        "scenarios.toml",
+    ]));
+    assert!(passed.contains(" passed, 0 failed"), "{passed}");
 }

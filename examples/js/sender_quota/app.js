@@ -31,4 +31,4 @@ export class SenderQuota extends Policy {
   }
 }
 
-export const { hooks, lifecycle, validation } = exportPolicy(SenderQuota);
+export const { hooks, lifecycle, validation, declaredHooks } = exportPolicy(SenderQuota);

@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { SenderQuota } from "./app.js";
+import { SenderQuota, declaredHooks } from "./app.js";
 import { Verdict } from "./sluice-policy/index.js";
 import { Counters, Session } from "./sluice-policy/testing.js";
 
@@ -49,4 +49,8 @@ test("the quota is checked when the relay loads the module", () => {
     /expected at least 1, got 0/);
   assert.throws(() => new Session(SenderQuota, { config: { max_per_houre: 2 } }).validateConfig(),
     /unknown key 'max_per_houre'; this module reads 'max_per_hour'/);
+});
+
+test("the relay calls it at data only: the hook it overrides", () => {
+  assert.deepEqual(declaredHooks.hooks(), ["data"]);
 });

@@ -3,7 +3,7 @@
 import pytest
 
 from app import NoMailTo
-from sluice_policy import ConfigError, Verdict
+from sluice_policy import ConfigError, Verdict, exported
 from sluice_policy.testing import Session
 
 
@@ -40,3 +40,9 @@ def test_the_configuration_is_checked_at_load():
         Session(NoMailTo, config={"domains": "a.example"}).validate_config()
     with pytest.raises(ConfigError, match="unknown key 'domian'; this module reads 'domains', 'reason'"):
         Session(NoMailTo, config={"domian": ["a.example"]}).validate_config()
+
+
+def test_the_relay_calls_it_at_rcpt_only():
+    # The hooks it overrides, which the SDK declares to the relay.
+    declared_hooks = exported()[3]
+    assert declared_hooks().hooks() == ["rcpt"]

@@ -229,7 +229,7 @@ pub async fn check(module: &Module, config: Option<&Config>) -> ExitCode {
             let mut refused = false;
             for (used_by, spec) in uses(module, config) {
                 let checked = match Chain::from_specs(&engine, vec![spec]) {
-                    Ok(chain) => chain.validate().await,
+                    Ok(mut chain) => chain.consult_modules().await,
                     Err(e) => Err(e),
                 };
                 match (checked, used_by) {
@@ -397,10 +397,11 @@ async fn run_scenarios(
         }
     }
     let (engine, _) = cached_engine(relay)?;
-    let chain = Chain::from_specs(&engine, vec![module.spec(config)]).map_err(|e| e.to_string())?;
+    let mut chain =
+        Chain::from_specs(&engine, vec![module.spec(config)]).map_err(|e| e.to_string())?;
     // A configuration the module refuses would refuse it at load: no scenario runs.
     chain
-        .validate()
+        .consult_modules()
         .await
         .map_err(|e| format!("{}: {e}", scenarios.display()))?;
     let chain = Arc::new(chain);

@@ -49,6 +49,104 @@ const JS_SDK: [(&str, &str); 2] = [
     ),
 ];
 
+/// The Rust SDK and the crate it reads mail with, copied into every Rust project (under
+/// `sdk/`, beside the contract), so that it builds wherever the relay is installed, not
+/// only on the machine that built the relay. Their manifests inherit from the relay's
+/// workspace, so they are made standalone on the way (see [`standalone_manifest`]).
+const RUST_SDK: [(&str, &str); 13] = [
+    (
+        "sluice-sdk/Cargo.toml",
+        include_str!("../../../sdk/Cargo.toml"),
+    ),
+    (
+        "sluice-sdk/src/lib.rs",
+        include_str!("../../../sdk/src/lib.rs"),
+    ),
+    (
+        "sluice-sdk/src/imports.rs",
+        include_str!("../../../sdk/src/imports.rs"),
+    ),
+    (
+        "sluice-sdk/src/networks.rs",
+        include_str!("../../../sdk/src/networks.rs"),
+    ),
+    (
+        "sluice-sdk/src/testing.rs",
+        include_str!("../../../sdk/src/testing.rs"),
+    ),
+    (
+        "sluice-mail/Cargo.toml",
+        include_str!("../../../mail/Cargo.toml"),
+    ),
+    (
+        "sluice-mail/src/lib.rs",
+        include_str!("../../../mail/src/lib.rs"),
+    ),
+    (
+        "sluice-mail/src/address.rs",
+        include_str!("../../../mail/src/address.rs"),
+    ),
+    (
+        "sluice-mail/src/counter.rs",
+        include_str!("../../../mail/src/counter.rs"),
+    ),
+    (
+        "sluice-mail/src/mime.rs",
+        include_str!("../../../mail/src/mime.rs"),
+    ),
+    (
+        "sluice-mail/src/reply.rs",
+        include_str!("../../../mail/src/reply.rs"),
+    ),
+    // Where the SDK's bindings read the contract from (`../wit`).
+    ("wit/policy.wit", CONTRACT),
+    (
+        "README.md",
+        "The Sluice policy SDK for Rust and the crate it reads mail with, as the relay `sluice policy new` came with.\n",
+    ),
+];
+
+/// The relay workspace's manifest, whose versions the copied crates take.
+const WORKSPACE_MANIFEST: &str = include_str!("../../../Cargo.toml");
+
+/// A copied crate's manifest without the workspace: the package fields and dependencies it
+/// inherits are written out, the SDK finds its mail crate beside it, and what only the
+/// relay's own development needs (lints, dev-dependencies) is left out.
+fn standalone_manifest(manifest: &str) -> String {
+    let workspace_value = |key: &str| {
+        WORKSPACE_MANIFEST
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .unwrap_or("\"\"")
+            .to_string()
+    };
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in manifest.lines() {
+        if line.starts_with('[') {
+            skipping = line == "[lints]" || line == "[dev-dependencies]";
+        }
+        if skipping {
+            continue;
+        }
+        let line = match line.split_once(".workspace = true") {
+            Some(("rust-version", _)) => continue,
+            Some(("wit-bindgen", _)) => format!("wit-bindgen = {}", workspace_value("wit-bindgen")),
+            Some(("sluice-mail", _)) => {
+                "sluice-mail = { path = \"../sluice-mail\", default-features = false }".into()
+            }
+            Some((key, _)) => format!("{key} = {}", workspace_value(key)),
+            None => line.replace(
+                "sluice-mail = { workspace = true,",
+                "sluice-mail = { path = \"../sluice-mail\",",
+            ),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 /// The scenarios every new project starts with (its module refuses `old-campus.example`).
 const SCENARIOS: &str = r#"# Scenarios for `sluice policy test NAME.wasm scenarios.toml` (see the README of Sluice,
 # "Scenario files").
@@ -134,15 +232,16 @@ fn create(dir: &Path, lang: Lang) -> anyhow::Result<Vec<String>> {
     ];
     match lang {
         Lang::Rust => {
-            let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
-            let sdk = sdk.canonicalize().unwrap_or(sdk);
-            files.push((
-                "Cargo.toml".into(),
-                RUST_CARGO
-                    .replace("NAME", &name)
-                    .replace("SDK", &sdk.display().to_string()),
-            ));
+            files.push(("Cargo.toml".into(), RUST_CARGO.replace("NAME", &name)));
             files.push(("src/lib.rs".into(), RUST_LIB.replace("CLASS", &class)));
+            for (path, text) in RUST_SDK {
+                let text = if path.ends_with("Cargo.toml") {
+                    standalone_manifest(text)
+                } else {
+                    text.to_string()
+                };
+                files.push((format!("sdk/{path}"), text));
+            }
         }
         Lang::Python => {
             files.push(("app.py".into(), PYTHON_APP.replace("CLASS", &class)));
@@ -275,7 +374,10 @@ fn build_in(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn build_rust(dir: &Path, out: &Path) -> anyhow::Result<()> {
-    let target = dir.join("target");
+    // Cargo's own setting when there is one (a shared target directory), else the project's.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("target"));
     run(
         Command::new("cargo")
             .args([
@@ -320,7 +422,7 @@ fn run(command: &mut Command, tool: &str, install: &str) -> anyhow::Result<()> {
 const PYTHON_ENTRY: &str = r#"import app  # noqa: F401  (it calls sluice_policy.export)
 from sluice_policy import exported
 
-Hooks, Lifecycle, Validation = exported()
+Hooks, Lifecycle, Validation, DeclaredHooks = exported()
 "#;
 
 /// The component's entry for a JavaScript project (see `build_in`).
@@ -336,8 +438,11 @@ import * as app from "./app.js";
 setRelay(relayBackend({ session, config, log, clock, counters, registry, delivery }));
 export const hooks = app.hooks;
 export const lifecycle = app.lifecycle;
-// An app.js that exports no validation (written before 0.1.1) checks nothing.
+// An app.js written before 0.1.1 checks nothing and is called at every hook.
 export const validation = app.validation ?? { validateConfig() {} };
+export const declaredHooks = app.declaredHooks ?? {
+  hooks: () => ["connect", "helo", "mail-from", "rcpt", "data"],
+};
 "#;
 
 const RUST_CARGO: &str = r#"[package]
@@ -350,7 +455,7 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-sluice-sdk = { path = "SDK" }
+sluice-sdk = { path = "sdk/sluice-sdk" }
 
 # A project of its own, even inside another workspace.
 [workspace]
@@ -486,7 +591,7 @@ export class CLASS extends Policy {
   }
 }
 
-export const { hooks, lifecycle, validation } = exportPolicy(CLASS);
+export const { hooks, lifecycle, validation, declaredHooks } = exportPolicy(CLASS);
 "#;
 
 const JS_TEST: &str = r#"// Unit tests on Node's test runner: `node --test`.
@@ -520,3 +625,51 @@ const JS_PACKAGE: &str = r#"{
   "scripts": { "test": "node --test" }
 }
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_file_of_the_rust_sdk_is_copied() {
+        for (krate, dir) in [("sluice-sdk", "sdk"), ("sluice-mail", "mail")] {
+            let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(dir)
+                .join("src");
+            for entry in std::fs::read_dir(&src).unwrap() {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                let copied = format!("{krate}/src/{name}");
+                assert!(
+                    RUST_SDK.iter().any(|(path, _)| *path == copied),
+                    "{copied} is not in RUST_SDK"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_copied_manifests_stand_alone() {
+        for (path, text) in RUST_SDK.iter().filter(|(p, _)| p.ends_with("Cargo.toml")) {
+            let manifest = standalone_manifest(text);
+            assert!(
+                !manifest.contains("workspace = true") && !manifest.contains("[lints]"),
+                "{path}:\n{manifest}"
+            );
+            let parsed: toml::Table = toml::from_str(&manifest).expect(path);
+            let package = parsed["package"].as_table().unwrap();
+            assert_eq!(package["edition"].as_str(), Some("2024"), "{path}");
+            assert!(package["version"].is_str(), "{path}");
+        }
+        let sdk = standalone_manifest(RUST_SDK[0].1);
+        assert!(sdk.contains("wit-bindgen = { version = "), "{sdk}");
+        assert!(
+            sdk.contains("sluice-mail = { path = \"../sluice-mail\", default-features = false }"),
+            "{sdk}"
+        );
+        assert!(
+            sdk.contains("sluice-mail = { path = \"../sluice-mail\", features = [\"parser\"] }"),
+            "{sdk}"
+        );
+    }
+}

@@ -89,6 +89,15 @@ impl HookSet {
         HookSet(hooks.iter().fold(0, |set, h| set | 1 << *h as u8))
     }
 
+    /// The set of hooks named as `policies.toml` names them; `None` if a name is unknown.
+    pub fn named(names: &[String]) -> Option<HookSet> {
+        let hooks = names
+            .iter()
+            .map(|name| Hook::from_name(name))
+            .collect::<Option<Vec<Hook>>>()?;
+        Some(HookSet::of(&hooks))
+    }
+
     pub fn contains(self, hook: Hook) -> bool {
         self.0 & (1 << hook as u8) != 0
     }
@@ -335,6 +344,9 @@ struct LoadedModule {
     reset: Option<ComponentExportIndex>,
     /// Its `validation.validate-config`, when it has one: it checks its configuration.
     validate: Option<ComponentExportIndex>,
+    /// Its `declared-hooks.hooks`, when it has one and `policies.toml` does not name the
+    /// module's hooks: then it is called only at the hooks it declares.
+    declared_hooks: Option<ComponentExportIndex>,
     /// Instances left by sessions that ended, the most recent last.
     idle: Mutex<Vec<Idle>>,
     stats: ModuleStats,
@@ -402,52 +414,80 @@ impl Chain {
     /// the relay runs, at start and at every reload, and what `sluice session` runs.
     pub async fn open(engine: &PolicyEngine, dir: &Path) -> Result<Chain, LoadError> {
         let (engine, dir) = (engine.clone(), dir.to_path_buf());
-        let chain = tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await??;
-        chain.validate().await?;
+        let mut chain = tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await??;
+        chain.consult_modules().await?;
         Ok(chain)
     }
 
-    /// Has every module that exports the contract's `validation.validate-config` check its
-    /// configuration, on an instance of its own with no client: the first refusal, with
-    /// the module's message, refuses the chain. What the module writes to stderr meanwhile
-    /// is logged, as at a hook.
-    pub async fn validate(&self) -> Result<(), LoadError> {
+    /// Asks each module what the contract lets it say once, at load, on an instance of its
+    /// own with no client: whether its configuration is right (`validation`), where the
+    /// first refusal, with the module's message, refuses the chain; and at which hooks it
+    /// acts (`declared-hooks`), where `policies.toml` does not say. What a module writes to
+    /// stderr meanwhile is logged, as at a hook.
+    pub async fn consult_modules(&mut self) -> Result<(), LoadError> {
         let facts = Arc::new(SessionFacts::new(
             std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             "",
         ));
-        for module in &self.modules {
-            let Some(validate) = &module.validate else {
+        for module in &mut self.modules {
+            if module.validate.is_none() && module.declared_hooks.is_none() {
                 continue;
-            };
-            let refused = |error: String| LoadError::ConfigCheck {
+            }
+            let failed = |error: String| LoadError::ConfigCheck {
                 policy: module.name.to_string(),
                 error,
             };
             let time_limit = CONFIG_CHECK_TIME_LIMIT.max(module.timeout);
+            let deadline = Instant::now() + time_limit;
             let mut instance = module
                 .instantiate(&self.engine, &facts, &Arc::default(), time_limit)
                 .await
-                .map_err(|failure| refused(failure.to_string()))?;
-            let call = instance
-                .handle
-                .get_typed_func::<(), (Result<(), String>,)>(&mut instance.store, validate)
-                .map_err(|e| refused(format!("{e:#}")))?;
-            let deadline = Instant::now() + time_limit;
-            let outcome = within(deadline, call.call_async(&mut instance.store, ())).await;
+                .map_err(|failure| failed(failure.to_string()))?;
+            let answered = async {
+                let checked = match &module.validate {
+                    Some(index) => {
+                        let validate = instance
+                            .handle
+                            .get_typed_func::<(), (Result<(), String>,)>(
+                                &mut instance.store,
+                                index,
+                            )?;
+                        validate.call_async(&mut instance.store, ()).await?.0
+                    }
+                    None => Ok(()),
+                };
+                let declared = match &module.declared_hooks {
+                    Some(index) => {
+                        let hooks = instance
+                            .handle
+                            .get_typed_func::<(), (Vec<String>,)>(&mut instance.store, index)?;
+                        Some(hooks.call_async(&mut instance.store, ()).await?.0)
+                    }
+                    None => None,
+                };
+                Ok::<_, wasmtime::Error>((checked, declared))
+            };
+            let outcome = within(deadline, answered).await;
             module.log_output([&instance.stdout, &instance.stderr], &facts, None, true);
-            match outcome {
-                Some(Ok((Ok(()),))) => {}
-                Some(Ok((Err(message),))) => {
-                    return Err(LoadError::Config {
-                        policy: module.name.to_string(),
-                        message,
-                    });
-                }
-                Some(Err(e)) => return Err(refused(format!("{e:#}"))),
-                None => {
-                    return Err(refused(format!("no answer within {time_limit:?}")));
+            let (checked, declared) = match outcome {
+                Some(Ok(answers)) => answers,
+                Some(Err(e)) => return Err(failed(format!("{e:#}"))),
+                None => return Err(failed(format!("no answer within {time_limit:?}"))),
+            };
+            if let Err(message) = checked {
+                return Err(LoadError::Config {
+                    policy: module.name.to_string(),
+                    message,
+                });
+            }
+            if let Some(declared) = declared {
+                match HookSet::named(&declared) {
+                    Some(hooks) => module.hooks = hooks,
+                    None => tracing::warn!(
+                        module = &*module.name,
+                        "the module declares hooks this relay does not know ({declared:?}); calling it at every hook"
+                    ),
                 }
             }
         }
@@ -491,6 +531,10 @@ impl Chain {
                     millis = info.compile_time.as_millis() as u64,
                     "policy module ready"
                 );
+                // Named in policies.toml, or known for a built-in module (builtin.rs): the
+                // module's own declaration is not asked for.
+                let hooks_given =
+                    spec.hooks.is_some() || matches!(spec.source, ModuleSource::Builtin(_));
                 let hooks = spec.hooks.unwrap_or_else(|| match &spec.source {
                     ModuleSource::Builtin(name) => builtin::hooks(name),
                     ModuleSource::File(_) => HookSet::ALL,
@@ -509,6 +553,7 @@ impl Chain {
                     indices,
                     reset: info.reset.filter(|_| spec.reuse),
                     validate: info.validate,
+                    declared_hooks: info.declared_hooks.filter(|_| !hooks_given),
                     idle: Mutex::new(Vec::new()),
                     stats: ModuleStats::default(),
                     output_budget: OutputBudget::default(),

@@ -220,6 +220,8 @@ impl PolicyEngine {
             reset: optional_export(&component, &hooks_name, "lifecycle", "reset"),
             // The module checks its configuration at load.
             validate: optional_export(&component, &hooks_name, "validation", "validate-config"),
+            // It says which hooks it acts at.
+            declared_hooks: optional_export(&component, &hooks_name, "declared-hooks", "hooks"),
             contract: hooks_name
                 .split_once('@')
                 .map(|(_, v)| format!("{CONTRACT_PACKAGE}@{v}"))
@@ -259,6 +261,8 @@ pub struct ModuleInfo {
     pub reset: Option<ComponentExportIndex>,
     /// Its `validation.validate-config` export, if it has one: it checks its configuration.
     pub validate: Option<ComponentExportIndex>,
+    /// Its `declared-hooks.hooks` export, if it has one: it says which hooks it acts at.
+    pub declared_hooks: Option<ComponentExportIndex>,
     /// The contract it was built for, such as `sluice:policy@0.1.1`.
     pub contract: String,
     /// The hook functions it exports.

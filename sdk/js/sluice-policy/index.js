@@ -14,7 +14,7 @@
 //     }
 //   }
 //
-//   export const { hooks, lifecycle, validation } = exportPolicy(NoPrinters);
+//   export const { hooks, lifecycle, validation, declaredHooks } = exportPolicy(NoPrinters);
 //
 // A policy may check its configuration when the relay loads it (at start, at every
 // reload, and in `sluice policy check`) with a `static validateConfig(cx)`: a ConfigError
@@ -243,9 +243,9 @@ function toRelay(d) {
 }
 
 /**
- * The `hooks`, `lifecycle` and `validation` exports for `PolicyClass`:
- * `export const { hooks, lifecycle, validation } = exportPolicy(MyPolicy);` at the end
- * of app.js.
+ * The `hooks`, `lifecycle`, `validation` and `declaredHooks` exports for `PolicyClass`:
+ * `export const { hooks, lifecycle, validation, declaredHooks } = exportPolicy(MyPolicy);`
+ * at the end of app.js.
  */
 export function exportPolicy(PolicyClass) {
   if (!(PolicyClass.prototype instanceof Policy)) {
@@ -287,7 +287,14 @@ export function exportPolicy(PolicyClass) {
       }
     },
   };
-  return { hooks, lifecycle, validation, PolicyClass, call };
+  // The hooks the class overrides: the others can only say "no opinion", so the relay need
+  // not call them.
+  const names = { onConnect: "connect", onHelo: "helo", onMailFrom: "mail-from", onRcpt: "rcpt", onData: "data" };
+  const declared = Object.keys(names)
+    .filter((method) => PolicyClass.prototype[method] !== Policy.prototype[method])
+    .map((method) => names[method]);
+  const declaredHooks = { hooks: () => declared };
+  return { hooks, lifecycle, validation, declaredHooks, PolicyClass, call };
 }
 
 /** The relay's imports as the SDK calls them (the build's entry passes them in). */

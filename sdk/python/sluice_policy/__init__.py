@@ -520,7 +520,16 @@ class _Instance:
         self.current = None
 
 
-_exported: Optional[tuple[type, type, type]] = None
+_exported: Optional[tuple[type, type, type, type]] = None
+
+# Each hook's method and its name in the contract and policies.toml.
+_HOOKS = {
+    "on_connect": "connect",
+    "on_helo": "helo",
+    "on_mail_from": "mail-from",
+    "on_rcpt": "rcpt",
+    "on_data": "data",
+}
 
 
 def export(policy: type[Policy]) -> None:
@@ -532,15 +541,16 @@ def export(policy: type[Policy]) -> None:
     _exported = _exports(policy)
 
 
-def exported() -> tuple[type, type, type]:
-    """The ``Hooks``, ``Lifecycle`` and ``Validation`` classes of the policy ``app.py``
-    exported, for the component's entry module that ``sluice policy build`` writes."""
+def exported() -> tuple[type, type, type, type]:
+    """The ``Hooks``, ``Lifecycle``, ``Validation`` and ``DeclaredHooks`` classes of the
+    policy ``app.py`` exported, for the component's entry module that ``sluice policy
+    build`` writes."""
     if _exported is None:
         raise TypeError("app.py does not call sluice_policy.export(YourPolicy)")
     return _exported
 
 
-def _exports(policy: type[Policy]) -> tuple[type, type, type]:
+def _exports(policy: type[Policy]) -> tuple[type, type, type, type]:
     instance = _Instance(policy)
     to_relay = _host.to_relay
 
@@ -572,5 +582,15 @@ def _exports(policy: type[Policy]) -> tuple[type, type, type]:
             except ConfigError as e:
                 _host.refuse_config(str(e))
 
+    class DeclaredHooks:
+        def hooks(self) -> list[str]:
+            # The hooks the policy overrides: the others can only say "no opinion", so the
+            # relay need not call them.
+            return [
+                name
+                for method, name in _HOOKS.items()
+                if getattr(policy, method) is not getattr(Policy, method)
+            ]
+
     Hooks.policy = policy  # type: ignore[attr-defined]
-    return Hooks, Lifecycle, Validation
+    return Hooks, Lifecycle, Validation, DeclaredHooks
