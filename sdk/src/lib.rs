@@ -213,35 +213,24 @@ pub trait FromConfig: Sized {
     fn from_config(value: ConfigValue) -> Option<Self>;
 }
 
-impl FromConfig for String {
-    const EXPECTED: &'static str = "text";
-    fn from_config(value: ConfigValue) -> Option<Self> {
-        match value {
-            ConfigValue::Text(s) => Some(s),
-            _ => None,
+/// `FromConfig` for a type that is one variant of [`ConfigValue`].
+macro_rules! from_config_variant {
+    ($type:ty, $variant:ident, $expected:literal) => {
+        impl FromConfig for $type {
+            const EXPECTED: &'static str = $expected;
+            fn from_config(value: ConfigValue) -> Option<Self> {
+                match value {
+                    ConfigValue::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-impl FromConfig for i64 {
-    const EXPECTED: &'static str = "an integer";
-    fn from_config(value: ConfigValue) -> Option<Self> {
-        match value {
-            ConfigValue::Integer(i) => Some(i),
-            _ => None,
-        }
-    }
-}
-
-impl FromConfig for bool {
-    const EXPECTED: &'static str = "true or false";
-    fn from_config(value: ConfigValue) -> Option<Self> {
-        match value {
-            ConfigValue::Boolean(b) => Some(b),
-            _ => None,
-        }
-    }
-}
+from_config_variant!(String, Text, "text");
+from_config_variant!(i64, Integer, "an integer");
+from_config_variant!(bool, Boolean, "true or false");
 
 impl FromConfig for Vec<String> {
     const EXPECTED: &'static str = "a list of text";

@@ -5,7 +5,7 @@
 //! SDKs' own unit tests (pytest, `node --test`) and the Rust example's scenarios passed by
 //! its Python twin.
 
-use crate::support::relay::RelayOptions;
+use crate::support::relay::{RelayOptions, serve_refused, write_config};
 use crate::support::{Conn, Relay, Sink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -381,18 +381,11 @@ fn python_and_javascript_modules_refuse_a_wrong_configuration_at_start_and_in_ch
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::copy(&built.no_mail_to_py, policies.join("no_mail_to.wasm")).unwrap();
     std::fs::copy(&built.sender_quota_js, policies.join("sender_quota.wasm")).unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listener]]\naddr = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n\
-             [policies]\ndir = \"{}\"\ncache_dir = \"{}\"\n",
-            dir.path().join("spool").display(),
-            policies.display(),
-            scratch().join("cache").display()
-        ),
-    )
-    .unwrap();
+    let config = write_config(
+        dir.path(),
+        &policies,
+        &format!("cache_dir = \"{}\"\n", scratch().join("cache").display()),
+    );
     // A misspelled key for the Python module; text where the JavaScript one reads a number.
     let manifest = policies.join("policies.toml");
     std::fs::write(
@@ -429,13 +422,8 @@ fn python_and_javascript_modules_refuse_a_wrong_configuration_at_start_and_in_ch
         );
     }
     // The relay does not start on it, and says why: the first module's refusal.
-    let out = sluice()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{said}");
+    let (ok, said) = serve_refused(&config);
+    assert!(!ok, "{said}");
     assert!(said.contains(python), "{said}");
 }
 

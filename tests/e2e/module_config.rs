@@ -3,6 +3,7 @@
 //! check`, and is refused with its own message; a module can tell it runs in dry-run.
 
 use crate::support::modules::module;
+use crate::support::relay::{serve_refused, write_config};
 use crate::support::{Conn, Relay, Sink};
 
 /// The Rust phi-guard as `dept`, its settings given as TOML lines.
@@ -147,23 +148,8 @@ fn a_configuration_the_module_refuses_stops_the_relay_from_starting() {
         phi_guard_chain("enforce", WRONG_TYPE),
     )
     .unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listener]]\naddr = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n[policies]\ndir = \"{}\"\n",
-            dir.path().join("spool").display(),
-            policies.display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{said}");
+    let (ok, said) = serve_refused(&write_config(dir.path(), &policies, ""));
+    assert!(!ok, "{said}");
     assert!(said.contains(ITS_MESSAGE), "{said}");
 }
 

@@ -3,6 +3,7 @@
 //! on the same relay goes through.
 
 use crate::support::modules::module;
+use crate::support::relay::{serve_refused, write_config};
 use crate::support::{Conn, Relay, Sink};
 
 /// A relay whose chain is the hostile module (set off by `bad@example.org`), then networks.
@@ -247,25 +248,7 @@ fn start_with_module(file: &str, bytes: &[u8]) -> (bool, String) {
         format!("[[policy]]\nname = \"dept\"\nmodule = \"{file}\"\n"),
     )
     .unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listener]]\naddr = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n[policies]\ndir = \"{}\"\n",
-            dir.path().join("spool").display(),
-            policies.display()
-        ),
-    )
-    .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    serve_refused(&write_config(dir.path(), &policies, ""))
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use super::{PATIENCE, free_port};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// networks, then `dept.wasm`: the example department policy (examples/phi-guard) for
@@ -384,4 +384,35 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes `dir/sluice.toml` for a relay not started by [`Relay`]: one listener on a free
+/// port, its spool in `dir`, its policies in `policies`, with `policies_extra` lines in
+/// `[policies]`. Returns the file's path.
+pub fn write_config(dir: &Path, policies: &Path, policies_extra: &str) -> PathBuf {
+    let config = dir.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n[policies]\ndir = \"{}\"\n{policies_extra}",
+            dir.join("spool").display(),
+            policies.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Runs `sluice serve --config CONFIG` for a relay that must refuse to start: whether it
+/// ran to success, and what it said on stderr.
+pub fn serve_refused(config: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .output()
+        .expect("run sluice serve");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
