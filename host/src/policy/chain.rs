@@ -410,8 +410,8 @@ impl Chain {
     }
 
     /// Loads the chain as [`Chain::load`] does (on a blocking thread: compiling is long
-    /// work) and has every module check its configuration ([`Chain::validate`]): what
-    /// the relay runs, at start and at every reload, and what `sluice session` runs.
+    /// work) and consults its modules ([`Chain::consult_modules`]): the chain the relay
+    /// runs, at start and at every reload, and the one `sluice session` runs.
     pub async fn open(engine: &PolicyEngine, dir: &Path) -> Result<Chain, LoadError> {
         let (engine, dir) = (engine.clone(), dir.to_path_buf());
         let mut chain = tokio::task::spawn_blocking(move || Chain::load(&engine, &dir)).await??;
