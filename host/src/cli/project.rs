@@ -278,7 +278,7 @@ fn readme(name: &str, ident: &str, lang: Lang) -> String {
         ),
         Lang::Js => (
             "node --test",
-            "`npm install -g @bytecodealliance/componentize-js @bytecodealliance/jco`",
+            "`npm install -g @bytecodealliance/componentize-js`",
         ),
     };
     format!(
